@@ -1,0 +1,213 @@
+"""The `Dataset` every loader returns, its validation, and the dense-index encoding models see.
+
+Raw ids stay at the edges (results, audit files); inside, models work on dense indices
+0..n_users-1 and 0..n_items-1 over the whole catalogue of the data set (LensKit's vocabulary).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+INTERACTION_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file, the column and the problem."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One recommendation data set.
+
+    interactions: one row per (user, item) with int64 `user_id`, `item_id`, float64 `rating`,
+        int64 `timestamp` (unix seconds), plus any extra columns the source has.
+    items: indexed by `item_id`; `title`, `year` (nullable Int64), `genres` ('|'-joined),
+        `tags` ('|'-joined) where the data set has them, and any extra item features.
+    users: indexed by `user_id`; `age`, `gender`, `occupation` where the data set has them.
+    rating_scale: (lowest, highest) allowed rating.
+    canonical_folds: the test (user_id, item_id) pairs of published folds (ML-100K u1..u5),
+        or None where the source does not ship them.
+    source: where the data came from (a folder, a URL, the package-index mirror, "generated").
+    """
+
+    name: str
+    interactions: pd.DataFrame
+    items: pd.DataFrame
+    users: pd.DataFrame
+    rating_scale: tuple[float, float]
+    source: str = ""
+    canonical_folds: tuple[pd.DataFrame, ...] | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the normalised interactions table: equal data gives an equal digest."""
+        return interactions_digest(self.interactions)
+
+    @property
+    def n_users(self) -> int:
+        return int(self.interactions["user_id"].nunique())
+
+    @property
+    def n_items(self) -> int:
+        return int(self.interactions["item_id"].nunique())
+
+    def encoder(self) -> Encoder:
+        """An encoder over every user and item of the data set (the full catalogue)."""
+        users = np.union1d(self.interactions["user_id"].to_numpy(), self.users.index.to_numpy())
+        items = np.union1d(self.interactions["item_id"].to_numpy(), self.items.index.to_numpy())
+        return Encoder(users.astype(np.int64), items.astype(np.int64), self.users, self.items)
+
+    def describe(self) -> dict[str, float]:
+        """Counts and density, for data cards and logs."""
+        n, u, i = len(self.interactions), self.n_users, self.n_items
+        return {"interactions": n, "users": u, "items": i, "density": n / (u * i) if n else 0.0}
+
+
+def interactions_digest(frame: pd.DataFrame) -> str:
+    """SHA-256 of (user_id, item_id, rating, timestamp), sorted, as int64/float64 bytes."""
+    cols = list(INTERACTION_COLUMNS)
+    ordered = frame[cols].sort_values(cols[:2] + cols[3:], kind="mergesort")
+    h = hashlib.sha256()
+    h.update(ordered["user_id"].to_numpy(np.int64).tobytes())
+    h.update(ordered["item_id"].to_numpy(np.int64).tobytes())
+    h.update(ordered["rating"].to_numpy(np.float64).tobytes())
+    h.update(ordered["timestamp"].to_numpy(np.int64).tobytes())
+    return h.hexdigest()
+
+
+def validate_interactions(
+    frame: pd.DataFrame, *, source: str, rating_scale: tuple[float, float]
+) -> pd.DataFrame:
+    """Check and coerce an interactions table; raise DataError naming source, column, problem.
+
+    Returns a copy with int64 ids and timestamps and float64 ratings.
+    """
+    missing = [c for c in INTERACTION_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{source}: missing column(s) {missing}; expected {list(INTERACTION_COLUMNS)}"
+        )
+    out = frame.copy()
+    for col in ("user_id", "item_id"):
+        values = pd.to_numeric(out[col], errors="coerce")
+        bad = values.isna() | (values != np.floor(values.fillna(0)))
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(
+                f"{source}: column {col!r} has {int(bad.sum())} missing or non-integer id(s); "
+                f"first at row {row}: {frame[col].iloc[row]!r}"
+            )
+        out[col] = values.astype(np.int64)
+    rating = pd.to_numeric(out["rating"], errors="coerce")
+    lo, hi = rating_scale
+    bad = rating.isna() | (rating < lo) | (rating > hi)
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(
+            f"{source}: column 'rating' has {int(bad.sum())} value(s) outside the scale "
+            f"[{lo}, {hi}] or not a number; first at row {row}: {frame['rating'].iloc[row]!r}"
+        )
+    out["rating"] = rating.astype(np.float64)
+    ts = out["timestamp"]
+    if pd.api.types.is_datetime64_any_dtype(ts):
+        secs = ts.astype("int64") // 10**9
+        bad = ts.isna()
+    else:
+        secs = pd.to_numeric(ts, errors="coerce")
+        bad = secs.isna() | (secs != np.floor(secs.fillna(0)))
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(
+            f"{source}: column 'timestamp' has {int(bad.sum())} unparseable value(s) "
+            f"(expected unix seconds); first at row {row}: {frame['timestamp'].iloc[row]!r}"
+        )
+    out["timestamp"] = secs.astype(np.int64)
+    return out.reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class Interactions:
+    """Interactions in dense indices, what every `Recommender.fit` receives.
+
+    frame: columns `user`, `item` (dense int64 indices), `rating`, `timestamp`.
+    users / items: side information with rows aligned to the dense index (row i = index i).
+    """
+
+    frame: pd.DataFrame
+    n_users: int
+    n_items: int
+    users: pd.DataFrame | None = None
+    items: pd.DataFrame | None = None
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def matrix(self, binary: bool = False) -> sp.csr_matrix:
+        """User x item CSR matrix of ratings (or 1.0 where `binary`), shape (n_users, n_items)."""
+        f = self.frame
+        values = np.ones(len(f)) if binary else f["rating"].to_numpy(np.float64)
+        m = sp.csr_matrix(
+            (values, (f["user"].to_numpy(), f["item"].to_numpy())),
+            shape=(self.n_users, self.n_items),
+        )
+        m.sum_duplicates()
+        return m
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """Maps raw user/item ids to dense indices and back, over a fixed catalogue."""
+
+    user_ids: np.ndarray  # sorted raw user ids, index = dense index
+    item_ids: np.ndarray  # sorted raw item ids
+    users: pd.DataFrame | None = None
+    items: pd.DataFrame | None = None
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    def user_index(self, raw: np.ndarray | pd.Series) -> np.ndarray:
+        return _lookup(self.user_ids, np.asarray(raw), "user_id")
+
+    def item_index(self, raw: np.ndarray | pd.Series) -> np.ndarray:
+        return _lookup(self.item_ids, np.asarray(raw), "item_id")
+
+    def encode(self, frame: pd.DataFrame) -> Interactions:
+        """Encode a raw-id interactions frame (a split's train or test part)."""
+        out = pd.DataFrame(
+            {
+                "user": self.user_index(frame["user_id"]),
+                "item": self.item_index(frame["item_id"]),
+                "rating": frame["rating"].to_numpy(np.float64)
+                if "rating" in frame
+                else np.ones(len(frame)),
+                "timestamp": frame["timestamp"].to_numpy(np.int64)
+                if "timestamp" in frame
+                else np.zeros(len(frame), np.int64),
+            }
+        )
+        users = self.users.reindex(self.user_ids) if self.users is not None else None
+        items = self.items.reindex(self.item_ids) if self.items is not None else None
+        return Interactions(out, self.n_users, self.n_items, users, items)
+
+
+def _lookup(vocab: np.ndarray, raw: np.ndarray, column: str) -> np.ndarray:
+    pos = np.searchsorted(vocab, raw)
+    pos = np.clip(pos, 0, len(vocab) - 1)
+    bad = vocab[pos] != raw
+    if bad.any():
+        raise DataError(
+            f"{column}: {int(bad.sum())} id(s) not in the catalogue, e.g. {raw[bad][0]!r}"
+        )
+    return pos.astype(np.int64)

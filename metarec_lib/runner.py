@@ -1,0 +1,264 @@
+"""The experiment runner: (data set, protocol, models, seeds) -> the results contract.
+
+For each cell (data set, protocol, model configuration, seed) the runner fits the model on the
+split's training part, evaluates it on the test part and records costs. It writes, under
+`results/<stem>/`:
+
+- `metrics.csv`  dataset,protocol,family,model,seed,metric,value (long format)
+- `costs.csv`    dataset,protocol,family,model,seed,fit_seconds,predict_seconds,peak_memory_mb,
+                 n_parameters,device
+- `topk/<dataset>__<protocol>__<model>__seed<seed>.csv.gz`  user_id,rank,item_id (raw ids)
+- `splits/<dataset>__<protocol>__seed<seed>__test.csv.gz`   user_id,item_id (relevant pairs)
+- `per_user/<dataset>__<protocol>__<model>__seed<seed>.csv.gz` user_id and one column per metric,
+  for paired tests across users.
+
+Finished cells are cached in `results/<stem>/.cells/` under a key of configuration + data digest +
+library version, so an interrupted run resumes and an unchanged cell is not recomputed. Every
+file is written atomically (see `metarec_lib.io`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from metarec_lib import __version__
+from metarec_lib.costs import measure
+from metarec_lib.data.dataset import Dataset, Encoder
+from metarec_lib.io import atomic_write_bytes, atomic_write_csv
+from metarec_lib.metrics import coverage, novelty, ranking_metrics, rating_metrics
+from metarec_lib.models.base import FAMILIES, Recommender, resolve_device
+from metarec_lib.splits import Split
+
+METRIC_COLUMNS = ["dataset", "protocol", "family", "model", "seed", "metric", "value"]
+COST_COLUMNS = [
+    "dataset", "protocol", "family", "model", "seed", "fit_seconds", "predict_seconds",
+    "peak_memory_mb", "n_parameters", "device",
+]  # fmt: skip
+RANKING_NAMES = ("precision", "recall", "ndcg", "map", "hr", "mrr")
+Task = Literal["topn", "rating"]
+
+
+@dataclass
+class CellResult:
+    """What one cell produced; pickled in the cache."""
+
+    metrics: dict[str, float]
+    costs: dict[str, Any]
+    topk: pd.DataFrame | None = None
+    per_user: pd.DataFrame | None = None
+
+
+@dataclass
+class Experiment:
+    """Runs cells for one notebook (`stem`) and keeps its result files up to date.
+
+    Each `run` call adds its cells to what this experiment has produced so far and rewrites
+    `metrics.csv` and `costs.csv` with all of them, so the files always describe the current
+    notebook run (and nothing stale from an earlier one).
+    """
+
+    stem: str
+    results_dir: str | Path = "results"
+    use_cache: bool = True
+    progress: bool = True
+    _metrics: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    _costs: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.results_dir) / self.stem
+
+    def run(
+        self,
+        dataset: Dataset,
+        protocol: str,
+        split: Callable[[int], Split],
+        models: Mapping[str, Recommender] | Sequence[Recommender],
+        seeds: Iterable[int],
+        *,
+        task: Task = "topn",
+        k: int = 10,
+    ) -> pd.DataFrame:
+        """Fit and evaluate every model on `split(seed)` for every seed; returns metric rows.
+
+        `models` maps the `model` column to an unfitted model (a sequence uses each model's
+        `name`). `task="topn"` ranks all items (seen ones excluded) for every test user;
+        `task="rating"` predicts the held-out ratings (rmse, mae).
+        """
+        if isinstance(models, Mapping):
+            named = dict(models)
+        else:
+            named = {m.name: m for m in models}
+        for label, model in named.items():
+            if model.family not in FAMILIES:
+                raise ValueError(f"model {label}: unknown family {model.family!r}")
+            if task == "rating" and not model.predicts_ratings:
+                raise ValueError(f"model {label} does not predict ratings; task='rating' needs it")
+        seeds = list(seeds)
+        encoder = dataset.encoder()
+        rows: list[dict[str, Any]] = []
+        bar = tqdm(
+            total=len(seeds) * len(named),
+            desc=f"{self.stem} {dataset.name} {protocol}",
+            disable=not self.progress,
+            leave=False,
+        )
+        for seed in seeds:
+            the_split: Split | None = None
+            for label, model in named.items():
+                key = self._key(dataset, protocol, label, model, seed, task, k)
+                result = self._load(key)
+                if result is None:
+                    if the_split is None:
+                        the_split = split(seed)
+                    result = evaluate_cell(model, the_split, encoder, seed=seed, task=task, k=k)
+                    self._save(key, result)
+                base = {"dataset": dataset.name, "protocol": protocol, "family": model.family,
+                        "model": label, "seed": seed}  # fmt: skip
+                self._write_audit(base, result)
+                new = [{**base, "metric": m, "value": v} for m, v in result.metrics.items()]
+                rows.extend(new)
+                self._metrics = [r for r in self._metrics if _cell(r) != _cell(base)] + new
+                self._costs = [c for c in self._costs if _cell(c) != _cell(base)]
+                self._costs.append({**base, **result.costs})
+                bar.update()
+            if task == "topn":
+                self._write_split(dataset.name, protocol, seed, the_split, split)
+        bar.close()
+        self.write_tables()
+        return pd.DataFrame(rows, columns=METRIC_COLUMNS)
+
+    # -- files ----------------------------------------------------------------------------
+    def write_tables(self) -> None:
+        """Rewrite metrics.csv and costs.csv from every cell this experiment has run."""
+        metrics = pd.DataFrame(self._metrics, columns=METRIC_COLUMNS)
+        costs = pd.DataFrame(self._costs, columns=COST_COLUMNS)
+        order = ["dataset", "protocol", "family", "model", "seed"]
+        atomic_write_csv(self.out / "metrics.csv", metrics.sort_values(order + ["metric"]))
+        atomic_write_csv(self.out / "costs.csv", costs.sort_values(order))
+
+    def _write_audit(self, base: dict[str, Any], result: CellResult) -> None:
+        name = f"{base['dataset']}__{base['protocol']}__{base['model']}__seed{base['seed']}.csv.gz"
+        if result.topk is not None:
+            atomic_write_csv(self.out / "topk" / name, result.topk)
+        if result.per_user is not None:
+            atomic_write_csv(self.out / "per_user" / name, result.per_user)
+
+    def _write_split(
+        self, dataset: str, protocol: str, seed: int, computed: Split | None,
+        make: Callable[[int], Split],
+    ) -> None:  # fmt: skip
+        """Save the test split; recomputed only when every cell was cached and the file is gone."""
+        path = self.out / "splits" / f"{dataset}__{protocol}__seed{seed}__test.csv.gz"
+        if computed is None and path.exists():
+            return
+        split = computed if computed is not None else make(seed)
+        test = split.test[["user_id", "item_id"]].sort_values(["user_id", "item_id"])
+        atomic_write_csv(path, test)
+
+    # -- cache ----------------------------------------------------------------------------
+    def _key(self, dataset: Dataset, protocol: str, label: str, model: Recommender,
+             seed: int, task: str, k: int) -> str:  # fmt: skip
+        config = {
+            "dataset": dataset.name, "digest": dataset.digest, "protocol": protocol,
+            "label": label, "family": model.family, "config": model.get_config(),
+            "device": resolve_device(model.device), "seed": seed, "task": task, "k": k,
+            "version": __version__,
+        }  # fmt: skip
+        blob = json.dumps(config, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:32]
+
+    def _load(self, key: str) -> CellResult | None:
+        path = self.out / ".cells" / f"{key}.pkl"
+        if not (self.use_cache and path.exists()):
+            return None
+        try:
+            with open(path, "rb") as fh:
+                return pickle.load(fh)
+        except (pickle.UnpicklingError, EOFError, AttributeError):
+            path.unlink(missing_ok=True)  # an unreadable cache entry is recomputed
+            return None
+
+    def _save(self, key: str, result: CellResult) -> None:
+        if self.use_cache:
+            atomic_write_bytes(self.out / ".cells" / f"{key}.pkl", pickle.dumps(result))
+
+
+def _cell(row: Mapping[str, Any]) -> tuple:
+    return (row["dataset"], row["protocol"], row["model"], row["seed"])
+
+
+def evaluate_cell(
+    model: Recommender,
+    split: Split,
+    encoder: Encoder,
+    *,
+    seed: int,
+    task: Task = "topn",
+    k: int = 10,
+) -> CellResult:
+    """Fit one (fresh copy of a) model on `split.train` and evaluate it on `split.test`."""
+    model = model.clone()
+    device = resolve_device(model.device)
+    model.device = device
+    train = encoder.encode(split.train)
+    valid = encoder.encode(split.valid) if split.valid is not None else None
+    test = encoder.encode(split.test)
+    with measure(device) as fit_cost:
+        model.fit(train, valid=valid, seed=seed)
+    metrics: dict[str, float] = {}
+    topk_frame = per_user = None
+    if task == "rating":
+        with measure(device) as predict_cost:
+            pred = model.predict(test.frame["user"].to_numpy(), test.frame["item"].to_numpy())
+        metrics.update(rating_metrics(test.frame["rating"].to_numpy(), pred))
+    else:
+        relevant = test.matrix(binary=True)
+        users = np.unique(test.frame["user"].to_numpy())
+        with measure(device) as predict_cost:
+            top, _ = model.recommend(users, k)
+        full = np.full((encoder.n_users, k), -1, dtype=np.int64)
+        full[users] = top
+        per = ranking_metrics(full[users], relevant[users], ks=(k,), names=RANKING_NAMES)
+        for name, values in per.items():
+            metrics[name] = float(np.nanmean(values))
+        pop = np.bincount(train.frame["item"].to_numpy(), minlength=encoder.n_items)
+        metrics[f"coverage@{k}"] = float(coverage(top, encoder.n_items))
+        metrics[f"novelty@{k}"] = float(novelty(top, pop, max(train.n_users, 1)))
+        rows, ranks = np.nonzero(top >= 0)
+        topk_frame = pd.DataFrame(
+            {
+                "user_id": encoder.user_ids[users[rows]],
+                "rank": ranks + 1,
+                "item_id": encoder.item_ids[top[rows, ranks]],
+            }
+        )
+        per_user = pd.DataFrame({"user_id": encoder.user_ids[users], **per})
+    costs = {
+        "fit_seconds": fit_cost.seconds,
+        "predict_seconds": predict_cost.seconds,
+        "peak_memory_mb": max(fit_cost.peak_memory_mb, predict_cost.peak_memory_mb),
+        "n_parameters": int(model.n_parameters),
+        "device": device,
+    }
+    return CellResult(metrics=metrics, costs=costs, topk=topk_frame, per_user=per_user)
+
+
+def load_metrics(results_dir: str | Path, stems: Iterable[str] | None = None) -> pd.DataFrame:
+    """All `metrics.csv` under `results_dir` (or the named stems), concatenated."""
+    root = Path(results_dir)
+    paths = (
+        [root / s / "metrics.csv" for s in stems] if stems else sorted(root.glob("*/metrics.csv"))
+    )
+    frames = [pd.read_csv(p) for p in paths if p.exists()]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRIC_COLUMNS)

@@ -1,0 +1,110 @@
+"""The contract every `Recommender` must pass, and the tiny data sets it runs on.
+
+`checkerboard()` is a data set with a known right answer (after implicit's test data): two groups
+of users, each liking one half of the catalogue; every user's one held-out liked item must come
+top for a model that learns anything about co-occurrence.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+from metarec_lib.data.dataset import Interactions
+from metarec_lib.models.base import FAMILIES, Recommender
+
+
+def checkerboard(
+    n_users: int = 20, n_items: int = 12, seed: int = 0
+) -> tuple[Interactions, np.ndarray]:
+    """(train, held_out) where user u likes the items with the parity of u.
+
+    Each user rated every liked item but one (the held-out one, returned as `held_out[u]`).
+    Ratings are 5 for liked items; each user also rated one disliked item with 1, so rating
+    models see both ends of the scale.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    held_out = np.empty(n_users, dtype=np.int64)
+    for u in range(n_users):
+        liked = np.arange(u % 2, n_items, 2)
+        held_out[u] = rng.choice(liked)
+        rows += [(u, i, 5.0) for i in liked if i != held_out[u]]
+        disliked = np.arange(1 - u % 2, n_items, 2)
+        rows.append((u, int(rng.choice(disliked)), 1.0))
+    frame = pd.DataFrame(rows, columns=["user", "item", "rating"])
+    frame["timestamp"] = np.arange(len(frame), dtype=np.int64)
+    users = pd.DataFrame({"age": 20 + 10 * (np.arange(n_users) % 2), "gender": "M",
+                          "occupation": "other"})  # fmt: skip
+    items = pd.DataFrame({"title": [f"item {i}" for i in range(n_items)],
+                          "year": 2000, "genres": ["even" if i % 2 == 0 else "odd"
+                                                   for i in range(n_items)]})  # fmt: skip
+    return Interactions(frame, n_users, n_items, users, items), held_out
+
+
+def check_recommender(
+    make: Callable[[], Recommender], *, learns: bool = True, seed: int = 0, k: int = 3
+) -> None:
+    """Assert the shared model contract; raises AssertionError naming what broke.
+
+    Shapes; seen items never recommended; same seed gives the same scores; batch equals
+    single-user scoring; a pickle round trip scores the same; unknown hyperparameters are
+    rejected; and, when `learns`, the held-out liked item of every checkerboard user ranks in
+    the top k of its 6 unseen candidates (1 liked, 5 of the other parity).
+    """
+    train, held_out = checkerboard()
+    model = make()
+    name = type(model).__name__
+    assert model.family in FAMILIES, f"{name}: family {model.family!r} not in {FAMILIES}"
+    try:
+        type(model)(no_such_hyperparameter=1)
+    except TypeError as err:
+        assert "no_such_hyperparameter" in str(err), f"{name}: error does not name the key"
+    else:
+        raise AssertionError(f"{name}: an unknown hyperparameter was accepted")
+
+    model.fit(train, seed=seed)
+    users = np.arange(train.n_users)
+    scores = np.asarray(model.score(users))
+    assert scores.shape == (train.n_users, train.n_items), f"{name}: score shape {scores.shape}"
+    assert np.isfinite(scores).all(), f"{name}: non-finite scores"
+
+    top, top_scores = model.recommend(users, k)
+    assert top.shape == (train.n_users, k) and top_scores.shape == (train.n_users, k)
+    seen = train.matrix(binary=True)
+    for u in users:
+        overlap = set(top[u]) & set(seen[u].indices)
+        assert not overlap, f"{name}: user {u} was recommended seen items {sorted(overlap)}"
+    assert (np.diff(top_scores, axis=1) <= 1e-12).all(), f"{name}: top-k not sorted by score"
+
+    again = make().fit(train, seed=seed)
+    np.testing.assert_allclose(again.score(users), scores, rtol=1e-6, atol=1e-6,
+                               err_msg=f"{name}: same seed, different scores")  # fmt: skip
+    single = np.vstack([model.score(np.array([u])) for u in users])
+    np.testing.assert_allclose(
+        single,
+        scores,
+        rtol=1e-6,
+        atol=1e-6,
+        err_msg=f"{name}: batch scores differ from single-user scores",
+    )
+    restored = pickle.loads(pickle.dumps(model))
+    np.testing.assert_allclose(
+        restored.score(users),
+        scores,
+        rtol=1e-6,
+        atol=1e-6,
+        err_msg=f"{name}: scores changed after a pickle round trip",
+    )
+    if model.predicts_ratings:
+        pred = model.predict(users, held_out)
+        assert pred.shape == (train.n_users,) and np.isfinite(pred).all(), f"{name}: predict"
+    if learns:
+        hits = np.array([held_out[u] in top[u] for u in users])
+        assert hits.all(), (
+            f"{name}: held-out liked item missing from the top {k} for users "
+            f"{np.flatnonzero(~hits).tolist()}"
+        )

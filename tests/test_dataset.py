@@ -1,0 +1,73 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from metarec_lib.data.dataset import (
+    DataError,
+    Dataset,
+    interactions_digest,
+    validate_interactions,
+)
+
+
+def frame(**overrides):
+    base = {
+        "user_id": [1, 1, 2],
+        "item_id": [10, 20, 10],
+        "rating": [4.0, 5.0, 1.0],
+        "timestamp": [100, 200, 300],
+    }
+    base.update(overrides)
+    return pd.DataFrame(base)
+
+
+def test_validate_coerces_types():
+    out = validate_interactions(frame(user_id=["1", "1", "2"]), source="f.csv", rating_scale=(1, 5))
+    assert out["user_id"].dtype == np.int64 and out["rating"].dtype == np.float64
+    assert out["user_id"].tolist() == [1, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "bad, column, words",
+    [
+        ({"user_id": [1, None, 2]}, "'user_id'", "non-integer"),
+        ({"item_id": [1.5, 2, 3]}, "'item_id'", "non-integer"),
+        ({"rating": [4.0, 6.0, 1.0]}, "'rating'", "outside the scale"),
+        ({"timestamp": [100, "yesterday", 300]}, "'timestamp'", "unparseable"),
+    ],
+)
+def test_validate_names_file_column_and_problem(bad, column, words):
+    with pytest.raises(DataError) as err:
+        validate_interactions(frame(**bad), source="ratings.csv", rating_scale=(1, 5))
+    msg = str(err.value)
+    assert "ratings.csv" in msg and column in msg and words in msg
+
+
+def test_validate_missing_column():
+    with pytest.raises(DataError, match=r"u\.data: missing column\(s\) \['timestamp'\]"):
+        validate_interactions(
+            frame().drop(columns="timestamp"), source="u.data", rating_scale=(1, 5)
+        )
+
+
+def test_digest_ignores_row_order_but_not_values():
+    f = frame()
+    assert interactions_digest(f) == interactions_digest(f.iloc[::-1])
+    assert interactions_digest(f) != interactions_digest(frame(rating=[4.0, 5.0, 2.0]))
+
+
+def test_encoder_round_trip_and_catalogue():
+    items = pd.DataFrame({"title": ["a", "b", "c"]}, index=pd.Index([10, 20, 30], name="item_id"))
+    users = pd.DataFrame(index=pd.Index([1, 2], name="user_id"))
+    ds = Dataset("t", frame(), items, users, (1, 5))
+    enc = ds.encoder()
+    # Item 30 is never rated but belongs to the catalogue.
+    assert enc.n_items == 3 and enc.n_users == 2
+    inter = enc.encode(ds.interactions)
+    assert inter.frame["item"].tolist() == [0, 1, 0]
+    assert enc.item_ids[inter.frame["item"]].tolist() == [10, 20, 10]
+    m = inter.matrix()
+    assert m.shape == (2, 3) and m[0, 1] == 5.0 and m[1, 0] == 1.0
+    assert inter.items["title"].tolist() == ["a", "b", "c"]
+    with pytest.raises(DataError, match="item_id"):
+        enc.item_index(np.array([99]))

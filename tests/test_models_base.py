@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+
+from metarec_lib.models.base import resolve_device
+from metarec_lib.models.popularity import MostPop, Random
+from metarec_lib.models.registry import get_model, model_names
+from metarec_lib.testing import check_recommender, checkerboard
+
+
+@pytest.mark.parametrize("make", [Random, MostPop])
+def test_sanity_floors_pass_the_contract(make):
+    check_recommender(make, learns=False)
+
+
+def test_mostpop_ranks_by_training_count_and_excludes_seen():
+    train, _ = checkerboard()
+    model = MostPop().fit(train)
+    counts = np.bincount(train.frame["item"], minlength=train.n_items)
+    top, scores = model.recommend(np.array([0]), k=train.n_items)
+    seen = set(train.matrix()[0].indices)
+    ranked = [i for i in top[0] if i >= 0]
+    assert set(ranked) == set(range(train.n_items)) - seen
+    assert all(counts[a] >= counts[b] for a, b in zip(ranked, ranked[1:], strict=False))
+    # Equal counts: lower item index first.
+    for a, b in zip(ranked, ranked[1:], strict=False):
+        if counts[a] == counts[b]:
+            assert a < b
+    assert (top[0][len(ranked) :] == -1).all()
+
+
+def test_mostpop_predicts_shrunk_item_mean():
+    train, _ = checkerboard()
+    model = MostPop(shrinkage=2.0).fit(train)
+    f = train.frame
+    mu = f["rating"].mean()
+    item = int(f["item"].iloc[0])
+    r = f.loc[f["item"] == item, "rating"]
+    expected = (r.sum() + 2.0 * mu) / (len(r) + 2.0)
+    assert model.predict(np.array([3]), np.array([item]))[0] == pytest.approx(expected)
+
+
+def test_unknown_hyperparameter_is_named():
+    with pytest.raises(TypeError, match="shrinkag"):
+        MostPop(shrinkag=3)
+
+
+def test_registry_and_clone():
+    assert {"Random", "MostPop"} <= set(model_names())
+    model = get_model("MostPop", shrinkage=5.0)
+    twin = model.clone(shrinkage=1.0)
+    assert twin.params == {"shrinkage": 1.0} and model.params == {"shrinkage": 5.0}
+    with pytest.raises(KeyError, match="known models"):
+        get_model("NoSuchModel")
+
+
+def test_recommend_before_fit_is_an_error():
+    with pytest.raises(RuntimeError, match="before fit"):
+        MostPop().recommend(np.array([0]), 3)
+
+
+def test_device_auto_resolves():
+    assert resolve_device("auto") in {"cpu", "cuda"}
+    assert resolve_device("cpu") == "cpu"

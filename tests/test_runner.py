@@ -1,0 +1,135 @@
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from metarec_lib.data import load_dataset
+from metarec_lib.models.popularity import MostPop, Random
+from metarec_lib.runner import COST_COLUMNS, METRIC_COLUMNS, Experiment
+from metarec_lib.splits import holdout_per_user
+
+CHECKER = Path(__file__).resolve().parents[2] / "shared" / "tools" / "check_results.py"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_dataset("synthetic", n_users=80, n_items=40, density=0.2, seed=1)
+
+
+def split(ds):
+    return lambda seed: holdout_per_user(ds.interactions, test_fraction=0.25, seed=seed)
+
+
+class Flaky(MostPop):
+    """MostPop that crashes on a chosen seed, counting its fits."""
+
+    name = "Flaky"
+    fits = 0
+    crash_on: int | None = None
+
+    def _fit(self, train, *, valid, seed):
+        type(self).fits += 1
+        if seed == type(self).crash_on:
+            raise RuntimeError("simulated crash")
+        super()._fit(train, valid=valid, seed=seed)
+
+
+def test_writes_the_results_contract(tmp_path, tiny):
+    exp = Experiment("10_test", tmp_path, progress=False)
+    exp.run(tiny, "topn-75-25", split(tiny), [Random(), MostPop()], seeds=[1, 2])
+    out = tmp_path / "10_test"
+    metrics = pd.read_csv(out / "metrics.csv")
+    costs = pd.read_csv(out / "costs.csv")
+    assert list(metrics.columns) == METRIC_COLUMNS and list(costs.columns) == COST_COLUMNS
+    assert set(metrics["metric"]) >= {"ndcg@10", "precision@10", "map@10", "coverage@10"}
+    assert len(costs) == 4 and (costs["fit_seconds"] >= 0).all()
+    assert (out / "topk" / "synthetic__topn-75-25__MostPop__seed2.csv.gz").exists()
+    test = pd.read_csv(out / "splits" / "synthetic__topn-75-25__seed1__test.csv.gz")
+    train = holdout_per_user(tiny.interactions, test_fraction=0.25, seed=1).train
+    assert not set(zip(test.user_id, test.item_id, strict=True)) & set(
+        zip(train.user_id, train.item_id, strict=True)
+    )
+    # A real signal: popularity beats random on this data.
+    mean = metrics[metrics.metric == "ndcg@10"].groupby("model")["value"].mean()
+    assert mean["MostPop"] > mean["Random"]
+
+
+@pytest.mark.skipif(
+    not CHECKER.exists(), reason="shared/tools/check_results.py not beside the repo"
+)
+def test_results_pass_the_shared_checker(tmp_path, tiny, capsys):
+    Experiment("20_test", tmp_path, progress=False).run(
+        tiny, "topn-75-25", split(tiny), [Random(), MostPop()], seeds=[3]
+    )
+    spec = importlib.util.spec_from_file_location("check_results", CHECKER)
+    checker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(checker)
+    problems, counts = [], {"metric_rows": 0, "cost_rows": 0, "audited": 0}
+    checker.check_stem(tmp_path / "20_test", problems, counts)
+    assert problems == [] and counts["audited"] == 12
+
+
+def test_crash_leaves_no_partial_file_and_rerun_resumes(tmp_path, tiny):
+    Flaky.fits, Flaky.crash_on = 0, 2
+    exp = Experiment("30_test", tmp_path, progress=False)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        exp.run(tiny, "topn-75-25", split(tiny), [Flaky()], seeds=[1, 2])
+    out = tmp_path / "30_test"
+    leftovers = [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []
+    assert not (out / "metrics.csv").exists()  # tables are written whole, at the end
+    assert Flaky.fits == 2
+
+    Flaky.crash_on = None
+    rows = Experiment("30_test", tmp_path, progress=False).run(
+        tiny, "topn-75-25", split(tiny), [Flaky()], seeds=[1, 2]
+    )
+    assert Flaky.fits == 3  # seed 1 came from the cache, only seed 2 was fitted again
+    assert set(rows["seed"]) == {1, 2}
+    assert set(pd.read_csv(out / "metrics.csv")["seed"]) == {1, 2}
+
+
+def test_rerun_gives_identical_metrics_file(tmp_path, tiny):
+    for cache in (True, False):
+        Experiment("40_test", tmp_path / str(cache), use_cache=cache, progress=False).run(
+            tiny, "topn-75-25", split(tiny), [Random(), MostPop()], seeds=[5]
+        )
+    a = (tmp_path / "True" / "40_test" / "metrics.csv").read_bytes()
+    b = (tmp_path / "False" / "40_test" / "metrics.csv").read_bytes()
+    assert a == b
+
+
+def test_rating_task_reports_rmse(tmp_path, tiny):
+    class Mean(MostPop):
+        name = "ItemMean"
+        predicts_ratings = True
+
+    rows = Experiment("50_test", tmp_path, progress=False).run(
+        tiny, "rating-holdout", split(tiny), [Mean(shrinkage=0.0)], seeds=[1], task="rating"
+    )
+    values = dict(zip(rows.metric, rows.value, strict=True))
+    s = holdout_per_user(tiny.interactions, test_fraction=0.25, seed=1)
+    means = s.train.groupby("item_id")["rating"].mean()
+    pred = s.test["item_id"].map(means).fillna(s.train["rating"].mean())
+    assert values["rmse"] == pytest.approx(np.sqrt(((pred - s.test["rating"]) ** 2).mean()))
+    assert values["mae"] == pytest.approx((pred - s.test["rating"]).abs().mean())
+
+
+def test_rating_task_rejects_ranking_only_models(tmp_path, tiny):
+    with pytest.raises(ValueError, match="does not predict ratings"):
+        Experiment("60_test", tmp_path, progress=False).run(
+            tiny, "r", split(tiny), [Random()], seeds=[1], task="rating"
+        )
+
+
+def test_unknown_family_rejected(tmp_path, tiny):
+    class Odd(Random):
+        name = "Odd"
+        family = "astrology"
+
+    with pytest.raises(ValueError, match="unknown family"):
+        Experiment("70_test", tmp_path, progress=False).run(
+            tiny, "p", split(tiny), [Odd()], seeds=[1]
+        )
