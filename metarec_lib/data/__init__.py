@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from metarec_lib.data.dataset import DataError, Dataset, Encoder, Interactions
+from metarec_lib.data.download import DataUnavailable
 
 DATASETS = ("ml-100k", "ml-latest-small", "synthetic")
 
-__all__ = ["DATASETS", "DataError", "Dataset", "Encoder", "Interactions", "load_dataset"]
+__all__ = [
+    "DATASETS", "DataError", "DataUnavailable", "Dataset", "Encoder", "Interactions",
+    "load_dataset",
+]  # fmt: skip
 
 
 def load_dataset(name: str, **options) -> Dataset:
