@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from metarec_lib import __version__
 from metarec_lib.costs import measure

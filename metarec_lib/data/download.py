@@ -22,7 +22,7 @@ import zipfile
 import zlib
 from pathlib import Path, PureWindowsPath
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from metarec_lib.data.dataset import DataError
 

@@ -1,0 +1,87 @@
+"""Figures, each saved under `results/<stem>/figures/` and returned for display."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from metarec_lib import datacard
+from metarec_lib.data.dataset import Dataset
+
+
+def save(fig: plt.Figure, path: str | Path) -> Path:
+    """Save a figure as PNG and close it; returns the path (display it with IPython's Image).
+
+    PNG metadata is fixed so reruns give the same bytes.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png", metadata={"Software": None})
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def data_card_figure(ds: Dataset) -> plt.Figure:
+    """Four panels: rating distribution, long-tail curve, user activity, genre shares."""
+    fig, axes = plt.subplots(1, 4, figsize=(18, 3.6))
+    ratings = datacard.rating_distribution(ds)
+    width = 0.4 if ds.rating_scale[0] == 0.5 else 0.8
+    axes[0].bar(ratings.index.astype(float), ratings.to_numpy(), width=width, color="#4c72b0")
+    axes[0].set(title="Rating distribution", xlabel="rating", ylabel="share of ratings")
+
+    curve = datacard.popularity_curve(ds)
+    axes[1].plot(curve["item_rank_share"], curve["cumulative_share"], color="#dd8452")
+    axes[1].plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
+    axes[1].set(
+        title=f"Long tail (Gini {datacard.gini(curve['ratings'].to_numpy()):.2f})",
+        xlabel="share of items, most popular first",
+        ylabel="cumulative share of ratings",
+    )
+
+    activity = datacard.user_activity(ds).to_numpy()
+    bins = np.logspace(0, np.log10(max(activity.max(), 2)), 30)
+    axes[2].hist(activity, bins=bins, color="#55a868")
+    axes[2].set(xscale="log", title="User activity", xlabel="ratings per user (log)",
+                ylabel="users")  # fmt: skip
+
+    genres = datacard.genre_distribution(ds).head(20)
+    if len(genres):
+        axes[3].barh(genres.index[::-1], genres.to_numpy()[::-1], color="#8172b3")
+        axes[3].tick_params(axis="y", labelsize=7)
+    axes[3].set(title="Genre / category share of items", xlabel="share of items")
+    fig.suptitle(f"{ds.name}: {len(ds.interactions):,} ratings, {ds.n_users:,} users, "
+                 f"{ds.n_items:,} items")  # fmt: skip
+    fig.tight_layout()
+    return fig
+
+
+def bar_metric(table, metric: str, *, by: Sequence[str] = ("dataset",), title: str = ""):
+    """Bars of `metric` (mean with 95% CI columns ci_low/ci_high) per model, one panel per `by`."""
+    groups = list(table.groupby(list(by))) if by else [((), table)]
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups), 3.2), squeeze=False)
+    for ax, (key, sub) in zip(axes[0], groups, strict=True):
+        sub = sub[sub["metric"] == metric].sort_values("mean")
+        err = np.vstack([sub["mean"] - sub["ci_low"], sub["ci_high"] - sub["mean"]])
+        ax.barh(sub["model"], sub["mean"], xerr=np.nan_to_num(err), color="#4c72b0")
+        ax.set(title=" / ".join(map(str, key if isinstance(key, tuple) else (key,))),
+               xlabel=metric)  # fmt: skip
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def data_card_figures(data: dict[str, Dataset], folder: str | Path) -> list[Path]:
+    """One data-card figure per data set, saved as `<folder>/<name>.png`."""
+    return [save(data_card_figure(ds), Path(folder) / f"{name}.png") for name, ds in data.items()]
+
+
+def as_images(paths: Sequence[Path]) -> list:
+    """IPython images of saved figures, for `display(*...)` in a notebook."""
+    from IPython.display import Image
+
+    return [Image(filename=str(p)) for p in paths]

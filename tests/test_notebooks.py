@@ -1,0 +1,56 @@
+"""Every notebook runs under papermill in smoke mode; sources are committed without outputs."""
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from metarec_lib.pipeline import NotebookFailed, run_notebook
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
+REQUIRED = {"datasets", "seeds", "smoke", "results_dir", "device"}
+
+
+def test_there_are_notebooks():
+    assert [p.stem for p in NOTEBOOKS][:1] == ["00_data"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_without_outputs_and_with_parameters(path):
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{path.name} has outputs"
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: exactly one cell must be tagged 'parameters'"
+    names = {
+        line.split("=")[0].strip()
+        for line in tagged[0].source.splitlines()
+        if "=" in line and not line.startswith("#")
+    }
+    assert REQUIRED <= names, f"{path.name}: parameters cell lacks {REQUIRED - names}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_runs_in_smoke_mode(path, tmp_path):
+    out = run_notebook(
+        path, results_dir=tmp_path, parameters={"smoke": True, "seeds": [1, 2]}, timeout=300
+    )
+    assert out == tmp_path / path.stem / f"{path.stem}.ipynb" and out.exists()
+    run = json.loads((tmp_path / path.stem / "run.json").read_text())
+    assert run["parameters"]["smoke"] is True and run["seeds"] == [1, 2]
+    assert run["parameters"]["datasets"]  # the notebook defaults are recorded too
+    assert run["packages"]["numpy"] and run["wall_seconds"] > 0
+
+
+def test_unknown_data_set_fails_naming_notebook_and_cell(tmp_path):
+    path = ROOT / "notebooks" / "00_data.ipynb"
+    with pytest.raises(NotebookFailed) as err:
+        run_notebook(path, results_dir=tmp_path, parameters={"datasets": ["ml-1b"], "smoke": True})
+    msg = str(err.value)
+    assert "00_data.ipynb failed at cell" in msg and "unknown data set(s) ['ml-1b']" in msg
+    assert (tmp_path / "00_data" / "00_data.failed.ipynb").exists()
+    assert not (tmp_path / "00_data" / "00_data.ipynb").exists()
