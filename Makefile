@@ -42,8 +42,8 @@ lint: setup ## Check style with ruff
 	$(PY) -m ruff check metarec_lib tests benchmarks
 
 lab: setup ## Open the notebooks in JupyterLab
-	$(PY) -m pip install -q -c requirements.lock '.[lab]'
-	$(VENV)/bin/jupyter lab notebooks
+	$(PY) -m pip install -q -c requirements.lock -e '.[dev,lab]'
+	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks
 
 clean: ## Remove the environment, caches and smoke outputs (keeps committed results)
 	rm -rf $(VENV) .smoke .pytest_cache .ruff_cache $(RESULTS)/*/.cells
