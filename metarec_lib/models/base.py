@@ -43,7 +43,10 @@ class Recommender(ABC):
     name: ClassVar[str]
     family: ClassVar[Family]
     defaults: ClassVar[dict[str, Any]] = {}
+    # Search space for tuning: name -> metarec_lib.tuning.Choice / Uniform / LogUniform.
+    space: ClassVar[dict[str, Any]] = {}
     predicts_ratings: ClassVar[bool] = False
+    ranks: ClassVar[bool] = True  # False for models whose scores are not meant for top-N
 
     def __init__(self, *, device: str = "cpu", **params: Any) -> None:
         unknown = sorted(set(params) - set(self.defaults))

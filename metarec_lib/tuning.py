@@ -1,0 +1,124 @@
+"""Hyperparameter search with the same budget for every model, on validation data only.
+
+A model class declares its search space in `space` (name -> distribution). `random_search`
+draws `budget` configurations (a grid when the space is small and discrete), fits each on the
+training part of a validation carve-out, scores it on the validation part, and returns the best
+configuration. The test split is never seen here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from metarec_lib.data.dataset import Interactions
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of a list of values."""
+
+    values: tuple
+
+    def sample(self, rng: np.random.Generator) -> Any:
+        return self.values[int(rng.integers(len(self.values)))]
+
+
+@dataclass(frozen=True)
+class Uniform:
+    low: float
+    high: float
+
+    def sample(self, rng: np.random.Generator) -> float:
+        return float(rng.uniform(self.low, self.high))
+
+
+@dataclass(frozen=True)
+class LogUniform:
+    """Log-uniform between low and high (both > 0); `integer` rounds to an int."""
+
+    low: float
+    high: float
+    integer: bool = False
+
+    def sample(self, rng: np.random.Generator) -> float | int:
+        value = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
+        return int(round(value)) if self.integer else float(value)
+
+
+Distribution = Choice | Uniform | LogUniform
+
+
+def configurations(space: Mapping[str, Distribution], budget: int, seed: int) -> list[dict]:
+    """`budget` distinct configurations: the full grid when the space is all `Choice` and small
+    enough, else seeded random draws (the first always the midpoint/first-choice default)."""
+    if not space:
+        return [{}]
+    if all(isinstance(d, Choice) for d in space.values()):
+        grid = [dict(zip(space, values, strict=True))
+                for values in itertools.product(*(d.values for d in space.values()))]  # fmt: skip
+        if len(grid) <= budget:
+            return grid
+    rng = np.random.default_rng(seed)
+    seen: set[tuple] = set()
+    out: list[dict] = []
+    attempts = 0
+    while len(out) < budget and attempts < 50 * budget:
+        attempts += 1
+        config = {name: dist.sample(rng) for name, dist in space.items()}
+        key = tuple(sorted((k, repr(v)) for k, v in config.items()))
+        if key not in seen:
+            seen.add(key)
+            out.append(config)
+    return out
+
+
+@dataclass
+class SearchResult:
+    best: dict
+    best_score: float
+    trials: pd.DataFrame  # one row per configuration: its values, score, fit seconds
+
+
+def random_search(
+    make: Callable[..., Any],
+    space: Mapping[str, Distribution],
+    train: Interactions,
+    valid: Interactions,
+    score: Callable[[Any, Interactions], float],
+    *,
+    budget: int = 20,
+    seed: int = 0,
+    higher_is_better: bool = True,
+    progress: bool = True,
+    desc: str = "",
+) -> SearchResult:
+    """Fit `make(**config)` on `train` for each configuration and keep the best on `valid`."""
+    import time
+
+    rows = []
+    for config in tqdm(configurations(space, budget, seed), desc=desc or "tuning",
+                       disable=not progress, leave=False):  # fmt: skip
+        start = time.perf_counter()
+        model = make(**config).fit(train, valid=valid, seed=seed)
+        value = float(score(model, valid))
+        rows.append({**config, "score": value, "fit_seconds": time.perf_counter() - start})
+    trials = pd.DataFrame(rows)
+    finite = trials[np.isfinite(trials["score"])]
+    if finite.empty:
+        raise RuntimeError(f"{desc}: every configuration scored NaN on validation")
+    idx = finite["score"].idxmax() if higher_is_better else finite["score"].idxmin()
+    best = {k: _plain(trials.loc[idx, k]) for k in space}
+    return SearchResult(best=best, best_score=float(trials.loc[idx, "score"]), trials=trials)
+
+
+def _plain(value: Any) -> Any:
+    """NumPy scalars from the trials frame back to plain Python (JSON, cache keys)."""
+    return value.item() if hasattr(value, "item") else value
