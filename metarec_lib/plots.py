@@ -85,3 +85,61 @@ def as_images(paths: Sequence[Path]) -> list:
     from IPython.display import Image
 
     return [Image(filename=str(p)) for p in paths]
+
+
+FAMILY_COLOURS = {
+    "content": "#8172b3", "collaborative": "#4c72b0", "deep": "#dd8452",
+    "multitask": "#55a868", "transfer": "#c44e52", "meta": "#937860",
+}  # fmt: skip
+
+
+def cost_quality(board, metric: str, *, title: str = "") -> plt.Figure:
+    """Fit seconds (log) against a metric, one labelled point per model, coloured by family."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for _, row in board.iterrows():
+        colour = FAMILY_COLOURS.get(row["family"], "grey")
+        ax.errorbar(max(row["fit_seconds"], 1e-4), row["mean"],
+                    yerr=[[row["mean"] - row["ci_low"]], [row["ci_high"] - row["mean"]]]
+                    if np.isfinite(row["ci_high"]) else None,
+                    fmt="o", color=colour, capsize=2)  # fmt: skip
+        ax.annotate(row["model"], (max(row["fit_seconds"], 1e-4), row["mean"]), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")  # fmt: skip
+    ax.set(xscale="log", xlabel="fit seconds (median over seeds, log)", ylabel=metric, title=title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def popularity_bias(metrics, dataset: str, protocol: str, k: int = 10) -> plt.Figure:
+    """Coverage@k and novelty@k against NDCG@k per model (means over seeds)."""
+    sel = metrics[(metrics.dataset == dataset) & (metrics.protocol == protocol)]
+    wide = sel.groupby(["family", "model", "metric"])["value"].mean().unstack("metric")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, other in zip(axes, (f"coverage@{k}", f"novelty@{k}"), strict=True):
+        for (family, model), row in wide.iterrows():
+            ax.scatter(row[f"ndcg@{k}"], row[other], color=FAMILY_COLOURS.get(family, "grey"))
+            ax.annotate(model, (row[f"ndcg@{k}"], row[other]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")  # fmt: skip
+        ax.set(xlabel=f"ndcg@{k}", ylabel=other, title=f"{dataset} / {protocol}")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def family_figures(all_boards: dict, out: str | Path) -> list[Path]:
+    """Cost-versus-quality per top-N board and popularity bias, saved under `out/figures/`."""
+    import pandas as pd
+
+    out = Path(out)
+    metrics = pd.read_csv(out / "metrics.csv")
+    paths = []
+    for (dataset, protocol), board in all_boards.items():
+        if board.empty:
+            continue
+        metric = "rmse" if protocol.startswith("rating") else "ndcg@10"
+        fig = cost_quality(board, metric, title=f"{dataset} / {protocol}")
+        paths.append(save(fig, out / "figures" / f"cost_quality__{dataset}__{protocol}.png"))
+        if metric == "ndcg@10":
+            fig = popularity_bias(metrics, dataset, protocol)
+            paths.append(save(fig, out / "figures" / f"popularity__{dataset}__{protocol}.png"))
+    return paths

@@ -1,21 +1,41 @@
 """Protocol names (the `protocol` column) and the split each one means.
 
 `split_factory(protocol, dataset)` returns `seed -> Split`, so the runner can make the split of
-every seed lazily and every notebook uses the same definition of a protocol name.
+every seed lazily and every notebook uses the same definition of a protocol name. For
+`rating-5fold` the "seed" is the fold number 1..5 (the `seed` column then holds the fold).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
+from typing import Literal
 
 from metarec_lib import splits
 from metarec_lib.data.dataset import Dataset
 
 PROTOCOLS: dict[str, str] = {
+    "rating-5fold": "ML-100K: the canonical folds u1..u5; other data: seeded random 5-fold",
     "topn-75-25": "per-user stratified random 75/25 holdout; top-10 over all items, seen removed",
     "topn-temporal": "global time cut-off, last 20% of interactions are test (known users/items)",
     "loo-temporal": "leave the last interaction out (the one before it is validation)",
 }
+FOLDS = (1, 2, 3, 4, 5)
+KFOLD_SEED = 0  # the random 5-fold split of data sets without published folds
+
+
+def task_of(protocol: str) -> Literal["topn", "rating"]:
+    return "rating" if protocol.startswith("rating") else "topn"
+
+
+def seeds_for(protocol: str, seeds: list[int]) -> list[int]:
+    """The `seed` column values of a protocol: folds 1..5 for rating-5fold, else `seeds`."""
+    return list(FOLDS) if protocol == "rating-5fold" else list(seeds)
+
+
+def carveout_how(protocol: str) -> Literal["per_user", "temporal"]:
+    """How validation is carved out of a protocol's training data (temporal stays temporal)."""
+    return "temporal" if "temporal" in protocol else "per_user"
 
 
 def split_factory(protocol: str, dataset: Dataset) -> Callable[[int], splits.Split]:
@@ -24,8 +44,27 @@ def split_factory(protocol: str, dataset: Dataset) -> Callable[[int], splits.Spl
     if protocol == "topn-75-25":
         return lambda seed: splits.holdout_per_user(frame, test_fraction=0.25, seed=seed)
     if protocol == "topn-temporal":
-        # Deterministic: every seed gets the same split (seeds then vary the models only).
+        # One time cut-off: every seed gets the same split (seeds then vary the models only).
         return lambda seed: splits.temporal_global(frame, test_fraction=0.2)
     if protocol == "loo-temporal":
         return lambda seed: splits.leave_last_one_out(frame)
+    if protocol == "rating-5fold":
+        return _folds(dataset)
     raise ValueError(f"unknown protocol {protocol!r}; known: {sorted(PROTOCOLS)}")
+
+
+def _folds(dataset: Dataset) -> Callable[[int], splits.Split]:
+    frame = dataset.interactions
+
+    @lru_cache(maxsize=1)
+    def all_folds() -> tuple[splits.Split, ...]:
+        if dataset.canonical_folds is not None:
+            return tuple(splits.canonical_folds(frame, dataset.canonical_folds))
+        return tuple(splits.kfold_ratings(frame, k=len(FOLDS), seed=KFOLD_SEED))
+
+    def fold(number: int) -> splits.Split:
+        if number not in FOLDS:
+            raise ValueError(f"rating-5fold: fold must be one of {FOLDS}, got {number}")
+        return all_folds()[number - 1]
+
+    return fold

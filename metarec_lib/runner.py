@@ -35,7 +35,13 @@ from metarec_lib import __version__
 from metarec_lib.costs import measure
 from metarec_lib.data.dataset import Dataset, Encoder
 from metarec_lib.io import atomic_write_bytes, atomic_write_csv
-from metarec_lib.metrics import coverage, novelty, ranking_metrics, rating_metrics
+from metarec_lib.metrics import (
+    coverage,
+    novelty,
+    ranking_metrics,
+    rating_metrics,
+    rating_metrics_per_user,
+)
 from metarec_lib.models.base import FAMILIES, Recommender, resolve_device
 from metarec_lib.splits import Split
 
@@ -221,7 +227,13 @@ def evaluate_cell(
     if task == "rating":
         with measure(device) as predict_cost:
             pred = model.predict(test.frame["user"].to_numpy(), test.frame["item"].to_numpy())
-        metrics.update(rating_metrics(test.frame["rating"].to_numpy(), pred))
+        truth, users = test.frame["rating"].to_numpy(), test.frame["user"].to_numpy()
+        metrics.update(rating_metrics(truth, pred))
+        per = rating_metrics_per_user(truth, pred, users, encoder.n_users)
+        present = np.unique(users)
+        per_user = pd.DataFrame(
+            {"user_id": encoder.user_ids[present], **{m: v[present] for m, v in per.items()}}
+        )
     else:
         relevant = test.matrix(binary=True)
         users = np.unique(test.frame["user"].to_numpy())

@@ -8,6 +8,7 @@ import numpy.typing as npt
 from metarec_lib.data.dataset import Interactions
 from metarec_lib.models.base import Recommender
 from metarec_lib.models.registry import register
+from metarec_lib.tuning import Choice
 
 
 @register
@@ -43,6 +44,7 @@ class MostPop(Recommender):
     name = "MostPop"
     family = "collaborative"
     defaults = {"shrinkage": 10.0}
+    space = {"shrinkage": Choice((0.0, 10.0, 100.0))}
 
     def _fit(self, train: Interactions, *, valid: Interactions | None, seed: int) -> None:
         counts = np.bincount(train.frame["item"].to_numpy(), minlength=train.n_items)

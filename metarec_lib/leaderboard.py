@@ -1,0 +1,147 @@
+"""Leaderboards from the results files: mean and 95% CI over seeds, costs, and a paired test of
+every model against the best one across users (Holm corrected)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from metarec_lib.stats import aggregate_frame, compare_to_best
+
+LOWER_IS_BETTER = ("rmse", "mae")
+
+
+def higher_is_better(metric: str) -> bool:
+    return metric.split("@")[0] not in LOWER_IS_BETTER
+
+
+def per_user_means(out: Path, dataset: str, protocol: str, model: str, metric: str) -> pd.Series:
+    """A model's per-user metric, averaged over the seeds/folds it ran (index user_id)."""
+    frames = [
+        pd.read_csv(p, usecols=["user_id", metric])
+        for p in sorted((out / "per_user").glob(f"{dataset}__{protocol}__{model}__seed*.csv.gz"))
+    ]
+    if not frames:
+        return pd.Series(dtype=float)
+    return pd.concat(frames).groupby("user_id")[metric].mean()
+
+
+def leaderboard(out: str | Path, dataset: str, protocol: str, metric: str) -> pd.DataFrame:
+    """One row per model: mean, CI, seeds, median costs, and the paired test against the best.
+
+    `out` is a notebook's results folder (`results/<stem>`). The paired test uses per-user values
+    averaged over seeds, on the users every model was evaluated on.
+    """
+    out = Path(out)
+    metrics = pd.read_csv(out / "metrics.csv")
+    costs = pd.read_csv(out / "costs.csv")
+    sel = metrics[(metrics.dataset == dataset) & (metrics.protocol == protocol)
+                  & (metrics.metric == metric)]  # fmt: skip
+    if sel.empty:
+        return pd.DataFrame()
+    table = aggregate_frame(sel, by=["family", "model"])
+    cost = (costs[(costs.dataset == dataset) & (costs.protocol == protocol)]
+            .groupby("model")[["fit_seconds", "predict_seconds", "peak_memory_mb", "n_parameters"]]
+            .median())  # fmt: skip
+    table = table.merge(cost, left_on="model", right_index=True, how="left")
+    per_user = {m: per_user_means(out, dataset, protocol, m, metric) for m in table["model"]}
+    per_user = {m: v for m, v in per_user.items() if len(v)}
+    better = higher_is_better(metric)
+    if len(per_user) >= 2:
+        users = sorted(set.intersection(*(set(v.index) for v in per_user.values())))
+        vectors = {m: v.reindex(users).to_numpy() for m, v in per_user.items()}
+        tests = compare_to_best(vectors, higher_is_better=better).rename(
+            columns={"mean": "per_user_mean", "n": "n_users"}
+        )
+        table = table.merge(tests, on="model", how="left")
+    table = table.sort_values("mean", ascending=not better).reset_index(drop=True)
+    table.insert(0, "rank", np.arange(1, len(table) + 1))
+    return table
+
+
+def summary_table(board: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """A compact, readable view of a leaderboard (for display and the report)."""
+    if board.empty:
+        return board
+    cols = {"rank": "rank", "family": "family", "model": "model"}
+    view = board[list(cols)].copy()
+    view[metric] = [f"{m:.4f} ± {(h - m):.4f}" if np.isfinite(h) else f"{m:.4f}"
+                    for m, h in zip(board["mean"], board["ci_high"], strict=True)]  # fmt: skip
+    view["seeds"] = board["n"]
+    if "wilcoxon_p_holm" in board:
+        view["p vs best (Holm)"] = board["wilcoxon_p_holm"].map(
+            lambda p: "best" if pd.isna(p) else f"{p:.2g}"
+        )
+        view.loc[board["is_best"].fillna(False).astype(bool), "p vs best (Holm)"] = "best"
+    view["fit s"] = board["fit_seconds"].round(3)
+    view["params"] = board["n_parameters"].astype("Int64")
+    return view
+
+
+def primary_metric(protocol: str) -> str:
+    return "rmse" if protocol.startswith("rating") else "ndcg@10"
+
+
+def boards(out: str | Path) -> dict[tuple[str, str], pd.DataFrame]:
+    """Every (data set, protocol) leaderboard of a notebook, on its primary metric."""
+    out = Path(out)
+    metrics = pd.read_csv(out / "metrics.csv")
+    pairs = metrics[["dataset", "protocol"]].drop_duplicates().itertuples(index=False)
+    return {(d, p): leaderboard(out, d, p, primary_metric(p)) for d, p in pairs}
+
+
+def save_boards(all_boards: dict[tuple[str, str], pd.DataFrame], folder: str | Path) -> None:
+    """One CSV per leaderboard: tables/leaderboard__<dataset>__<protocol>.csv."""
+    from metarec_lib.io import atomic_write_csv
+
+    for (dataset, protocol), board in all_boards.items():
+        atomic_write_csv(Path(folder) / f"leaderboard__{dataset}__{protocol}.csv", board)
+
+
+def render(all_boards: dict[tuple[str, str], pd.DataFrame]) -> list:
+    """Markdown headings and compact tables, for `display(*render(boards))` in a notebook."""
+    from IPython.display import Markdown
+
+    items: list = []
+    for (dataset, protocol), board in all_boards.items():
+        metric = primary_metric(protocol)
+        items.append(
+            Markdown(f"### {dataset} · `{protocol}` · {metric} (mean ± 95% CI half-width)")
+        )
+        items.append(summary_table(board, metric))
+    return items
+
+
+def narrative(
+    all_boards: dict[tuple[str, str], pd.DataFrame],
+    targets: dict[tuple[str, str, str], tuple[str, float]] | None = None,
+) -> str:
+    """Sentences with the numbers, printed by code: who wins, who ties, targets met or not."""
+    lines = []
+    for (dataset, protocol), board in all_boards.items():
+        if board.empty:
+            continue
+        metric = primary_metric(protocol)
+        best = board.iloc[0]
+        ties = []
+        if "significant" in board:
+            ties = board[
+                (~board["is_best"].fillna(False).astype(bool))
+                & (~board["significant"].fillna(True).astype(bool))
+            ]["model"].tolist()
+        text = (f"- **{dataset} / {protocol}**: best is **{best['model']}** ({best['family']}) "
+                f"with {metric} {best['mean']:.4f} (95% CI {best['ci_low']:.4f}–"
+                f"{best['ci_high']:.4f}, {int(best['n'])} runs)")  # fmt: skip
+        text += (f"; not significantly different from it (Holm-corrected Wilcoxon across "
+                 f"users, p ≥ 0.05): {', '.join(ties)}" if ties else
+                 "; every other model is significantly worse (Holm-corrected Wilcoxon, p < 0.05)"
+                 if "significant" in board else "")  # fmt: skip
+        target = (targets or {}).get((dataset, protocol, metric))
+        if target:
+            op, value = target
+            met = best["mean"] <= value if op == "<=" else best["mean"] >= value
+            text += f". Target {metric} {op} {value}: **{'met' if met else 'not met'}**"
+        lines.append(text + ".")
+    return "\n".join(lines)

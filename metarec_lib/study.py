@@ -1,0 +1,152 @@
+"""One family notebook's experiments: tune every model with the same budget, then run the grid.
+
+Tuning happens once per (data set, protocol, model) on a validation carve-out of the first
+seed's (or fold's) training data; the test part is never seen. The chosen hyperparameters are
+then used for every seed. Iterative models that early-stopped during tuning are refitted on the
+full training data for the number of epochs that was best on validation (`best_epoch_`).
+Tuning results are cached like runner cells, so a rerun or a resumed run does not tune again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from metarec_lib import __version__
+from metarec_lib.data.dataset import Dataset
+from metarec_lib.evaluate import ndcg_on, rmse_on
+from metarec_lib.io import atomic_write_csv, atomic_write_json
+from metarec_lib.models.base import Recommender
+from metarec_lib.models.registry import MODELS, get_model
+from metarec_lib.notebook import NotebookConfig
+from metarec_lib.protocols import carveout_how, seeds_for, split_factory, task_of
+from metarec_lib.runner import Experiment
+from metarec_lib.splits import validation_carveout
+from metarec_lib.tuning import random_search
+
+VALID_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Models to run under one protocol; `tune_on` reuses another protocol's tuned values
+    (rating models ranking under a top-N protocol keep their RMSE-tuned hyperparameters)."""
+
+    protocol: str
+    models: Sequence[str]
+    tune_on: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Tuned:
+    params: dict[str, Any]
+    score: float
+    metric: str
+    trials: pd.DataFrame
+
+
+def tune(
+    dataset: Dataset,
+    protocol: str,
+    name: str,
+    *,
+    budget: int,
+    seed: int,
+    device: str,
+    cache_dir: Path,
+    progress: bool = True,
+) -> Tuned:
+    """Random search for one model on validation data of the protocol's first split."""
+    cls = MODELS[name]
+    task = task_of(protocol)
+    key = _key(dataset.digest, protocol, name, cls, budget, seed)
+    path = cache_dir / f"tune-{key}.json"
+    if path.exists():
+        cached = json.loads(path.read_text())
+        return Tuned(cached["params"], cached["score"], cached["metric"],
+                     pd.DataFrame(cached["trials"]))  # fmt: skip
+    first = seeds_for(protocol, [seed])[0]
+    split = split_factory(protocol, dataset)(first)
+    fit_part, valid_part = validation_carveout(
+        split.train, fraction=VALID_FRACTION, seed=first, how=carveout_how(protocol)
+    )
+    encoder = dataset.encoder()
+    train, valid = encoder.encode(fit_part), encoder.encode(valid_part)
+    rating = task == "rating"
+    result = random_search(
+        lambda **config: get_model(name, device=device, **config),
+        cls.space, train, valid, rmse_on if rating else ndcg_on,
+        budget=budget, seed=seed, higher_is_better=not rating, progress=progress,
+        desc=f"tune {name} {dataset.name} {protocol}",
+    )  # fmt: skip
+    params = dict(result.best)
+    best_model = get_model(name, device=device, **params).fit(train, valid=valid, seed=seed)
+    best_epoch = getattr(best_model, "best_epoch_", None)
+    if best_epoch is not None and "epochs" in cls.defaults:
+        params["epochs"] = int(best_epoch)
+    tuned = Tuned(params, result.best_score, "rmse" if rating else "ndcg@10", result.trials)
+    atomic_write_json(path, {"params": params, "score": tuned.score, "metric": tuned.metric,
+                             "trials": result.trials.to_dict(orient="list")})  # fmt: skip
+    return tuned
+
+
+def _key(digest: str, protocol: str, name: str, cls: type[Recommender], budget: int,
+         seed: int) -> str:  # fmt: skip
+    blob = json.dumps(
+        {"digest": digest, "protocol": protocol, "model": name, "defaults": cls.defaults,
+         "space": repr(cls.space), "budget": budget, "seed": seed, "version": __version__,
+         "valid": VALID_FRACTION},
+        sort_keys=True, default=str,
+    )  # fmt: skip
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def run_plans(
+    config: NotebookConfig,
+    data: dict[str, Dataset],
+    plans: Sequence[Plan],
+    *,
+    budget: int = 20,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Tune and run every plan on every data set; returns (metric rows, chosen hyperparameters).
+
+    Writes `tables/hyperparameters.csv` and `tables/tuning_trials.csv` under the notebook's
+    results folder, and the results contract through `Experiment`.
+    """
+    exp = Experiment(config.stem, config.results_dir, progress=not config.smoke)
+    cache = config.out / ".cells"
+    tuned_rows, trial_frames, metric_frames = [], [], []
+    tune_seed = config.seeds[0]
+    for ds in data.values():
+        for plan in plans:
+            models: dict[str, Recommender] = {}
+            for name in plan.models:
+                source = plan.tune_on.get(name, plan.protocol)
+                t = tune(ds, source, name, budget=budget, seed=tune_seed, device=config.device,
+                         cache_dir=cache, progress=not config.smoke)  # fmt: skip
+                models[name] = get_model(name, device=config.device, **t.params)
+                tuned_rows.append({
+                    "dataset": ds.name, "protocol": plan.protocol, "model": name,
+                    "family": MODELS[name].family, "tuned_on": source,
+                    "validation_metric": t.metric, "validation_score": t.score,
+                    "configurations": len(t.trials), "params": json.dumps(t.params, sort_keys=True),
+                })  # fmt: skip
+                if source == plan.protocol:
+                    trial_frames.append(t.trials.assign(dataset=ds.name, protocol=source,
+                                                        model=name))  # fmt: skip
+            split = split_factory(plan.protocol, ds)
+            seeds = seeds_for(plan.protocol, config.seeds)
+            metric_frames.append(exp.run(ds, plan.protocol, split, models, seeds,
+                                         task=task_of(plan.protocol)))  # fmt: skip
+    tuned = pd.DataFrame(tuned_rows)
+    atomic_write_csv(config.out / "tables" / "hyperparameters.csv", tuned)
+    if trial_frames:
+        trials = pd.concat(trial_frames, ignore_index=True)
+        atomic_write_csv(config.out / "tables" / "tuning_trials.csv", trials)
+    return pd.concat(metric_frames, ignore_index=True), tuned
