@@ -1,5 +1,4 @@
 import os
-import time
 
 import numpy as np
 import pytest
@@ -108,7 +107,7 @@ def test_bad_reg_is_named():
 
 @pytest.mark.skipif("METAREC_DATA_DIR" not in os.environ,
                     reason="METAREC_DATA_DIR is not set (MovieLens files)")  # fmt: skip
-def test_ml100k_quality_and_fit_time():
+def test_ml100k_quality():
     from metarec_lib.data import load_dataset
     from metarec_lib.evaluate import ndcg_on
     from metarec_lib.splits import holdout_per_user
@@ -117,11 +116,6 @@ def test_ml100k_quality_and_fit_time():
     split = holdout_per_user(ds.interactions, test_fraction=0.25, seed=42)
     enc = ds.encoder()
     train, test = enc.encode(split.train), enc.encode(split.test)
-    seconds = []
-    for _ in range(3):
-        start = time.perf_counter()
-        model = EASE(reg=300.0).fit(train)
-        seconds.append(time.perf_counter() - start)
-    # Measured NDCG@10 0.484; best fit ~0.1-0.3 s. The time bound is loose (shared CI cores).
+    model = EASE(reg=300.0).fit(train)
+    # Measured NDCG@10 0.484 (fit time: benchmarks/bench_collaborative.py).
     assert ndcg_on(model, test) > 0.475
-    assert min(seconds) < 2.0
