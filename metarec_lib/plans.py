@@ -12,9 +12,10 @@ TOPN_CF = ("Random", "MostPop", "UserKNN", "ItemKNN", "RP3beta", "EASE", "iALS",
 PLANS: dict[str, list[Plan]] = {
     "10_content": [
         Plan("rating-5fold", ["ContentRegression"]),
-        Plan("topn-75-25", ["ContentTFIDF", "ContentRegression"],
+        # MostPop (collaborative) is the reference floor every content model is read against.
+        Plan("topn-75-25", ["ContentTFIDF", "ContentRegression", "MostPop"],
              tune_on={"ContentRegression": "rating-5fold"}),
-        Plan("topn-temporal", ["ContentTFIDF", "ContentRegression"],
+        Plan("topn-temporal", ["ContentTFIDF", "ContentRegression", "MostPop"],
              tune_on={"ContentRegression": "rating-5fold"}),
     ],
     "20_collaborative": [

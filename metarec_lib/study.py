@@ -23,7 +23,7 @@ from metarec_lib.data.dataset import Dataset
 from metarec_lib.evaluate import ndcg_on, rmse_on
 from metarec_lib.io import atomic_write_csv, atomic_write_json
 from metarec_lib.models.base import Recommender
-from metarec_lib.models.registry import MODELS, get_model
+from metarec_lib.models.registry import get_model, model_class
 from metarec_lib.notebook import NotebookConfig
 from metarec_lib.protocols import carveout_how, seeds_for, split_factory, task_of
 from metarec_lib.runner import Experiment
@@ -63,7 +63,7 @@ def tune(
     progress: bool = True,
 ) -> Tuned:
     """Random search for one model on validation data of the protocol's first split."""
-    cls = MODELS[name]
+    cls = model_class(name)
     task = task_of(protocol)
     key = _key(dataset.digest, protocol, name, cls, budget, seed)
     path = cache_dir / f"tune-{key}.json"
@@ -133,7 +133,7 @@ def run_plans(
                 models[name] = get_model(name, device=config.device, **t.params)
                 tuned_rows.append({
                     "dataset": ds.name, "protocol": plan.protocol, "model": name,
-                    "family": MODELS[name].family, "tuned_on": source,
+                    "family": model_class(name).family, "tuned_on": source,
                     "validation_metric": t.metric, "validation_score": t.score,
                     "configurations": len(t.trials), "params": json.dumps(t.params, sort_keys=True),
                 })  # fmt: skip

@@ -17,12 +17,17 @@ def register(cls: type[Recommender]) -> type[Recommender]:
     return cls
 
 
-def get_model(name: str, **params: Any) -> Recommender:
-    """Instantiate a registered model by name; unknown names list the known ones."""
+def model_class(name: str) -> type[Recommender]:
+    """The registered class of a model name; unknown names list the known ones."""
     _import_all()
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; known models: {sorted(MODELS)}")
-    return MODELS[name](**params)
+    return MODELS[name]
+
+
+def get_model(name: str, **params: Any) -> Recommender:
+    """Instantiate a registered model by name."""
+    return model_class(name)(**params)
 
 
 def model_names() -> list[str]:
