@@ -87,13 +87,26 @@ def tune(
     )  # fmt: skip
     params = dict(result.best)
     best_model = get_model(name, device=device, **params).fit(train, valid=valid, seed=seed)
-    best_epoch = getattr(best_model, "best_epoch_", None)
-    if best_epoch is not None and "epochs" in cls.defaults:
-        params["epochs"] = int(best_epoch)
+    epoch_param = next((p for p in ("epochs", "iterations") if p in cls.defaults), None)
+    best_epoch = best_epoch_of(best_model, higher_is_better=not rating)
+    if best_epoch is not None and epoch_param is not None:
+        params[epoch_param] = int(best_epoch)
     tuned = Tuned(params, result.best_score, "rmse" if rating else "ndcg@10", result.trials)
     atomic_write_json(path, {"params": params, "score": tuned.score, "metric": tuned.metric,
                              "trials": result.trials.to_dict(orient="list")})  # fmt: skip
     return tuned
+
+
+def best_epoch_of(model: Recommender, *, higher_is_better: bool) -> int | None:
+    """The epoch an early-stopped model did best on validation (`best_epoch_`, else from its
+    `history_` of (epoch, validation value)); None for models that do not iterate."""
+    if getattr(model, "best_epoch_", None) is not None:
+        return int(model.best_epoch_)
+    history = getattr(model, "history_", None)
+    if not history:
+        return None
+    pick = max if higher_is_better else min
+    return int(pick(history, key=lambda h: h[1])[0])
 
 
 def _key(digest: str, protocol: str, name: str, cls: type[Recommender], budget: int,

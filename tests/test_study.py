@@ -68,3 +68,15 @@ def test_plans_filter_models():
         ("topn-temporal", ["EASE", "BiasedMF"]),
     ]
     assert "EASE" in plans.models_of("20_collaborative")
+
+
+def test_best_epoch_from_history():
+    from types import SimpleNamespace
+
+    from metarec_lib.study import best_epoch_of
+
+    ranked = SimpleNamespace(history_=[(1, 0.30), (2, 0.35), (3, 0.33)])
+    assert best_epoch_of(ranked, higher_is_better=True) == 2
+    assert best_epoch_of(ranked, higher_is_better=False) == 1
+    assert best_epoch_of(SimpleNamespace(best_epoch_=7, history_=[]), higher_is_better=True) == 7
+    assert best_epoch_of(SimpleNamespace(), higher_is_better=True) is None
