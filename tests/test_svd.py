@@ -19,6 +19,16 @@ from metarec_lib.models.svd import BiasedMF, SVDpp, SVDppNet, ridge_half_step
 from metarec_lib.testing import check_recommender
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """These models are tiny: extra intra-op threads only add overhead (and stall badly when
+    the 2 cores are shared), so each test runs torch single-threaded and restores the count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _interactions(users, items, ratings, n_users, n_items) -> Interactions:
     frame = pd.DataFrame(
         {
@@ -260,6 +270,20 @@ def test_svdpp_is_deterministic_and_learns_beyond_biases():
     biases_only = _rmse(BiasedMF(factors=0, reg_bias=0.1, epochs=20).fit(train), train)
     assert _rmse(a, train) < 0.6 * biases_only
     assert a.n_parameters == 30 + 25 + 30 * 3 + 2 * 25 * 3 + 1
+
+
+def test_svdpp_early_stopping_keeps_the_best_epoch():
+    data = _low_rank(seed=5)
+    f = data.frame
+    held = np.random.default_rng(1).random(len(f)) < 0.2
+    train = Interactions(f[~held].reset_index(drop=True), data.n_users, data.n_items)
+    valid = Interactions(f[held].reset_index(drop=True), data.n_users, data.n_items)
+    model = SVDpp(factors=8, reg=0.0, reg_bias=0.0, epochs=40, batch_size=64,
+                  learning_rate=0.05, lr_decay=1.0, patience=2).fit(train, valid=valid)  # fmt: skip
+    epochs, values = zip(*model.history_, strict=True)
+    assert _rmse(model, valid) == pytest.approx(min(values), abs=1e-9)
+    assert model.best_epoch_ == epochs[int(np.argmin(values))]
+    assert len(epochs) == model.best_epoch_ + 2 < 40
 
 
 # ----------------------------------------------------------------------------- ML-100K
