@@ -76,7 +76,7 @@ def summary_table(board: pd.DataFrame, metric: str) -> pd.DataFrame:
         )
         view.loc[board["is_best"].fillna(False).astype(bool), "p vs best (Holm)"] = "best"
     view["fit s"] = board["fit_seconds"].round(3)
-    view["params"] = board["n_parameters"].astype("Int64")
+    view["params"] = board["n_parameters"].round().astype("Int64")
     return view
 
 

@@ -80,3 +80,11 @@ def test_best_epoch_from_history():
     assert best_epoch_of(ranked, higher_is_better=False) == 1
     assert best_epoch_of(SimpleNamespace(best_epoch_=7, history_=[]), higher_is_better=True) == 7
     assert best_epoch_of(SimpleNamespace(), higher_is_better=True) is None
+
+
+def test_summary_table_handles_fractional_median_parameter_counts():
+    board = pd.DataFrame({"rank": [1], "family": ["collaborative"], "model": ["M"],
+                          "mean": [0.5], "ci_high": [0.6], "n": [2], "fit_seconds": [0.1],
+                          "n_parameters": [3363.5]})  # fmt: skip
+    view = leaderboard.summary_table(board, "ndcg@10")
+    assert view.loc[0, "params"] == 3364 and view.loc[0, "ndcg@10"] == "0.5000 ± 0.1000"
