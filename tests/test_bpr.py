@@ -140,15 +140,10 @@ def test_registered_with_a_space_containing_the_defaults():
 @pytest.mark.skipif(
     not os.environ.get("METAREC_DATA_DIR"), reason="METAREC_DATA_DIR not set (MovieLens)"
 )
-def test_beats_most_popular_on_ml100k():
-    from metarec_lib.data import load_dataset
+def test_beats_most_popular_on_ml100k(ml100k_holdout):
     from metarec_lib.models.popularity import MostPop
-    from metarec_lib.splits import holdout_per_user
 
-    ds = load_dataset("ml-100k")
-    split = holdout_per_user(ds.interactions, test_fraction=0.25, seed=42)
-    enc = ds.encoder()
-    train, test = enc.encode(split.train), enc.encode(split.test)
+    train, test = ml100k_holdout
     pop = ndcg_on(MostPop().fit(train), test)
     bpr = ndcg_on(BPR(epochs=8, learning_rate=0.01).fit(train, seed=0), test)
     assert bpr > pop + 0.1, (bpr, pop)

@@ -113,14 +113,9 @@ def test_bad_hyperparameters_are_named():
 
 @pytest.mark.skipif("METAREC_DATA_DIR" not in os.environ,
                     reason="METAREC_DATA_DIR is not set (MovieLens files)")  # fmt: skip
-def test_ml100k_quality():
-    from metarec_lib.data import load_dataset
+def test_ml100k_quality(ml100k_holdout):
     from metarec_lib.evaluate import ndcg_on
-    from metarec_lib.splits import holdout_per_user
 
-    ds = load_dataset("ml-100k")
-    split = holdout_per_user(ds.interactions, test_fraction=0.25, seed=42)
-    enc = ds.encoder()
-    train, test = enc.encode(split.train), enc.encode(split.test)
+    train, test = ml100k_holdout
     # Measured 0.453 with alpha 1, beta 0.6, k 200 (MostPop: 0.252).
     assert ndcg_on(RP3beta(alpha=1.0, beta=0.6, k=200).fit(train), test) > 0.44
