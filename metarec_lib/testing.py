@@ -108,3 +108,14 @@ def check_recommender(
             f"{name}: held-out liked item missing from the top {k} for users "
             f"{np.flatnonzero(~hits).tolist()}"
         )
+
+
+def other_parity_valid(train: Interactions) -> Interactions:
+    """A checkerboard validation set that gets worse as the model learns: one unseen item of
+    the OTHER parity per user. Early-stopping tests use it to force a stop."""
+    seen = train.matrix(binary=True).toarray() > 0
+    items = [next(i for i in range(1 - u % 2, train.n_items, 2) if not seen[u, i])
+             for u in range(train.n_users)]  # fmt: skip
+    frame = pd.DataFrame({"user": np.arange(train.n_users), "item": items, "rating": 5.0,
+                          "timestamp": 0})  # fmt: skip
+    return Interactions(frame, train.n_users, train.n_items)

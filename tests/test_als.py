@@ -1,7 +1,6 @@
 import os
 
 import numpy as np
-import pandas as pd
 import pytest
 import scipy.sparse as sp
 from hypothesis import given, settings
@@ -19,7 +18,7 @@ from metarec_lib.models.als import (
     solve_exact,
 )
 from metarec_lib.models.registry import get_model
-from metarec_lib.testing import check_recommender, checkerboard
+from metarec_lib.testing import check_recommender, checkerboard, other_parity_valid
 
 
 def _direct_wls(conf: sp.csr_matrix, fixed: np.ndarray, reg: np.ndarray) -> np.ndarray:
@@ -35,16 +34,6 @@ def _direct_wls(conf: sp.csr_matrix, fixed: np.ndarray, reg: np.ndarray) -> np.n
         a = fixed.T @ (w[:, None] * fixed) + reg[u] * np.eye(fixed.shape[1])
         out.append(np.linalg.solve(a, fixed.T @ (w * pref[u])))
     return np.array(out)
-
-
-def _other_parity_valid(train: Interactions) -> Interactions:
-    """One unseen item of the OTHER parity per checkerboard user: learning makes it worse."""
-    seen = train.matrix(binary=True).toarray() > 0
-    items = [next(i for i in range(1 - u % 2, train.n_items, 2) if not seen[u, i])
-             for u in range(train.n_users)]  # fmt: skip
-    frame = pd.DataFrame({"user": np.arange(train.n_users), "item": items, "rating": 5.0,
-                          "timestamp": 0})  # fmt: skip
-    return Interactions(frame, train.n_users, train.n_items)
 
 
 def _random_problem(seed: int, n: int = 6, m: int = 9, f: int = 3):
@@ -209,7 +198,7 @@ def test_seeds_change_the_factors_and_rerun_reproduces_them():
 
 def test_early_stopping_keeps_the_best_iteration():
     train, _ = checkerboard()
-    valid = _other_parity_valid(train)
+    valid = other_parity_valid(train)
     model = IALS(factors=4, alpha=5.0, iterations=12, patience=2).fit(train, valid=valid)
     values = [v for _, v in model.history_]
     assert [e for e, _ in model.history_] == list(range(1, len(values) + 1))

@@ -1,26 +1,14 @@
 import os
 
 import numpy as np
-import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
 
-from metarec_lib.data.dataset import Interactions
 from metarec_lib.evaluate import ndcg_on
 from metarec_lib.models.bpr import BPR, BPRModule, sample_triples
 from metarec_lib.models.registry import get_model
-from metarec_lib.testing import check_recommender, checkerboard
-
-
-def _other_parity_valid(train: Interactions) -> Interactions:
-    """One unseen item of the OTHER parity per checkerboard user: learning makes it worse."""
-    seen = train.matrix(binary=True).toarray() > 0
-    items = [next(i for i in range(1 - u % 2, train.n_items, 2) if not seen[u, i])
-             for u in range(train.n_users)]  # fmt: skip
-    frame = pd.DataFrame({"user": np.arange(train.n_users), "item": items, "rating": 5.0,
-                          "timestamp": 0})  # fmt: skip
-    return Interactions(frame, train.n_users, train.n_items)
+from metarec_lib.testing import check_recommender, checkerboard, other_parity_valid
 
 
 def _module(n_users=3, n_items=4, factors=2, reg=0.0, seed=0):
@@ -116,7 +104,7 @@ def test_training_loss_falls_and_bias_can_be_switched_off():
 
 def test_early_stopping_keeps_the_best_epoch():
     train, _ = checkerboard()
-    valid = _other_parity_valid(train)
+    valid = other_parity_valid(train)
     model = BPR(factors=8, learning_rate=0.05, epochs=40, eval_every=2, patience=3)
     model.fit(train, valid=valid, seed=0)
     epochs = [e for e, _ in model.history_]
