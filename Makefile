@@ -46,5 +46,5 @@ lab: setup ## Open the notebooks in JupyterLab
 	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks
 
 clean: ## Remove the environment, caches and smoke outputs (keeps committed results)
-	rm -rf $(VENV) .smoke .pytest_cache .ruff_cache $(RESULTS)/*/.cells
+	rm -rf $(VENV) .smoke .pytest_cache .ruff_cache $(RESULTS)/.cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -12,8 +12,9 @@ split's training part, evaluates it on the test part and records costs. It write
 - `per_user/<dataset>__<protocol>__<model>__seed<seed>.csv.gz` user_id and one column per metric,
   for paired tests across users.
 
-Finished cells are cached in `results/<stem>/.cells/` under a key of configuration + data digest +
-library version, so an interrupted run resumes and an unchanged cell is not recomputed. Every
+Finished cells are cached in `results/.cache/cells/` under a key of configuration + data digest +
+library version (not the notebook), so an interrupted run resumes, an unchanged cell is not
+recomputed, and a baseline one notebook fitted is reused by the next one that lists it. Every
 file is written atomically (see `metarec_lib.io`).
 """
 
@@ -83,6 +84,11 @@ class Experiment:
     @property
     def out(self) -> Path:
         return Path(self.results_dir) / self.stem
+
+    @property
+    def cache(self) -> Path:
+        """Cell cache shared by every notebook writing under the same results folder."""
+        return cache_dir(self.results_dir, "cells")
 
     def run(
         self,
@@ -185,7 +191,7 @@ class Experiment:
         return hashlib.sha256(blob).hexdigest()[:32]
 
     def _load(self, key: str) -> CellResult | None:
-        path = self.out / ".cells" / f"{key}.pkl"
+        path = self.cache / f"{key}.pkl"
         if not (self.use_cache and path.exists()):
             return None
         try:
@@ -197,7 +203,12 @@ class Experiment:
 
     def _save(self, key: str, result: CellResult) -> None:
         if self.use_cache:
-            atomic_write_bytes(self.out / ".cells" / f"{key}.pkl", pickle.dumps(result))
+            atomic_write_bytes(self.cache / f"{key}.pkl", pickle.dumps(result))
+
+
+def cache_dir(results_dir: str | Path, kind: str) -> Path:
+    """`results/.cache/<kind>/`: caches shared across notebooks (never committed)."""
+    return Path(results_dir) / ".cache" / kind
 
 
 def _cell(row: Mapping[str, Any]) -> tuple:
@@ -217,11 +228,13 @@ def evaluate_cell(
     model = model.clone()
     device = resolve_device(model.device)
     model.device = device
-    train = encoder.encode(split.train)
-    valid = encoder.encode(split.valid) if split.valid is not None else None
+    # A split's valid part (leave-last-one-out) served tuning; the final fit sees it as
+    # history, as the test item's predecessor, exactly like a deployed model would.
+    history = split.train if split.valid is None else pd.concat([split.train, split.valid])
+    train = encoder.encode(history)
     test = encoder.encode(split.test)
     with measure(device) as fit_cost:
-        model.fit(train, valid=valid, seed=seed)
+        model.fit(train, seed=seed)
     metrics: dict[str, float] = {}
     topk_frame = per_user = None
     if task == "rating":

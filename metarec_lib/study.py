@@ -4,7 +4,9 @@ Tuning happens once per (data set, protocol, model) on a validation carve-out of
 seed's (or fold's) training data; the test part is never seen. The chosen hyperparameters are
 then used for every seed. Iterative models that early-stopped during tuning are refitted on the
 full training data for the number of epochs that was best on validation (`best_epoch_`).
-Tuning results are cached like runner cells, so a rerun or a resumed run does not tune again.
+Tuning results are cached like runner cells (`results/.cache/tuning/`, shared by notebooks), so
+a rerun, a resumed run or a later notebook with the same model and protocol does not tune again.
+A protocol with its own validation part (leave-last-one-out) tunes on that part.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from metarec_lib.models.base import Recommender
 from metarec_lib.models.registry import get_model, model_class
 from metarec_lib.notebook import NotebookConfig
 from metarec_lib.protocols import carveout_how, seeds_for, split_factory, task_of
-from metarec_lib.runner import Experiment
+from metarec_lib.runner import Experiment, cache_dir
 from metarec_lib.splits import validation_carveout
 from metarec_lib.tuning import random_search
 
@@ -73,9 +75,12 @@ def tune(
                      pd.DataFrame(cached["trials"]))  # fmt: skip
     first = seeds_for(protocol, [seed])[0]
     split = split_factory(protocol, dataset)(first)
-    fit_part, valid_part = validation_carveout(
-        split.train, fraction=VALID_FRACTION, seed=first, how=carveout_how(protocol)
-    )
+    if split.valid is not None:  # the protocol's own validation part (leave-last-one-out)
+        fit_part, valid_part = split.train, split.valid
+    else:
+        fit_part, valid_part = validation_carveout(
+            split.train, fraction=VALID_FRACTION, seed=first, how=carveout_how(protocol)
+        )
     encoder = dataset.encoder()
     train, valid = encoder.encode(fit_part), encoder.encode(valid_part)
     rating = task == "rating"
@@ -133,7 +138,7 @@ def run_plans(
     results folder, and the results contract through `Experiment`.
     """
     exp = Experiment(config.stem, config.results_dir, progress=not config.smoke)
-    cache = config.out / ".cells"
+    cache = cache_dir(config.results_dir, "tuning")
     tuned_rows, trial_frames, metric_frames = [], [], []
     tune_seed = config.seeds[0]
     for ds in data.values():

@@ -37,6 +37,7 @@ import torch
 from metarec_lib.data.dataset import Interactions
 from metarec_lib.models.base import Recommender
 from metarec_lib.models.registry import register
+from metarec_lib.models.training import EarlyStopping
 from metarec_lib.tuning import Choice, LogUniform
 
 _CONFIDENCES = ("linear", "log", "binary")
@@ -310,9 +311,7 @@ class IALS(Recommender):
             return solve_cg(m, fixed, r, current, steps)
 
         self.loss_history_: list[tuple[int, float]] = []
-        self.history_: list[tuple[int, float]] = []
-        self.best_epoch_: int | None = None
-        best, best_value, waited = None, -np.inf, 0
+        stopper = EarlyStopping(int(p["patience"]))
         for it in range(1, int(p["iterations"]) + 1):
             items = half(conf_t, users, reg_items, items)
             users = half(conf, items, reg_users, users)
@@ -320,17 +319,11 @@ class IALS(Recommender):
             if valid is None:
                 continue
             self.user_factors_, self.item_factors_ = users, items
-            value = ndcg_on(self, valid)
-            self.history_.append((it, value))
-            if value > best_value:
-                best, best_value, waited = (users.copy(), items.copy()), value, 0
-                self.best_epoch_ = it
-            else:
-                waited += 1
-                if waited >= int(p["patience"]):
-                    break
-        if best is not None:
-            users, items = best
+            if stopper.update(it, ndcg_on(self, valid), lambda: (users.copy(), items.copy())):
+                break
+        self.history_, self.best_epoch_ = stopper.history, stopper.best_epoch
+        if stopper.best_state is not None:
+            users, items = stopper.best_state
         self.user_factors_, self.item_factors_ = users, items
 
     # -- inference ------------------------------------------------------------------------

@@ -17,8 +17,6 @@ scatter-adds of the backward pass may differ in the last bits).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -30,6 +28,7 @@ from torch import nn
 from metarec_lib.data.dataset import Interactions
 from metarec_lib.models.base import Recommender, resolve_device
 from metarec_lib.models.registry import register
+from metarec_lib.models.training import EarlyStopping, cpu_threads
 from metarec_lib.tuning import Choice, LogUniform
 
 
@@ -69,25 +68,6 @@ def sample_triples(
         keep[bad] = False
         users, positives, negatives = users[keep], positives[keep], negatives[keep]
     return users, positives, negatives
-
-
-@contextmanager
-def single_threaded(device: str) -> Iterator[None]:
-    """On CPU, run torch ops on one thread for the duration, then restore the setting.
-
-    BPR's ops are small ((batch, f) gathers, Adam over (n, f) tables): on 2 cores the
-    intra-op barriers cost more than they save (measured 0.83 s vs 1.0 s for 10 ML-100K
-    epochs), and on a busy machine they stall by 10x or more. Results do not depend on it.
-    """
-    if device != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class BPRModule(nn.Module):
@@ -166,7 +146,7 @@ class BPR(Recommender):
 
     def _fit(self, train: Interactions, *, valid: Interactions | None, seed: int) -> None:
         device = resolve_device(self.device)
-        with single_threaded(device):
+        with cpu_threads(device, 1):
             self._train(train, valid, seed, device)
 
     def _train(
@@ -189,10 +169,8 @@ class BPR(Recommender):
         fused = torch.device(device).type in ("cpu", "cuda")  # one kernel per step, not ten
         optimiser = torch.optim.Adam(trainable, lr=float(p["learning_rate"]), fused=fused)
         batch = int(p["batch_size"])
-        self.history_: list[tuple[int, float]] = []
         self.loss_history_: list[tuple[int, float]] = []
-        self.best_epoch_: int | None = None
-        best, best_value, waited = None, -np.inf, 0
+        stopper = EarlyStopping(int(p["patience"]))
         for epoch in range(1, int(p["epochs"]) + 1):
             triples = sample_triples(self.seen_, generator, int(p["negative_tries"]))
             u, i, j = (t.to(device) for t in triples)
@@ -208,18 +186,13 @@ class BPR(Recommender):
             if valid is None or epoch % int(p["eval_every"]):
                 continue
             self._export(module)
-            value = ndcg_on(self, valid)
-            self.history_.append((epoch, value))
-            if value > best_value:
-                best_value, waited, self.best_epoch_ = value, 0, epoch
-                best = (self.user_factors_, self.item_factors_, self.item_bias_)
-            else:
-                waited += 1
-                if waited >= int(p["patience"]):
-                    break
+            snapshot = lambda: (self.user_factors_, self.item_factors_, self.item_bias_)  # noqa: E731
+            if stopper.update(epoch, ndcg_on(self, valid), snapshot):
+                break
+        self.history_, self.best_epoch_ = stopper.history, stopper.best_epoch
         self._export(module)
-        if best is not None:
-            self.user_factors_, self.item_factors_, self.item_bias_ = best
+        if stopper.best_state is not None:
+            self.user_factors_, self.item_factors_, self.item_bias_ = stopper.best_state
 
     def _export(self, module: BPRModule) -> None:
         """Copy the weights to NumPy (scoring, pickling and early-stopping snapshots)."""

@@ -1,0 +1,192 @@
+"""`TorchRecommender`: the one training loop every PyTorch model of the study runs through.
+
+It owns device choice (`device="auto"`: CUDA when present), seeding, CPU threads, batching,
+the optimiser, a tqdm bar over epochs, early stopping on validation NDCG@10 and a per-epoch
+log (loss, seconds, samples per second, validation value) for training curves and benchmarks.
+A model file then holds only its module, its batches and its loss:
+
+    build(train, generator) -> nn.Module   prepare data and create the network (CPU)
+    batches(generator)      -> iterator of tuples of CPU tensors (one epoch)
+    loss(module, batch)     -> scalar tensor
+    score_users(module, users) -> (len(users), n_items) tensor of scores
+
+and, only where one Adam step per batch does not fit (a GAN), `optimiser` and `step`.
+
+Determinism: all sampling draws from one CPU `torch.Generator` seeded by `fit`'s seed, and the
+global torch RNG (dropout) is seeded inside `torch.random.fork_rng`, so the caller's RNG state
+is untouched and the same seed gives the same model on the same machine and device.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from abc import abstractmethod
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from metarec_lib.data.dataset import Interactions
+from metarec_lib.models.base import Recommender, resolve_device
+from metarec_lib.models.training import EarlyStopping, cpu_threads
+
+Batch = tuple[torch.Tensor, ...]
+
+TORCH_DEFAULTS: dict[str, Any] = {
+    "epochs": 30,
+    "batch_size": 256,
+    "learning_rate": 1e-3,
+    "weight_decay": 0.0,
+    "eval_every": 1,
+    "patience": 3,
+}
+
+
+class TorchRecommender(Recommender):
+    """Base for PyTorch models; subclasses extend `defaults` with `TORCH_DEFAULTS`.
+
+    Hyperparameters every subclass has: epochs (maximum), batch_size, learning_rate and
+    weight_decay (Adam), eval_every and patience (early stopping on validation NDCG@10, only
+    when `fit` gets `valid`; the best epoch's weights are kept).
+    After fit: module_ (in eval mode, on device_), history_ [(epoch, valid NDCG@10)],
+    best_epoch_, train_log_ (DataFrame: epoch, loss, seconds, samples, samples_per_second,
+    valid_ndcg).
+    """
+
+    family = "deep"
+    defaults: ClassVar[dict[str, Any]] = dict(TORCH_DEFAULTS)
+    # Intra-op threads on CPU during fit (None: torch's default). Small models are faster on one.
+    cpu_threads: ClassVar[int | None] = 1
+    score_batch: ClassVar[int] = 512
+    progress: bool = True
+
+    # -- what a model writes --------------------------------------------------------------
+    @abstractmethod
+    def build(self, train: Interactions, generator: torch.Generator) -> nn.Module:
+        """Prepare training data from `train` and return the untrained network (on CPU)."""
+
+    @abstractmethod
+    def batches(self, generator: torch.Generator) -> Iterator[Batch]:
+        """One epoch of training batches (CPU tensors; the first one's length is the batch
+        size used for the loss average)."""
+
+    @abstractmethod
+    def loss(self, module: nn.Module, batch: Batch) -> torch.Tensor:
+        """Mean training loss of one batch (already on the device)."""
+
+    @abstractmethod
+    def score_users(self, module: nn.Module, users: torch.Tensor) -> torch.Tensor:
+        """Scores of every item for `users` (int64 tensor on the device): (n, n_items)."""
+
+    def optimiser(self, module: nn.Module) -> Any:
+        """Adam over the trainable parameters. A model with several networks (CFGAN) returns
+        whatever its `step` needs, e.g. one optimiser per network."""
+        p = self.params
+        trainable = [w for w in module.parameters() if w.requires_grad]
+        return torch.optim.Adam(
+            trainable, lr=float(p["learning_rate"]), weight_decay=float(p["weight_decay"])
+        )
+
+    def step(self, module: nn.Module, batch: Batch, optimiser: Any) -> torch.Tensor:
+        """One optimisation step on a batch; returns the (detached) loss to log. Override for
+        alternating updates (a GAN's discriminator and generator)."""
+        loss = self.loss(module, batch)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        return loss.detach()
+
+    # -- the loop -------------------------------------------------------------------------
+    def _fit(self, train: Interactions, *, valid: Interactions | None, seed: int) -> None:
+        self.device_ = resolve_device(self.device)
+        devices = [torch.cuda.current_device()] if self.device_.startswith("cuda") else []
+        with cpu_threads(self.device_, self.cpu_threads), torch.random.fork_rng(devices):
+            torch.manual_seed(int(seed))
+            generator = torch.Generator().manual_seed(int(seed))
+            module = self.build(train, generator).to(self.device_)
+            self.module_ = module
+            self._train(module, valid, generator)
+
+    def _train(
+        self, module: nn.Module, valid: Interactions | None, generator: torch.Generator
+    ) -> None:
+        from metarec_lib.evaluate import ndcg_on
+
+        p = self.params
+        optimiser = self.optimiser(module)
+        stopper = EarlyStopping(int(p["patience"]))
+        log: list[dict[str, Any]] = []
+        quiet = not self.progress or bool(os.environ.get("TQDM_DISABLE"))
+        bar = tqdm(range(1, int(p["epochs"]) + 1), desc=f"fit {self.name}", leave=False,
+                   disable=quiet, unit="epoch")  # fmt: skip
+        for epoch in bar:
+            module.train()
+            start = time.perf_counter()
+            total, samples = torch.zeros((), device=self.device_), 0
+            for batch in self.batches(generator):
+                batch = tuple(t.to(self.device_, non_blocking=True) for t in batch)
+                loss = self.step(module, batch, optimiser)
+                n = len(batch[0])
+                total += loss * n
+                samples += n
+            mean_loss = float(total) / max(samples, 1)  # float() waits for the device
+            seconds = time.perf_counter() - start
+            row = {"epoch": epoch, "loss": mean_loss, "seconds": seconds, "samples": samples,
+                   "samples_per_second": samples / seconds if seconds > 0 else np.nan,
+                   "valid_ndcg": np.nan}  # fmt: skip
+            log.append(row)
+            if not np.isfinite(mean_loss):
+                raise FloatingPointError(
+                    f"{self.name}: training loss is {mean_loss} at epoch {epoch} "
+                    f"(learning_rate={p['learning_rate']}); lower the learning rate"
+                )
+            if valid is None or epoch % int(p["eval_every"]):
+                continue
+            module.eval()
+            row["valid_ndcg"] = value = ndcg_on(self, valid)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", ndcg=f"{value:.4f}")
+            if stopper.update(epoch, value, lambda: copy.deepcopy(module.state_dict())):
+                break
+        bar.close()
+        if stopper.best_state is not None:
+            module.load_state_dict(stopper.best_state)
+        module.eval()
+        self.history_, self.best_epoch_ = stopper.history, stopper.best_epoch
+        self.train_log_ = pd.DataFrame(log, columns=["epoch", "loss", "seconds", "samples",
+                                                     "samples_per_second", "valid_ndcg"])  # fmt: skip
+
+    # -- inference ------------------------------------------------------------------------
+    def score(self, users: npt.ArrayLike) -> np.ndarray:
+        users = np.asarray(users, np.int64)
+        module = self.module_
+        was_training = module.training
+        module.eval()
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(users), self.score_batch):
+                block = torch.from_numpy(users[start : start + self.score_batch]).to(self.device_)
+                out.append(self.score_users(module, block).float().cpu().numpy())
+        module.train(was_training)
+        if not out:
+            return np.empty((0, self.n_items_), np.float32)
+        return np.vstack(out)
+
+    @property
+    def n_parameters(self) -> int:
+        module = getattr(self, "module_", None)
+        return 0 if module is None else int(sum(w.numel() for w in module.parameters()))
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle with the network on CPU, so a model fitted on a GPU loads anywhere."""
+        state = self.__dict__.copy()
+        if "module_" in state:
+            state["module_"] = copy.deepcopy(self.module_).cpu()
+            state["device_"] = "cpu"
+        return state

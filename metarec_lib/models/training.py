@@ -1,0 +1,65 @@
+"""Training helpers shared by iterative models: early stopping and CPU thread control.
+
+`EarlyStopping` is the one place that decides when a model stops and which weights it keeps,
+so BPR, iALS, the rating factorisations and every PyTorch model stop by the same rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+
+class EarlyStopping:
+    """Track a validation value per evaluation; keep the best snapshot; say when to stop.
+
+    `update(epoch, value, snapshot)` records the value, calls `snapshot()` (a copy of the
+    weights) only when the value is the best so far, and returns True once `patience`
+    evaluations in a row failed to improve on the best. A NaN value never counts as a gain.
+    """
+
+    def __init__(self, patience: int, *, higher_is_better: bool = True) -> None:
+        if patience < 1:
+            raise ValueError(f"EarlyStopping: patience={patience!r}; expected an int >= 1")
+        self.patience = int(patience)
+        self.higher_is_better = higher_is_better
+        self.history: list[tuple[int, float]] = []
+        self.best_epoch: int | None = None
+        self.best_value = -np.inf if higher_is_better else np.inf
+        self.best_state: Any = None
+        self.waited = 0
+
+    def update(self, epoch: int, value: float, snapshot: Callable[[], Any]) -> bool:
+        self.history.append((int(epoch), float(value)))
+        better = value > self.best_value if self.higher_is_better else value < self.best_value
+        if better:  # False for NaN
+            self.best_value, self.best_epoch, self.waited = float(value), int(epoch), 0
+            self.best_state = snapshot()
+            return False
+        self.waited += 1
+        return self.waited >= self.patience
+
+
+@contextmanager
+def cpu_threads(device: str, threads: int | None) -> Iterator[None]:
+    """On CPU, run torch ops on `threads` intra-op threads for the duration, then restore.
+
+    Small models (embedding gathers, (batch, 64) matmuls) run faster on one thread on a
+    2-core machine: the intra-op barriers cost more than they save, and on a busy machine they
+    stall by 10x or more (measured with BPR: 0.83 s vs 1.0 s for 10 ML-100K epochs). Results
+    do not depend on the thread count. None, or a non-CPU device, leaves the setting alone.
+    """
+    import torch
+
+    if device != "cpu" or threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
