@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from metarec_lib.stats import aggregate_frame, compare_to_best
+from metarec_lib.stats import aggregate_frame, compare_to_best, holm, paired_test
 
 LOWER_IS_BETTER = ("rmse", "mae")
 
@@ -117,8 +117,13 @@ def render(all_boards: dict[tuple[str, str], pd.DataFrame]) -> list:
 def narrative(
     all_boards: dict[tuple[str, str], pd.DataFrame],
     targets: dict[tuple[str, str, str], tuple[str, float]] | None = None,
+    model_targets: dict[tuple[str, str, str, str], tuple[str, float]] | None = None,
 ) -> str:
-    """Sentences with the numbers, printed by code: who wins, who ties, targets met or not."""
+    """Sentences with the numbers, printed by code: who wins, who ties, targets met or not.
+
+    `targets` apply to the best model of a board, `model_targets` (keyed by data set,
+    protocol, model, metric) to one named model.
+    """
     lines = []
     for (dataset, protocol), board in all_boards.items():
         if board.empty:
@@ -143,5 +148,116 @@ def narrative(
             op, value = target
             met = best["mean"] <= value if op == "<=" else best["mean"] >= value
             text += f". Target {metric} {op} {value}: **{'met' if met else 'not met'}**"
+        for (d, p, model, m), (op, value) in (model_targets or {}).items():
+            row = board[board["model"] == model]
+            if (d, p, m) != (dataset, protocol, metric) or row.empty:
+                continue
+            mean = float(row["mean"].iloc[0])
+            met = mean <= value if op == "<=" else mean >= value
+            text += (f". Target for {model}: {metric} {op} {value}, measured {mean:.4f}: "
+                     f"**{'met' if met else 'not met'}**")  # fmt: skip
         lines.append(text + ".")
     return "\n".join(lines)
+
+
+def head_to_head(out: str | Path, dataset: str, protocol: str, model: str,
+                 others: list[str]) -> str:  # fmt: skip
+    """One sentence: does `model` beat each of `others` on this board (per-user Wilcoxon,
+    Holm-corrected over `others`)? Models that did not run are named as missing."""
+    metric = primary_metric(protocol)
+    out = Path(out)
+    mine = per_user_means(out, dataset, protocol, model, metric)
+    if mine.empty:
+        return f"- {dataset} / {protocol}: {model} did not run."
+    better = higher_is_better(metric)
+    rows = []
+    for other in others:
+        theirs = per_user_means(out, dataset, protocol, other, metric)
+        if theirs.empty:
+            continue
+        users = sorted(set(mine.index) & set(theirs.index))
+        test = paired_test(mine.reindex(users).to_numpy(), theirs.reindex(users).to_numpy())
+        rows.append((other, test["mean_diff"], test["wilcoxon_p"]))
+    if not rows:
+        return f"- {dataset} / {protocol}: none of {others} ran."
+    adjusted = holm(np.array([r[2] for r in rows]))
+    parts, beats_all = [], True
+    for (other, diff, _), p in zip(rows, adjusted, strict=True):
+        wins = p < 0.05 and (diff > 0) == better
+        beats_all &= bool(wins)
+        word = "beats" if wins else ("loses to" if p < 0.05 else "ties with")
+        parts.append(f"{word} {other} ({metric} difference {diff:+.4f}, Holm p = {p:.2g})")
+    verdict = "yes" if beats_all else "no"
+    return f"- {dataset} / {protocol}: {model} " + "; ".join(parts) + f". Beats all: **{verdict}**."
+
+
+def versus_reference(board: pd.DataFrame, out: str | Path, dataset: str, protocol: str,
+                     family: str) -> pd.DataFrame:  # fmt: skip
+    """Every model of `family` against the best model of the OTHER families on one board.
+
+    Returns one row per challenger: model, mean, reference (the best other-family model),
+    reference_mean, diff (challenger - reference, per-user means over seeds), wilcoxon_p and
+    its Holm adjustment over the challengers, and outcome: "wins" / "loses" (Holm p < 0.05, by
+    the sign of diff) or "tie". Empty when the board lacks either side.
+    """
+    metric = primary_metric(protocol)
+    if board.empty:
+        return pd.DataFrame()
+    mine = board[board["family"] == family]
+    others = board[board["family"] != family]
+    if mine.empty or others.empty:
+        return pd.DataFrame()
+    better = higher_is_better(metric)
+    reference = others.sort_values("mean", ascending=not better).iloc[0]
+    ref_user = per_user_means(Path(out), dataset, protocol, reference["model"], metric)
+    rows = []
+    for _, row in mine.iterrows():
+        user = per_user_means(Path(out), dataset, protocol, row["model"], metric)
+        users = sorted(set(user.index) & set(ref_user.index))
+        test = paired_test(user.reindex(users).to_numpy(), ref_user.reindex(users).to_numpy())
+        rows.append({"dataset": dataset, "protocol": protocol, "metric": metric,
+                     "model": row["model"], "mean": row["mean"],
+                     "reference": reference["model"], "reference_mean": reference["mean"],
+                     "diff": test["mean_diff"], "n_users": test["n"],
+                     "wilcoxon_p": test["wilcoxon_p"]})  # fmt: skip
+    table = pd.DataFrame(rows)
+    table["wilcoxon_p_holm"] = holm(table["wilcoxon_p"].to_numpy())
+    sign = np.sign(table["diff"]) * (1 if better else -1)
+    table["outcome"] = np.where(table["wilcoxon_p_holm"] < 0.05,
+                                np.where(sign > 0, "wins", "loses"), "tie")  # fmt: skip
+    return table
+
+
+def family_verdict(comparisons: pd.DataFrame, family: str, claim: str) -> str:
+    """Markdown verdict on a claim that `family` beats the others, from `versus_reference` rows.
+
+    Rule (printed with the verdict): supported when the family's best model wins on every
+    board, not supported when it loses on every board, mixed otherwise.
+    """
+    if comparisons.empty:
+        return f"No board compares the {family} family with another family; nothing to say."
+    lines, outcomes = [], []
+    for (dataset, protocol), rows in comparisons.groupby(["dataset", "protocol"], sort=False):
+        better = higher_is_better(rows["metric"].iloc[0])
+        best = rows.sort_values("mean", ascending=not better).iloc[0]
+        outcomes.append(best["outcome"])
+        verb = {"wins": "beats", "loses": "loses to", "tie": "ties with"}[best["outcome"]]
+        lines.append(
+            f"- **{dataset} / {protocol}**: the best {family} model, **{best['model']}** "
+            f"({best['metric']} {best['mean']:.4f}), {verb} the best other model "
+            f"**{best['reference']}** ({best['reference_mean']:.4f}); per-user difference "
+            f"{best['diff']:+.4f}, Holm-corrected Wilcoxon p = {best['wilcoxon_p_holm']:.2g}, "
+            f"{int(best['n_users'])} users."
+        )
+    if all(o == "wins" for o in outcomes):
+        verdict = "supported"
+    elif all(o == "loses" for o in outcomes):
+        verdict = "not supported"
+    else:
+        verdict = "mixed"
+    wins, ties, losses = (outcomes.count(o) for o in ("wins", "tie", "loses"))
+    head = (f"**Claim:** {claim}\n\n**Verdict: {verdict}** — on {len(outcomes)} boards the best "
+            f"{family} model wins {wins}, ties {ties} and loses {losses} against the best model of "
+            f"the other families (rule: supported if it wins every board, not supported if it "
+            f"loses every board, mixed otherwise; a win or loss needs Holm p < 0.05).")  # fmt: skip
+    return head + "\n\n" + "\n".join(lines)

@@ -93,18 +93,27 @@ FAMILY_COLOURS = {
 }  # fmt: skip
 
 
-def cost_quality(board, metric: str, *, title: str = "") -> plt.Figure:
-    """Fit seconds (log) against a metric, one labelled point per model, coloured by family."""
+COST_LABELS = {
+    "fit_seconds": "fit seconds (median over seeds, log)",
+    "n_parameters": "learned parameters (log)",
+    "peak_memory_mb": "peak memory MB (median over seeds, log)",
+}
+
+
+def cost_quality(board, metric: str, *, title: str = "", cost: str = "fit_seconds") -> plt.Figure:
+    """A cost column of a leaderboard (log scale) against a metric, one labelled point per
+    model, coloured by family; models with no cost (0 parameters) sit at the left edge."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for _, row in board.iterrows():
         colour = FAMILY_COLOURS.get(row["family"], "grey")
-        ax.errorbar(max(row["fit_seconds"], 1e-4), row["mean"],
+        x = max(float(row[cost]), 1e-4 if cost == "fit_seconds" else 1.0)
+        ax.errorbar(x, row["mean"],
                     yerr=[[row["mean"] - row["ci_low"]], [row["ci_high"] - row["mean"]]]
                     if np.isfinite(row["ci_high"]) else None,
                     fmt="o", color=colour, capsize=2)  # fmt: skip
-        ax.annotate(row["model"], (max(row["fit_seconds"], 1e-4), row["mean"]), fontsize=7,
+        ax.annotate(row["model"], (x, row["mean"]), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")  # fmt: skip
-    ax.set(xscale="log", xlabel="fit seconds (median over seeds, log)", ylabel=metric, title=title)
+    ax.set(xscale="log", xlabel=COST_LABELS[cost], ylabel=metric, title=title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
@@ -126,8 +135,9 @@ def popularity_bias(metrics, dataset: str, protocol: str, k: int = 10) -> plt.Fi
     return fig
 
 
-def family_figures(all_boards: dict, out: str | Path) -> list[Path]:
-    """Cost-versus-quality per top-N board and popularity bias, saved under `out/figures/`."""
+def family_figures(all_boards: dict, out: str | Path, *, parameters: bool = False) -> list[Path]:
+    """Cost-versus-quality per board (and, with `parameters`, parameter count versus quality)
+    and popularity bias for top-N boards, saved under `out/figures/`."""
     import pandas as pd
 
     out = Path(out)
@@ -139,7 +149,29 @@ def family_figures(all_boards: dict, out: str | Path) -> list[Path]:
         metric = "rmse" if protocol.startswith("rating") else "ndcg@10"
         fig = cost_quality(board, metric, title=f"{dataset} / {protocol}")
         paths.append(save(fig, out / "figures" / f"cost_quality__{dataset}__{protocol}.png"))
+        if parameters:
+            fig = cost_quality(board, metric, title=f"{dataset} / {protocol}", cost="n_parameters")
+            paths.append(save(fig, out / "figures" / f"params_quality__{dataset}__{protocol}.png"))
         if metric == "ndcg@10":
             fig = popularity_bias(metrics, dataset, protocol)
             paths.append(save(fig, out / "figures" / f"popularity__{dataset}__{protocol}.png"))
     return paths
+
+
+def training_curves(curves, *, value: str = "valid", ylabel: str = "validation ndcg@10"):
+    """Validation metric (or `value="loss"`) per epoch of each tuned model, one panel per
+    (data set, protocol); curves come from `tables/training_curves.csv`."""
+    keys = list(curves[["dataset", "protocol"]].drop_duplicates().itertuples(index=False))
+    fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(4.6 * max(len(keys), 1), 3.6),
+                             squeeze=False)  # fmt: skip
+    for ax, (dataset, protocol) in zip(axes[0], keys, strict=False):
+        sel = curves[(curves.dataset == dataset) & (curves.protocol == protocol)]
+        for model, rows in sel.groupby("model"):
+            rows = rows.dropna(subset=[value])
+            if len(rows):
+                ax.plot(rows["epoch"], rows[value], marker=".", label=model)
+        ax.set(xlabel="epoch", ylabel=ylabel, title=f"{dataset} / {protocol}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

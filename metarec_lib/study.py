@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from metarec_lib import __version__
@@ -51,6 +52,8 @@ class Tuned:
     score: float
     metric: str
     trials: pd.DataFrame
+    # The chosen configuration's validation curve: epoch, loss, valid (empty: not iterative).
+    curve: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def tune(
@@ -72,7 +75,7 @@ def tune(
     if path.exists():
         cached = json.loads(path.read_text())
         return Tuned(cached["params"], cached["score"], cached["metric"],
-                     pd.DataFrame(cached["trials"]))  # fmt: skip
+                     pd.DataFrame(cached["trials"]), pd.DataFrame(cached.get("curve", {})))  # fmt: skip
     first = seeds_for(protocol, [seed])[0]
     split = split_factory(protocol, dataset)(first)
     if split.valid is not None:  # the protocol's own validation part (leave-last-one-out)
@@ -96,10 +99,26 @@ def tune(
     best_epoch = best_epoch_of(best_model, higher_is_better=not rating)
     if best_epoch is not None and epoch_param is not None:
         params[epoch_param] = int(best_epoch)
-    tuned = Tuned(params, result.best_score, "rmse" if rating else "ndcg@10", result.trials)
+    tuned = Tuned(params, result.best_score, "rmse" if rating else "ndcg@10", result.trials,
+                  training_curve(best_model))  # fmt: skip
     atomic_write_json(path, {"params": params, "score": tuned.score, "metric": tuned.metric,
-                             "trials": result.trials.to_dict(orient="list")})  # fmt: skip
+                             "trials": result.trials.to_dict(orient="list"),
+                             "curve": tuned.curve.to_dict(orient="list")})  # fmt: skip
     return tuned
+
+
+def training_curve(model: Recommender) -> pd.DataFrame:
+    """Per-epoch training loss and validation value of a model fitted with `valid`:
+    columns epoch, loss, valid (NaN where not measured); empty for non-iterative models."""
+    log = getattr(model, "train_log_", None)
+    if log is not None:
+        return pd.DataFrame({"epoch": log["epoch"], "loss": log["loss"],
+                             "valid": log["valid_ndcg"]})  # fmt: skip
+    losses = dict(getattr(model, "loss_history_", None) or [])
+    valid = dict(getattr(model, "history_", None) or [])
+    epochs = sorted(set(losses) | set(valid))
+    return pd.DataFrame({"epoch": epochs, "loss": [losses.get(e, np.nan) for e in epochs],
+                         "valid": [valid.get(e, np.nan) for e in epochs]})  # fmt: skip
 
 
 def best_epoch_of(model: Recommender, *, higher_is_better: bool) -> int | None:
@@ -131,23 +150,28 @@ def run_plans(
     plans: Sequence[Plan],
     *,
     budget: int = 20,
+    budgets: Mapping[str, int] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Tune and run every plan on every data set; returns (metric rows, chosen hyperparameters).
 
-    Writes `tables/hyperparameters.csv` and `tables/tuning_trials.csv` under the notebook's
-    results folder, and the results contract through `Experiment`.
+    `budget` configurations per model, except the models named in `budgets` (a notebook that
+    reuses baselines tuned elsewhere gives them their original budget, which hits the shared
+    tuning cache). Writes `tables/hyperparameters.csv`, `tables/tuning_trials.csv` and
+    `tables/training_curves.csv` under the notebook's results folder, and the results contract
+    through `Experiment`.
     """
     exp = Experiment(config.stem, config.results_dir, progress=not config.smoke)
     cache = cache_dir(config.results_dir, "tuning")
-    tuned_rows, trial_frames, metric_frames = [], [], []
+    tuned_rows, trial_frames, metric_frames, curves = [], [], [], []
     tune_seed = config.seeds[0]
     for ds in data.values():
         for plan in plans:
             models: dict[str, Recommender] = {}
             for name in plan.models:
                 source = plan.tune_on.get(name, plan.protocol)
-                t = tune(ds, source, name, budget=budget, seed=tune_seed, device=config.device,
-                         cache_dir=cache, progress=not config.smoke)  # fmt: skip
+                n_configs = (budgets or {}).get(name, budget)
+                t = tune(ds, source, name, budget=n_configs, seed=tune_seed,
+                         device=config.device, cache_dir=cache, progress=not config.smoke)  # fmt: skip
                 models[name] = get_model(name, device=config.device, **t.params)
                 tuned_rows.append({
                     "dataset": ds.name, "protocol": plan.protocol, "model": name,
@@ -158,6 +182,9 @@ def run_plans(
                 if source == plan.protocol:
                     trial_frames.append(t.trials.assign(dataset=ds.name, protocol=source,
                                                         model=name))  # fmt: skip
+                    if len(t.curve):
+                        curves.append(t.curve.assign(dataset=ds.name, protocol=source,
+                                                     model=name))  # fmt: skip
             split = split_factory(plan.protocol, ds)
             seeds = seeds_for(plan.protocol, config.seeds)
             metric_frames.append(exp.run(ds, plan.protocol, split, models, seeds,
@@ -167,4 +194,8 @@ def run_plans(
     if trial_frames:
         trials = pd.concat(trial_frames, ignore_index=True)
         atomic_write_csv(config.out / "tables" / "tuning_trials.csv", trials)
+    if curves:
+        columns = ["dataset", "protocol", "model", "epoch", "loss", "valid"]
+        curve_table = pd.concat(curves, ignore_index=True)[columns]
+        atomic_write_csv(config.out / "tables" / "training_curves.csv", curve_table)
     return pd.concat(metric_frames, ignore_index=True), tuned

@@ -88,3 +88,30 @@ def test_summary_table_handles_fractional_median_parameter_counts():
                           "n_parameters": [3363.5]})  # fmt: skip
     view = leaderboard.summary_table(board, "ndcg@10")
     assert view.loc[0, "params"] == 3364 and view.loc[0, "ndcg@10"] == "0.5000 ± 0.1000"
+
+
+def test_budgets_per_model_and_training_curves(tmp_path, tiny):
+    config = validate_parameters("30_x", datasets=["synthetic"], seeds=[5], smoke=True,
+                                 results_dir=tmp_path, device="cpu")  # fmt: skip
+    _, tuned = run_plans(config, {"synthetic": tiny},
+                         [Plan("topn-75-25", ["BPR", "MostPop"])], budget=2,
+                         budgets={"MostPop": 3})  # fmt: skip
+    assert dict(zip(tuned["model"], tuned["configurations"], strict=True)) == {"BPR": 2,
+                                                                               "MostPop": 3}
+    curves = pd.read_csv(tmp_path / "30_x" / "tables" / "training_curves.csv")
+    assert set(curves["model"]) == {"BPR"}  # MostPop does not iterate
+    assert list(curves.columns) == ["dataset", "protocol", "model", "epoch", "loss", "valid"]
+    assert curves["epoch"].is_monotonic_increasing and curves["valid"].notna().any()
+
+
+def test_leave_one_out_tunes_on_its_valid_part_and_refits_with_it(tmp_path, tiny):
+    """The validation item is history for the final fit: never recommended at test time."""
+    from metarec_lib.protocols import split_factory
+
+    config = validate_parameters("30_y", datasets=["synthetic"], seeds=[5], smoke=True,
+                                 results_dir=tmp_path, device="cpu")  # fmt: skip
+    run_plans(config, {"synthetic": tiny}, [Plan("loo-temporal", ["MostPop"])], budget=2)
+    split = split_factory("loo-temporal", tiny)(5)
+    top = pd.read_csv(tmp_path / "30_y" / "topk" / "synthetic__loo-temporal__MostPop__seed5.csv.gz")
+    valid = set(zip(split.valid.user_id, split.valid.item_id, strict=True))
+    assert valid and not valid & set(zip(top.user_id, top.item_id, strict=True))

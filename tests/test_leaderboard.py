@@ -1,0 +1,91 @@
+"""Leaderboard helpers on a hand-built results tree: who beats whom, and the printed verdicts."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from metarec_lib import leaderboard
+
+USERS = np.arange(1, 41)
+
+
+def write_tree(out: Path, per_user: dict[tuple[str, str, str], np.ndarray]) -> None:
+    """results/<stem>/ with metrics.csv, costs.csv and per_user files for one data set and
+    protocol; per_user maps (protocol, family, model) -> per-user ndcg@10 (two equal seeds)."""
+    (out / "per_user").mkdir(parents=True)
+    metrics, costs = [], []
+    for (protocol, family, model), values in per_user.items():
+        for seed in (1, 2):
+            frame = pd.DataFrame({"user_id": USERS, "ndcg@10": values})
+            frame.to_csv(out / "per_user" / f"d__{protocol}__{model}__seed{seed}.csv.gz",
+                         index=False)  # fmt: skip
+            base = {"dataset": "d", "protocol": protocol, "family": family, "model": model,
+                    "seed": seed}  # fmt: skip
+            metrics.append({**base, "metric": "ndcg@10", "value": float(values.mean())})
+            costs.append({**base, "fit_seconds": 1.0, "predict_seconds": 0.1,
+                          "peak_memory_mb": 10.0, "n_parameters": 5, "device": "cpu"})  # fmt: skip
+    pd.DataFrame(metrics).to_csv(out / "metrics.csv", index=False)
+    pd.DataFrame(costs).to_csv(out / "costs.csv", index=False)
+
+
+@pytest.fixture
+def tree(tmp_path):
+    base = np.linspace(0.2, 0.6, len(USERS))
+    noise = np.where(USERS % 2 == 0, 0.01, -0.01)
+    out = tmp_path / "30_x"
+    write_tree(out, {
+        ("p1", "collaborative", "Base"): base,
+        ("p1", "collaborative", "Weak"): base - 0.1,
+        ("p1", "deep", "Better"): base + 0.05,  # higher for every user
+        ("p1", "deep", "Same"): base + noise,  # +-0.01 alternating: no systematic difference
+        ("p2", "collaborative", "Base"): base,
+        ("p2", "deep", "Worse"): base - 0.05,
+    })  # fmt: skip
+    return out
+
+
+def test_versus_reference_picks_the_best_other_family_and_classifies(tree):
+    boards = leaderboard.boards(tree)
+    table = leaderboard.versus_reference(boards[("d", "p1")], tree, "d", "p1", "deep")
+    table = table.set_index("model")
+    assert set(table["reference"]) == {"Base"}  # not Weak: the best non-deep model
+    assert table.loc["Better", "outcome"] == "wins"
+    assert table.loc["Better", "diff"] == pytest.approx(0.05)
+    assert table.loc["Same", "outcome"] == "tie" and table.loc["Same", "diff"] == pytest.approx(0)
+    # Holm over two comparisons: the adjusted p is never below the raw one.
+    assert (table["wilcoxon_p_holm"] >= table["wilcoxon_p"]).all()
+    other = leaderboard.versus_reference(boards[("d", "p2")], tree, "d", "p2", "deep")
+    assert other["outcome"].tolist() == ["loses"]
+    assert leaderboard.versus_reference(boards[("d", "p2")], tree, "d", "p2", "meta").empty
+
+
+def test_family_verdict_rule(tree):
+    boards = leaderboard.boards(tree)
+    both = pd.concat([leaderboard.versus_reference(b, tree, d, p, "deep")
+                      for (d, p), b in boards.items()])  # fmt: skip
+    text = leaderboard.family_verdict(both, "deep", "deep is better")
+    assert "**Verdict: mixed**" in text and "wins 1, ties 0 and loses 1" in text
+    assert "**Better**" in text and "**Worse**" in text
+    only_p1 = both[both["protocol"] == "p1"]
+    assert "**Verdict: supported**" in leaderboard.family_verdict(only_p1, "deep", "c")
+    only_p2 = both[both["protocol"] == "p2"]
+    assert "**Verdict: not supported**" in leaderboard.family_verdict(only_p2, "deep", "c")
+    assert "nothing to say" in leaderboard.family_verdict(pd.DataFrame(), "deep", "c")
+
+
+def test_head_to_head_and_model_targets(tree):
+    text = leaderboard.head_to_head(tree, "d", "p1", "Better", ["Base", "Same", "Missing"])
+    assert "beats Base" in text and "beats Same" in text and "Beats all: **yes**" in text
+    assert "Missing" not in text
+    text = leaderboard.head_to_head(tree, "d", "p1", "Same", ["Base", "Better"])
+    assert "ties with Base" in text and "loses to Better" in text and "**no**" in text
+    assert "did not run" in leaderboard.head_to_head(tree, "d", "p1", "Nobody", ["Base"])
+
+    boards = leaderboard.boards(tree)
+    mean = float(np.linspace(0.2, 0.6, len(USERS)).mean()) + 0.05
+    text = leaderboard.narrative(boards, None, {("d", "p1", "Better", "ndcg@10"): (">=", 0.99),
+                                                ("d", "p1", "Same", "ndcg@10"): (">=", 0.1)})
+    assert f"Target for Better: ndcg@10 >= 0.99, measured {mean:.4f}: **not met**" in text
+    assert "Target for Same: ndcg@10 >= 0.1" in text and text.count("**met**") == 1
