@@ -53,8 +53,10 @@ def main() -> None:
 
         eval_s, per_user = best_of(evaluate, args.repeat)
         ndcg = float(np.nanmean(per_user["ndcg@10"]))
-        print(f"{name:10s} fit {fit_s:8.3f} s   top-10 + 6 metrics for {len(users)} users "
-              f"{eval_s * 1000:7.1f} ms   ndcg@10 {ndcg:.4f} (default hyperparameters)")
+        print(
+            f"{name:10s} fit {fit_s:8.3f} s   top-10 + 6 metrics for {len(users)} users "
+            f"{eval_s * 1000:7.1f} ms   ndcg@10 {ndcg:.4f} (default hyperparameters)"
+        )
 
 
 if __name__ == "__main__":

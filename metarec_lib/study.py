@@ -74,8 +74,9 @@ def tune(
     path = cache_dir / f"tune-{key}.json"
     if path.exists():
         cached = json.loads(path.read_text())
+        curve = pd.DataFrame(cached.get("curve", {}))
         return Tuned(cached["params"], cached["score"], cached["metric"],
-                     pd.DataFrame(cached["trials"]), pd.DataFrame(cached.get("curve", {})))  # fmt: skip
+                     pd.DataFrame(cached["trials"]), curve)  # fmt: skip
     first = seeds_for(protocol, [seed])[0]
     split = split_factory(protocol, dataset)(first)
     if split.valid is not None:  # the protocol's own validation part (leave-last-one-out)
@@ -171,7 +172,8 @@ def run_plans(
                 source = plan.tune_on.get(name, plan.protocol)
                 n_configs = (budgets or {}).get(name, budget)
                 t = tune(ds, source, name, budget=n_configs, seed=tune_seed,
-                         device=config.device, cache_dir=cache, progress=not config.smoke)  # fmt: skip
+                         device=config.device, cache_dir=cache,
+                         progress=not config.smoke)  # fmt: skip
                 models[name] = get_model(name, device=config.device, **t.params)
                 tuned_rows.append({
                     "dataset": ds.name, "protocol": plan.protocol, "model": name,

@@ -85,7 +85,13 @@ def test_head_to_head_and_model_targets(tree):
 
     boards = leaderboard.boards(tree)
     mean = float(np.linspace(0.2, 0.6, len(USERS)).mean()) + 0.05
-    text = leaderboard.narrative(boards, None, {("d", "p1", "Better", "ndcg@10"): (">=", 0.99),
-                                                ("d", "p1", "Same", "ndcg@10"): (">=", 0.1)})
+    text = leaderboard.narrative(
+        boards,
+        None,
+        {
+            ("d", "p1", "Better", "ndcg@10"): (">=", 0.99),
+            ("d", "p1", "Same", "ndcg@10"): (">=", 0.1),
+        },
+    )
     assert f"Target for Better: ndcg@10 >= 0.99, measured {mean:.4f}: **not met**" in text
     assert "Target for Same: ndcg@10 >= 0.1" in text and text.count("**met**") == 1

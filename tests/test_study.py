@@ -96,8 +96,10 @@ def test_budgets_per_model_and_training_curves(tmp_path, tiny):
     _, tuned = run_plans(config, {"synthetic": tiny},
                          [Plan("topn-75-25", ["BPR", "MostPop"])], budget=2,
                          budgets={"MostPop": 3})  # fmt: skip
-    assert dict(zip(tuned["model"], tuned["configurations"], strict=True)) == {"BPR": 2,
-                                                                               "MostPop": 3}
+    assert dict(zip(tuned["model"], tuned["configurations"], strict=True)) == {
+        "BPR": 2,
+        "MostPop": 3,
+    }
     curves = pd.read_csv(tmp_path / "30_x" / "tables" / "training_curves.csv")
     assert set(curves["model"]) == {"BPR"}  # MostPop does not iterate
     assert list(curves.columns) == ["dataset", "protocol", "model", "epoch", "loss", "valid"]

@@ -319,7 +319,8 @@ class IALS(Recommender):
             if valid is None:
                 continue
             self.user_factors_, self.item_factors_ = users, items
-            if stopper.update(it, ndcg_on(self, valid), lambda: (users.copy(), items.copy())):
+            snapshot = lambda u=users, i=items: (u.copy(), i.copy())  # noqa: E731
+            if stopper.update(it, ndcg_on(self, valid), snapshot):
                 break
         self.history_, self.best_epoch_ = stopper.history, stopper.best_epoch
         if stopper.best_state is not None:

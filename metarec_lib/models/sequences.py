@@ -48,9 +48,7 @@ def last_window(sequences: list[IntArray], users: npt.ArrayLike, length: int) ->
     return left_pad([sequences[u] for u in np.asarray(users, np.int64)], length)
 
 
-def shifted_windows(
-    sequences: list[IntArray], length: int
-) -> tuple[IntArray, IntArray, IntArray]:
+def shifted_windows(sequences: list[IntArray], length: int) -> tuple[IntArray, IntArray, IntArray]:
     """Next-item training pairs for models that predict at every position (SASRec, GRU4Rec).
 
     Each user's sequence s is cut, from its end, into chunks of up to `length` + 1 items

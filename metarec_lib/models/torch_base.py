@@ -159,8 +159,8 @@ class TorchRecommender(Recommender):
             module.load_state_dict(stopper.best_state)
         module.eval()
         self.history_, self.best_epoch_ = stopper.history, stopper.best_epoch
-        self.train_log_ = pd.DataFrame(log, columns=["epoch", "loss", "seconds", "samples",
-                                                     "samples_per_second", "valid_ndcg"])  # fmt: skip
+        columns = ["epoch", "loss", "seconds", "samples", "samples_per_second", "valid_ndcg"]
+        self.train_log_ = pd.DataFrame(log, columns=columns)
 
     # -- inference ------------------------------------------------------------------------
     def score(self, users: npt.ArrayLike) -> np.ndarray:
