@@ -23,6 +23,7 @@ from metarec_lib.splits import (
     holdout_per_user,
     kfold_ratings,
     leave_last_one_out,
+    pair_hash,
     split_summary,
     temporal_global,
     temporal_last_n,
@@ -83,6 +84,12 @@ def assert_same_split(a: Split, b: Split) -> None:
 def sort_key(df: pd.DataFrame) -> list[tuple[int, int]]:
     """(timestamp, item_id): the within-user time order the temporal protocols use."""
     return list(zip(df["timestamp"].tolist(), df["item_id"].tolist(), strict=True))
+
+
+def hash_key(df: pd.DataFrame) -> list[tuple[int, int]]:
+    """(timestamp, pair_hash): the within-user time order of leave_last_one_out."""
+    hashes = pair_hash(df["user_id"].to_numpy(), df["item_id"].to_numpy())
+    return list(zip(df["timestamp"].tolist(), hashes.tolist(), strict=True))
 
 
 @st.composite
@@ -298,9 +305,19 @@ def test_temporal_last_n_properties(df, n):
 def test_leave_last_one_out_hand_worked():
     df = frame([(1, 4, 5), (1, 2, 9), (1, 9, 9), (1, 1, 1), (2, 1, 1), (2, 2, 2)])
     split = leave_last_one_out(df)
-    assert pairs(split.test) == {(1, 9)}  # t=9 tie: item 9 > item 2
-    assert pairs(split.valid) == {(1, 2)}
+    # t=9 tie between items 2 and 9: the larger pair_hash counts as later.
+    later, earlier = (9, 2) if pair_hash(1, 9) > pair_hash(1, 2) else (2, 9)
+    assert pairs(split.test) == {(1, later)}
+    assert pairs(split.valid) == {(1, earlier)}
     assert pairs(split.train) == {(1, 4), (1, 1), (2, 1), (2, 2)}  # user 2 has < 3
+
+
+def test_pair_hash_is_fixed_and_carries_no_item_order():
+    assert pair_hash(1, 2) == pair_hash(np.int64(1), np.int64(2))  # same value every run
+    assert pair_hash(1, 2) != pair_hash(2, 1)
+    # Over many users, "item 9 after item 2" is a coin flip, not a rule.
+    later = pair_hash(np.arange(2000), np.full(2000, 9)) > pair_hash(np.arange(2000), 2)
+    assert 0.45 < later.mean() < 0.55
 
 
 @PROPS
@@ -314,7 +331,7 @@ def test_leave_last_one_out_properties(df):
     assert split.valid.groupby("user_id").size().to_dict() == eligible
     for user in eligible:
         train, valid, test = (p[p["user_id"] == user] for p in split.parts().values())
-        assert max(sort_key(train)) < sort_key(valid)[0] < sort_key(test)[0]
+        assert max(hash_key(train)) < hash_key(valid)[0] < hash_key(test)[0]
 
 
 # ----------------------------------------------------------------------------- validation

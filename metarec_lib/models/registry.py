@@ -37,4 +37,4 @@ def model_names() -> list[str]:
 
 def _import_all() -> None:
     # Importing the model modules registers their classes.
-    from metarec_lib.models import als, bpr, content, ease, graph, knn, popularity, svd  # noqa: F401
+    from metarec_lib.models import als, bpr, content, ease, graph, knn, markov, popularity, svd  # noqa: F401, I001

@@ -2,8 +2,9 @@
 
 Sequence arrays hold item index + 1 so that 0 can be the padding token (`PAD`); embeddings of
 sequence models therefore have n_items + 1 rows. Order within a user is by timestamp, ties
-broken by item index (as the temporal splits break them), so the last element of a user's
-sequence is exactly what `leave_last_one_out` would hold out next.
+broken by `metarec_lib.splits.pair_hash` of the (user, item) indices: a fixed pseudo-random
+order, so that no model can learn an item-id order from ratings entered in the same second
+(`leave_last_one_out` breaks its ties the same way, on raw ids).
 
 Every window function returns inputs that contain only items strictly before their targets:
 `tests/test_sequences.py` builds sequences and checks that no target appears in its own input.
@@ -15,17 +16,19 @@ import numpy as np
 import numpy.typing as npt
 
 from metarec_lib.data.dataset import Interactions
+from metarec_lib.splits import pair_hash
 
 PAD = 0
 IntArray = npt.NDArray[np.int64]
 
 
 def user_sequences(train: Interactions) -> list[IntArray]:
-    """Each user's training items (index + 1) in time order; an empty array for users without."""
+    """Each user's training items (index + 1) in time order (ties: `pair_hash`); an empty
+    array for users without."""
     f = train.frame
     users = f["user"].to_numpy(np.int64)
     items = f["item"].to_numpy(np.int64)
-    order = np.lexsort((items, f["timestamp"].to_numpy(np.int64), users))
+    order = np.lexsort((pair_hash(users, items), f["timestamp"].to_numpy(np.int64), users))
     users, items = users[order], items[order] + 1
     bounds = np.searchsorted(users, np.arange(train.n_users + 1))
     return [items[bounds[u] : bounds[u + 1]] for u in range(train.n_users)]
