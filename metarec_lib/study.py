@@ -34,16 +34,21 @@ from metarec_lib.splits import validation_carveout
 from metarec_lib.tuning import random_search
 
 VALID_FRACTION = 0.1
+SMOKE_EPOCHS = 2  # smoke runs check the plumbing, not the models: iterative fits stop here
 
 
 @dataclass(frozen=True)
 class Plan:
     """Models to run under one protocol; `tune_on` reuses another protocol's tuned values
-    (rating models ranking under a top-N protocol keep their RMSE-tuned hyperparameters)."""
+    (rating models ranking under a top-N protocol keep their RMSE-tuned hyperparameters),
+    `tune_data` another data set's."""
 
     protocol: str
     models: Sequence[str]
     tune_on: dict[str, str] = field(default_factory=dict)
+    # model -> data set whose tuned values every data set uses (when that data set is loaded):
+    # for models too costly to tune on every data set; the hyperparameter table says so.
+    tune_data: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -66,11 +71,16 @@ def tune(
     device: str,
     cache_dir: Path,
     progress: bool = True,
+    fixed: dict[str, Any] | None = None,
 ) -> Tuned:
-    """Random search for one model on validation data of the protocol's first split."""
+    """Random search for one model on validation data of the protocol's first split.
+
+    `fixed` hyperparameters override every configuration (smoke runs cap epochs with it).
+    """
     cls = model_class(name)
     task = task_of(protocol)
-    key = _key(dataset.digest, protocol, name, cls, budget, seed)
+    fixed = dict(fixed or {})
+    key = _key(dataset.digest, protocol, name, cls, budget, seed, fixed)
     path = cache_dir / f"tune-{key}.json"
     if path.exists():
         cached = json.loads(path.read_text())
@@ -89,12 +99,12 @@ def tune(
     train, valid = encoder.encode(fit_part), encoder.encode(valid_part)
     rating = task == "rating"
     result = random_search(
-        lambda **config: get_model(name, device=device, **config),
+        lambda **config: get_model(name, device=device, **{**config, **fixed}),
         cls.space, train, valid, rmse_on if rating else ndcg_on,
         budget=budget, seed=seed, higher_is_better=not rating, progress=progress,
         desc=f"tune {name} {dataset.name} {protocol}",
     )  # fmt: skip
-    params = dict(result.best)
+    params = {**result.best, **fixed}
     best_model = get_model(name, device=device, **params).fit(train, valid=valid, seed=seed)
     epoch_param = next((p for p in ("epochs", "iterations") if p in cls.defaults), None)
     best_epoch = best_epoch_of(best_model, higher_is_better=not rating)
@@ -135,11 +145,14 @@ def best_epoch_of(model: Recommender, *, higher_is_better: bool) -> int | None:
 
 
 def _key(digest: str, protocol: str, name: str, cls: type[Recommender], budget: int,
-         seed: int) -> str:  # fmt: skip
+         seed: int, fixed: dict[str, Any]) -> str:  # fmt: skip
+    config = {"digest": digest, "protocol": protocol, "model": name, "defaults": cls.defaults,
+              "space": repr(cls.space), "budget": budget, "seed": seed, "version": __version__,
+              "valid": VALID_FRACTION}  # fmt: skip
+    if fixed:  # absent when empty, so existing cache keys stay valid
+        config["fixed"] = fixed
     blob = json.dumps(
-        {"digest": digest, "protocol": protocol, "model": name, "defaults": cls.defaults,
-         "space": repr(cls.space), "budget": budget, "seed": seed, "version": __version__,
-         "valid": VALID_FRACTION},
+        config,
         sort_keys=True, default=str,
     )  # fmt: skip
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
@@ -171,17 +184,22 @@ def run_plans(
             for name in plan.models:
                 source = plan.tune_on.get(name, plan.protocol)
                 n_configs = (budgets or {}).get(name, budget)
-                t = tune(ds, source, name, budget=n_configs, seed=tune_seed,
+                tune_ds = data.get(plan.tune_data.get(name, ds.name), ds)
+                cls = model_class(name)
+                fixed = ({p: SMOKE_EPOCHS for p in ("epochs", "iterations") if p in cls.defaults}
+                         if config.smoke else {})  # fmt: skip
+                t = tune(tune_ds, source, name, budget=n_configs, seed=tune_seed,
                          device=config.device, cache_dir=cache,
-                         progress=not config.smoke)  # fmt: skip
+                         progress=not config.smoke, fixed=fixed)  # fmt: skip
                 models[name] = get_model(name, device=config.device, **t.params)
                 tuned_rows.append({
                     "dataset": ds.name, "protocol": plan.protocol, "model": name,
-                    "family": model_class(name).family, "tuned_on": source,
+                    "family": cls.family, "tuned_on": source,
+                    "tuned_on_data": tune_ds.name,
                     "validation_metric": t.metric, "validation_score": t.score,
                     "configurations": len(t.trials), "params": json.dumps(t.params, sort_keys=True),
                 })  # fmt: skip
-                if source == plan.protocol:
+                if source == plan.protocol and tune_ds is ds:
                     trial_frames.append(t.trials.assign(dataset=ds.name, protocol=source,
                                                         model=name))  # fmt: skip
                     if len(t.curve):

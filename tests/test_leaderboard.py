@@ -72,6 +72,9 @@ def test_family_verdict_rule(tree):
     assert "**Verdict: supported**" in leaderboard.family_verdict(only_p1, "deep", "c")
     only_p2 = both[both["protocol"] == "p2"]
     assert "**Verdict: not supported**" in leaderboard.family_verdict(only_p2, "deep", "c")
+    # A board that ties still counts as no win: one tie alone is "not supported".
+    tie = only_p1.assign(outcome="tie")
+    assert "**Verdict: not supported**" in leaderboard.family_verdict(tie, "deep", "c")
     assert "nothing to say" in leaderboard.family_verdict(pd.DataFrame(), "deep", "c")
 
 

@@ -117,3 +117,23 @@ def test_leave_one_out_tunes_on_its_valid_part_and_refits_with_it(tmp_path, tiny
     top = pd.read_csv(tmp_path / "30_y" / "topk" / "synthetic__loo-temporal__MostPop__seed5.csv.gz")
     valid = set(zip(split.valid.user_id, split.valid.item_id, strict=True))
     assert valid and not valid & set(zip(top.user_id, top.item_id, strict=True))
+
+
+def test_tune_data_reuses_one_data_sets_values_and_smoke_caps_epochs(tmp_path, tiny):
+    other = load_dataset("synthetic", n_users=70, n_items=40, density=0.2, seed=9)
+    other = type(other)(**{**other.__dict__, "name": "other"})
+    config = validate_parameters("30_z", datasets=["synthetic"], seeds=[5], smoke=True,
+                                 results_dir=tmp_path, device="cpu")  # fmt: skip
+    plan = Plan("topn-75-25", ["MostPop", "BPR"], tune_data={"BPR": "synthetic"})
+    _, tuned = run_plans(config, {"synthetic": tiny, "other": other}, [plan], budget=2)
+    rows = tuned.set_index(["dataset", "model"])
+    assert rows.loc[("other", "BPR"), "tuned_on_data"] == "synthetic"
+    assert rows.loc[("other", "MostPop"), "tuned_on_data"] == "other"
+    assert rows.loc[("other", "BPR"), "params"] == rows.loc[("synthetic", "BPR"), "params"]
+    assert json.loads(rows.loc[("other", "BPR"), "params"])["epochs"] <= 2  # smoke cap
+    trials = pd.read_csv(tmp_path / "30_z" / "tables" / "tuning_trials.csv")
+    assert set(zip(trials["dataset"], trials["model"])) == {  # noqa: B905
+        ("synthetic", "MostPop"),
+        ("synthetic", "BPR"),
+        ("other", "MostPop"),
+    }

@@ -37,4 +37,20 @@ def model_names() -> list[str]:
 
 def _import_all() -> None:
     # Importing the model modules registers their classes.
-    from metarec_lib.models import als, bpr, content, ease, graph, knn, markov, popularity, svd  # noqa: F401, I001
+    from metarec_lib.models import (  # noqa: F401
+        als,
+        bpr,
+        caser,
+        cfgan,
+        cl4srec,
+        content,
+        ease,
+        graph,
+        gru4rec,
+        knn,
+        markov,
+        neumf,
+        popularity,
+        sasrec,
+        svd,
+    )
