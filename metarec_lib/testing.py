@@ -45,6 +45,20 @@ def checkerboard(
     return Interactions(frame, n_users, n_items, users, items), held_out
 
 
+def cyclic_sequences(
+    n_users: int = 24, n_items: int = 12, length: int = 6
+) -> tuple[Interactions, np.ndarray]:
+    """(train, next_item) for sequence models: user u saw items s, s+1, ..., s+length-1
+    (mod n_items) in that order, s = u % n_items, so the next item is a function of the last
+    one: (s + length) % n_items. A model that learns transitions ranks it first."""
+    rows = []
+    for u in range(n_users):
+        for t in range(length):
+            rows.append((u, (u + t) % n_items, 5.0, 100 * u + t))
+    frame = pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"])
+    return Interactions(frame, n_users, n_items), (np.arange(n_users) + length) % n_items
+
+
 def check_recommender(
     make: Callable[[], Recommender], *, learns: bool = True, seed: int = 0, k: int = 3
 ) -> None:

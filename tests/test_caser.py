@@ -1,31 +1,17 @@
 import pickle
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from torch.nn import functional as F
 
-from metarec_lib.data.dataset import Interactions
 from metarec_lib.models.caser import Caser, sample_unseen
 from metarec_lib.models.registry import MODELS
 from metarec_lib.models.sequences import PAD
 from metarec_lib.testing import check_recommender
+from metarec_lib.testing import cyclic_sequences as cyclic
 
 SMALL = {"dim": 16, "n_h": 4, "n_v": 2, "batch_size": 64}
-
-
-def cyclic(
-    n_users: int = 24, n_items: int = 12, length: int = 6
-) -> tuple[Interactions, np.ndarray]:
-    """(train, next_item): user u saw items s, s+1, ..., s+length-1 (mod n_items) in that order,
-    s = u % n_items, so the next item is a function of the last one: (s + length) % n_items."""
-    rows = []
-    for u in range(n_users):
-        for t in range(length):
-            rows.append((u, (u + t) % n_items, 5.0, 100 * u + t))
-    frame = pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"])
-    return Interactions(frame, n_users, n_items), (np.arange(n_users) + length) % n_items
 
 
 @pytest.mark.parametrize("loss", ["ce", "bce"])
