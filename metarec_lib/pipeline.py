@@ -110,7 +110,7 @@ def run_notebook(
     *,
     results_dir: str | Path = "results",
     parameters: dict[str, Any] | None = None,
-    timeout: int = 3600,
+    timeout: int = 4 * 3600,
 ) -> Path:
     """Execute one notebook into `results_dir/<stem>/<stem>.ipynb` and write its run.json."""
     import papermill as pm
@@ -165,7 +165,7 @@ def run_pipeline(
     smoke: bool = False,
     strict: bool = False,
     seeds: Sequence[int] | None = None,
-    timeout: int = 3600,
+    timeout: int = 4 * 3600,
 ) -> list[tuple[str, float]]:
     """Run notebooks in the order given; stop at the first failure. Returns (stem, seconds)."""
     times = []
@@ -196,7 +196,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="comma-separated seeds overriding each notebook's default",
     )
-    parser.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
+    parser.add_argument(
+        "--timeout",
+        type=int,
+        default=4 * 3600,
+        help="seconds per cell (a family notebook runs its grid in one cell)",
+    )
     args = parser.parse_args(argv)
     try:
         run_pipeline(
