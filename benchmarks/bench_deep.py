@@ -9,7 +9,10 @@ threads during the fit, learned parameters, mean seconds per epoch and samples p
 `train_log_`), and the wall time of the whole fit (data preparation included).
 
 --models takes registered names or `module:Class` import paths (e.g.
-`tests.test_torch_base:TinyMF`), so the script runs before any deep model is registered.
+`tests.test_torch_base:TinyMF`), so a model under development can be timed before it is
+registered. "samples" are each model's training rows: (user, item) pairs with their sampled
+negatives for NeuMF, users for CFGAN, windows for Caser, sequence chunks for GRU4Rec, SASRec
+and CL4SRec, so samples per second compare a model with itself across devices, not models.
 """
 
 from __future__ import annotations
@@ -29,22 +32,8 @@ from metarec_lib.models.base import Recommender, resolve_device
 from metarec_lib.models.registry import model_class, model_names
 from metarec_lib.models.torch_base import TorchRecommender
 
-# Deep model modules under metarec_lib.models; imported by name because the registry's import
-# list may not know them yet. Missing ones are skipped with a printed line.
-DEEP_MODULES = ("neumf", "cfgan", "caser", "gru4rec", "sasrec", "cl4srec")
 # Models trained on time-ordered histories (leave-last-one-out); extend with --sequential.
 SEQUENTIAL = {"Caser", "GRU4Rec", "SASRec", "CL4SRec"}
-
-
-def import_deep_modules() -> None:
-    for module in DEEP_MODULES:
-        name = f"metarec_lib.models.{module}"
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name != name:
-                raise  # the module exists but one of its imports is missing
-            print(f"skip: {name} does not exist yet")
 
 
 def resolve_model(spec: str) -> type[Recommender]:
@@ -100,7 +89,6 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    import_deep_modules()
     # The first torch.optim optimiser of a process costs ~2 s of imports (measured: 2.2 s for
     # Adam on one parameter); pay it here so it is not billed to the first model's fit.
     torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from metarec_lib.study import Plan
 
@@ -53,13 +53,20 @@ MODEL_TARGETS: dict[tuple[str, str, str, str], tuple[str, float]] = {
 }
 
 
-def plans_for(stem: str, models: Sequence[str] | None = None) -> list[Plan]:
-    """The notebook's plans, restricted to `models` when given (empty plans dropped)."""
+def plans_for(
+    stem: str,
+    models: Sequence[str] | None = None,
+    datasets: Mapping[str, Sequence[str]] | None = None,
+) -> list[Plan]:
+    """The notebook's plans, restricted to `models` when given (empty plans dropped) and, for
+    the protocols named in `datasets`, to those data sets."""
     out = []
     for plan in PLANS[stem]:
         keep = [m for m in plan.models if not models or m in models]
+        only = (datasets or {}).get(plan.protocol)
         if keep:
-            out.append(Plan(plan.protocol, keep, plan.tune_on, plan.tune_data))
+            out.append(Plan(plan.protocol, keep, plan.tune_on, plan.tune_data,
+                            tuple(only) if only is not None else plan.datasets))  # fmt: skip
     return out
 
 

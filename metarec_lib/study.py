@@ -49,6 +49,8 @@ class Plan:
     # model -> data set whose tuned values every data set uses (when that data set is loaded):
     # for models too costly to tune on every data set; the hyperparameter table says so.
     tune_data: dict[str, str] = field(default_factory=dict)
+    # Data sets this plan runs on (None: every loaded one).
+    datasets: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -180,6 +182,8 @@ def run_plans(
     tune_seed = config.seeds[0]
     for ds in data.values():
         for plan in plans:
+            if plan.datasets is not None and ds.name not in plan.datasets:
+                continue
             models: dict[str, Recommender] = {}
             for name in plan.models:
                 source = plan.tune_on.get(name, plan.protocol)
