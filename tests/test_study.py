@@ -68,6 +68,21 @@ def test_plans_filter_models():
         ("topn-temporal", ["EASE", "BiasedMF"]),
     ]
     assert "EASE" in plans.models_of("20_collaborative")
+    deep = plans.plans_for("30_deep", ["SASRec", "NeuMF"], datasets={"loo-temporal": ["ml-100k"]})
+    assert [(p.protocol, list(p.models), p.datasets) for p in deep] == [
+        ("topn-75-25", ["NeuMF"], None),
+        ("topn-temporal", ["NeuMF"], None),
+        ("loo-temporal", ["SASRec"], ("ml-100k",)),
+    ]
+
+
+def test_a_plan_runs_only_on_its_data_sets(tmp_path, tiny):
+    other = type(tiny)(**{**tiny.__dict__, "name": "other"})
+    config = validate_parameters("30_w", datasets=["synthetic"], seeds=[5], smoke=True,
+                                 results_dir=tmp_path, device="cpu")  # fmt: skip
+    plan = Plan("topn-75-25", ["MostPop"], datasets=("other",))
+    rows, _ = run_plans(config, {"synthetic": tiny, "other": other}, [plan], budget=1)
+    assert set(rows["dataset"]) == {"other"}
 
 
 def test_best_epoch_from_history():

@@ -159,13 +159,17 @@ def test_custom_optimiser_and_step_are_used():
 
 
 # -- resources ---------------------------------------------------------------------------------
-def test_fit_runs_on_one_thread_and_restores_the_count():
+def test_fit_runs_on_the_class_thread_count_and_restores_the_count(monkeypatch):
     train, _ = checkerboard()
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(3)
         model = TinyMF(epochs=1).fit(train)
-        assert model.threads_in_build_ == TinyMF.cpu_threads == 1
+        assert TinyMF.cpu_threads is None  # the default: torch's own setting is kept
+        assert model.threads_in_build_ == 3
+        monkeypatch.setattr(TinyMF, "cpu_threads", 1)
+        model = TinyMF(epochs=1).fit(train)
+        assert model.threads_in_build_ == 1
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)

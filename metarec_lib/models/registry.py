@@ -49,6 +49,7 @@ def _import_all() -> None:
         gru4rec,
         knn,
         markov,
+        multitask,
         neumf,
         popularity,
         sasrec,
