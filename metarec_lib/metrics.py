@@ -222,6 +222,26 @@ def rating_metrics_per_user(
     return {"rmse": np.sqrt(mse), "mae": mae}
 
 
+def interest_metrics(labels: npt.ArrayLike, probs: npt.ArrayLike) -> dict[str, float]:
+    """AUC and log loss of predicted interest probabilities against 0/1 labels, (n,) each.
+
+    Probabilities are clipped to [1e-7, 1 - 1e-7] for the log loss, so one confident miss
+    costs at most -log(1e-7) = 16.1 instead of infinity.
+    """
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    p = np.asarray(probs, dtype=np.float64).ravel()
+    if y.shape != p.shape or y.size == 0:
+        raise ValueError(f"labels {y.shape} and probs {p.shape}: expected equal, non-empty")
+    if not np.isin(y, (0.0, 1.0)).all() or len(np.unique(y)) < 2:
+        raise ValueError("labels: expected both 0 and 1 and nothing else")
+    if not (np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()):
+        raise ValueError("probs: expected finite probabilities in [0, 1]")
+    clipped = np.clip(p, 1e-7, 1 - 1e-7)
+    return {"auc": float(roc_auc_score(y, p)), "logloss": float(log_loss(y, clipped))}
+
+
 def _check_ratings(y_true, y_pred) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     t = np.asarray(y_true, dtype=np.float64).ravel()
     p = np.asarray(y_pred, dtype=np.float64).ravel()

@@ -19,13 +19,16 @@ PROTOCOLS: dict[str, str] = {
     "topn-75-25": "per-user stratified random 75/25 holdout; top-10 over all items, seen removed",
     "topn-temporal": "global time cut-off, last 20% of interactions are test (known users/items)",
     "loo-temporal": "leave the last interaction out (the one before it is validation)",
+    "mtl-75-25": "topn-75-25's split, scored for interest (ranking, AUC) and rating (RMSE)",
 }
 FOLDS = (1, 2, 3, 4, 5)
 KFOLD_SEED = 0  # the random 5-fold split of data sets without published folds
 
 
-def task_of(protocol: str) -> Literal["topn", "rating"]:
-    return "rating" if protocol.startswith("rating") else "topn"
+def task_of(protocol: str) -> Literal["topn", "rating", "multitask"]:
+    if protocol.startswith("rating"):
+        return "rating"
+    return "multitask" if protocol.startswith("mtl") else "topn"
 
 
 def seeds_for(protocol: str, seeds: list[int]) -> list[int]:
@@ -41,7 +44,7 @@ def carveout_how(protocol: str) -> Literal["per_user", "temporal"]:
 def split_factory(protocol: str, dataset: Dataset) -> Callable[[int], splits.Split]:
     """`seed -> Split` for a named protocol on a data set."""
     frame = dataset.interactions
-    if protocol == "topn-75-25":
+    if protocol in ("topn-75-25", "mtl-75-25"):
         return lambda seed: splits.holdout_per_user(frame, test_fraction=0.25, seed=seed)
     if protocol == "topn-temporal":
         # One time cut-off: every seed gets the same split (seeds then vary the models only).

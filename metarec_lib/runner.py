@@ -30,14 +30,16 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from tqdm import tqdm
 
 from metarec_lib import __version__
 from metarec_lib.costs import measure
-from metarec_lib.data.dataset import Dataset, Encoder
+from metarec_lib.data.dataset import Dataset, Encoder, Interactions
 from metarec_lib.io import atomic_write_bytes, atomic_write_csv
 from metarec_lib.metrics import (
     coverage,
+    interest_metrics,
     novelty,
     ranking_metrics,
     rating_metrics,
@@ -52,7 +54,8 @@ COST_COLUMNS = [
     "peak_memory_mb", "n_parameters", "device",
 ]  # fmt: skip
 RANKING_NAMES = ("precision", "recall", "ndcg", "map", "hr", "mrr")
-Task = Literal["topn", "rating"]
+Task = Literal["topn", "rating", "multitask"]
+EVAL_NEGATIVES = 1  # sampled unseen items per held-out positive for the interest task
 
 
 @dataclass
@@ -114,8 +117,12 @@ class Experiment:
         for label, model in named.items():
             if model.family not in FAMILIES:
                 raise ValueError(f"model {label}: unknown family {model.family!r}")
-            if task == "rating" and not model.predicts_ratings:
-                raise ValueError(f"model {label} does not predict ratings; task='rating' needs it")
+            if task in ("rating", "multitask") and not model.predicts_ratings:
+                raise ValueError(f"model {label} does not predict ratings; task={task!r} needs it")
+            if task == "multitask" and not hasattr(model, "predict_interest"):
+                raise ValueError(
+                    f"model {label} has no predict_interest; task='multitask' needs it"
+                )
         seeds = list(seeds)
         encoder = dataset.encoder()
         rows: list[dict[str, Any]] = []
@@ -144,7 +151,7 @@ class Experiment:
                 self._costs = [c for c in self._costs if _cell(c) != _cell(base)]
                 self._costs.append({**base, **result.costs})
                 bar.update()
-            if task == "topn":
+            if task in ("topn", "multitask"):
                 self._write_split(dataset.name, protocol, seed, the_split, split)
         bar.close()
         self.write_tables()
@@ -269,6 +276,8 @@ def evaluate_cell(
             }
         )
         per_user = pd.DataFrame({"user_id": encoder.user_ids[users], **per})
+        if task == "multitask":
+            _add_multitask_metrics(model, train, test, seed, metrics, per_user, users)
     costs = {
         "fit_seconds": fit_cost.seconds,
         "predict_seconds": predict_cost.seconds,
@@ -277,6 +286,48 @@ def evaluate_cell(
         "device": device,
     }
     return CellResult(metrics=metrics, costs=costs, topk=topk_frame, per_user=per_user)
+
+
+def eval_negatives(
+    seen: sp.csr_matrix, users: np.ndarray, per_positive: int, seed: int, tries: int = 20
+) -> tuple[np.ndarray, np.ndarray]:
+    """`per_positive` uniformly drawn items per entry of `users` that the user has not seen
+    (`seen`: train and test pairs), fixed by `seed`; draws that keep colliding after `tries`
+    rounds are dropped. Returns (users, items) of the negatives."""
+    rng = np.random.default_rng([int(seed), 7919])  # the interest task's own stream
+    n_items = seen.shape[1]
+    users = np.repeat(np.asarray(users, np.int64), per_positive)
+    items = rng.integers(n_items, size=len(users))
+    bad = np.arange(len(users))
+    for _ in range(tries + 1):
+        bad = bad[np.asarray(seen[users[bad], items[bad]]).ravel() > 0]
+        if len(bad) == 0:
+            break
+        items[bad] = rng.integers(n_items, size=len(bad))
+    keep = np.ones(len(users), dtype=bool)
+    keep[bad] = False
+    return users[keep], items[keep]
+
+
+def _add_multitask_metrics(
+    model: Recommender, train: Interactions, test: Interactions, seed: int,
+    metrics: dict[str, float], per_user: pd.DataFrame, users: np.ndarray,
+) -> None:  # fmt: skip
+    """Rating (rmse, mae on held-out ratings) and interest (auc, logloss on held-out positives
+    plus EVAL_NEGATIVES sampled unseen items each) metrics of a multi-task model, in place."""
+    f = test.frame
+    test_users, test_items = f["user"].to_numpy(), f["item"].to_numpy()
+    truth = f["rating"].to_numpy()
+    pred = model.predict(test_users, test_items)
+    metrics.update(rating_metrics(truth, pred))
+    per = rating_metrics_per_user(truth, pred, test_users, train.n_users)
+    for name, values in per.items():
+        per_user[name] = values[users]
+    seen = train.matrix(binary=True) + test.matrix(binary=True)
+    neg_users, neg_items = eval_negatives(seen, test_users, EVAL_NEGATIVES, seed)
+    labels = np.r_[np.ones(len(test_users)), np.zeros(len(neg_users))]
+    probs = model.predict_interest(np.r_[test_users, neg_users], np.r_[test_items, neg_items])
+    metrics.update(interest_metrics(labels, probs))
 
 
 def load_metrics(results_dir: str | Path, stems: Iterable[str] | None = None) -> pd.DataFrame:

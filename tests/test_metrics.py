@@ -320,3 +320,18 @@ def test_evaluate_topk_includes_beyond_accuracy_when_given():
     assert got["ild@2"] == pytest.approx(1 - 1 / math.sqrt(2))
     # u0 hit at rank 2 (ndcg (1/log2 3) / 1), u1 no hit in the top 2
     assert got["ndcg@2"] == pytest.approx((1 / L3 + 0) / 2)
+
+
+def test_interest_metrics_by_hand():
+    from metarec_lib.metrics import interest_metrics
+
+    # Positives 0.9, 0.4; negatives 0.6, 0.1: 3 of the 4 (pos, neg) pairs are ordered right.
+    out = interest_metrics([1, 1, 0, 0], [0.9, 0.4, 0.6, 0.1])
+    assert out["auc"] == pytest.approx(0.75)
+    expected = -np.mean(np.log([0.9, 0.4, 0.4, 0.9]))
+    assert out["logloss"] == pytest.approx(expected)
+    assert interest_metrics([1, 0], [1.0, 0.0])["logloss"] == pytest.approx(1e-7, abs=1e-6)
+    with pytest.raises(ValueError, match="both 0 and 1"):
+        interest_metrics([1, 1], [0.5, 0.5])
+    with pytest.raises(ValueError, match="probabilities"):
+        interest_metrics([1, 0], [1.5, 0.2])

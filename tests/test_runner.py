@@ -133,3 +133,37 @@ def test_unknown_family_rejected(tmp_path, tiny):
         Experiment("70_test", tmp_path, progress=False).run(
             tiny, "p", split(tiny), [Odd()], seeds=[1]
         )
+
+
+def test_eval_negatives_are_unseen_and_fixed_by_the_seed():
+    import scipy.sparse as sp
+
+    from metarec_lib.runner import eval_negatives
+
+    seen = sp.csr_matrix(np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]]))
+    users, items = eval_negatives(seen, np.array([0, 0, 1, 2]), 3, seed=4)
+    assert not (seen[users, items] > 0).any()
+    assert 1 not in users  # user 1 has seen everything: its draws are dropped
+    assert (users == 0).sum() == 6 and (users == 2).sum() == 3
+    again = eval_negatives(seen, np.array([0, 0, 1, 2]), 3, seed=4)
+    np.testing.assert_array_equal(items, again[1])
+
+
+def test_multitask_task_scores_both_tasks(tmp_path, tiny):
+    from metarec_lib.models.multitask import SharedBottom
+
+    exp = Experiment("40_test", tmp_path, progress=False)
+    model = SharedBottom(epochs=2, embedding=8, hidden=16)
+    rows = exp.run(tiny, "mtl-75-25", split(tiny), [model], seeds=[1], task="multitask")
+    values = dict(zip(rows["metric"], rows["value"], strict=True))
+    assert {"ndcg@10", "rmse", "mae", "auc", "logloss"} <= set(values)
+    assert 0 <= values["auc"] <= 1 and values["logloss"] > 0 and values["rmse"] > 0
+    per_user = pd.read_csv(tmp_path / "40_test" / "per_user" /
+                           "synthetic__mtl-75-25__SharedBottom__seed1.csv.gz")  # fmt: skip
+    assert {"ndcg@10", "rmse"} <= set(per_user.columns)
+    from metarec_lib.models.svd import BiasedMF
+
+    with pytest.raises(ValueError, match="predict_interest"):
+        exp.run(tiny, "mtl-75-25", split(tiny), [BiasedMF()], seeds=[1], task="multitask")
+    with pytest.raises(ValueError, match="does not predict ratings"):
+        exp.run(tiny, "mtl-75-25", split(tiny), [MostPop()], seeds=[1], task="multitask")

@@ -625,7 +625,7 @@ class MultiTaskRecommender(TorchRecommender):
     ) -> dict[str, Any]:
         """Raw outputs of aligned (user, item) pairs as NumPy: {task: (n,)}, with `gates` also
         "gates": {task: (n, E)} (eval mode, no gradients, in batches)."""
-        users, items = np.asarray(users, np.int64), np.asarray(items, np.int64)
+        users, items = np.array(users, np.int64), np.array(items, np.int64)  # writable copies
         if users.shape != items.shape or users.ndim != 1:
             raise ValueError(
                 f"{self.name}: users {users.shape} and items {items.shape} must be aligned 1-D"
