@@ -166,13 +166,19 @@ def run_pipeline(
     strict: bool = False,
     seeds: Sequence[int] | None = None,
     timeout: int = 4 * 3600,
+    extra: dict[str, Any] | None = None,
 ) -> list[tuple[str, float]]:
-    """Run notebooks in the order given; stop at the first failure. Returns (stem, seconds)."""
+    """Run notebooks in the order given; stop at the first failure. Returns (stem, seconds).
+
+    `extra` parameters go to every notebook whose parameters cell defines them.
+    """
     times = []
     for nb in notebooks:
         params: dict[str, Any] = {"smoke": smoke, "strict": strict}
         if seeds:
             params["seeds"] = list(seeds)
+        known = notebook_defaults(Path(nb))
+        params.update({k: v for k, v in (extra or {}).items() if k in known})
         start = time.perf_counter()
         print(f"[metarec] {Path(nb).stem}: running{' (smoke)' if smoke else ''} ...", flush=True)
         run_notebook(nb, results_dir=results_dir, parameters=params, timeout=timeout)
@@ -182,6 +188,17 @@ def run_pipeline(
     total = sum(t for _, t in times)
     print(f"[metarec] {len(times)} notebook(s) in {total:.1f} s", flush=True)
     return times
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """ "name=value" -> (name, value): the value as JSON when it parses, else the string."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip().isidentifier():
+        raise ValueError(f"-p {text!r}: expected NAME=VALUE with NAME a Python identifier")
+    try:
+        return name.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return name.strip(), value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -202,11 +219,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=4 * 3600,
         help="seconds per cell (a family notebook runs its grid in one cell)",
     )
+    parser.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a notebook parameter; VALUE is JSON (e.g. -p 'sequential_datasets=[\"ml-100k\"]'), "
+        "else a string; given to the notebooks that define NAME",
+    )
     args = parser.parse_args(argv)
+    try:
+        extra = dict(parse_param(p) for p in args.param)
+    except ValueError as err:
+        parser.error(str(err))
     try:
         run_pipeline(
             sorted(args.notebooks, key=lambda p: Path(p).name), results_dir=args.results,
             smoke=args.smoke, strict=args.strict, seeds=args.seeds, timeout=args.timeout,
+            extra=extra,
         )  # fmt: skip
     except NotebookFailed as err:
         print(f"[metarec] FAILED: {err}", file=sys.stderr)

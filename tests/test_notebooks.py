@@ -54,3 +54,26 @@ def test_unknown_data_set_fails_naming_notebook_and_cell(tmp_path):
     assert "00_data.ipynb failed at cell" in msg and "unknown data set(s) ['ml-1b']" in msg
     assert (tmp_path / "00_data" / "00_data.failed.ipynb").exists()
     assert not (tmp_path / "00_data" / "00_data.ipynb").exists()
+
+
+def test_parse_param_reads_json_or_keeps_the_string():
+    from metarec_lib.pipeline import parse_param
+
+    assert parse_param('sequential_datasets=["ml-100k", "ml-latest-small"]') == (
+        "sequential_datasets", ["ml-100k", "ml-latest-small"])  # fmt: skip
+    assert parse_param("budget=4") == ("budget", 4)
+    assert parse_param("device=cuda") == ("device", "cuda")
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        parse_param("no-equals-sign")
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        parse_param("1bad=3")
+
+
+def test_extra_parameters_reach_only_the_notebooks_that_define_them(tmp_path):
+    from metarec_lib.pipeline import run_pipeline
+
+    # 00_data has no `budget`: passing one must not fail it (papermill would inject it blindly).
+    run_pipeline([ROOT / "notebooks" / "00_data.ipynb"], results_dir=tmp_path, smoke=True,
+                 extra={"budget": 1, "seeds": [3]})  # fmt: skip
+    run = json.loads((tmp_path / "00_data" / "run.json").read_text())
+    assert "budget" not in run["parameters"] and run["parameters"]["seeds"] == [3]
