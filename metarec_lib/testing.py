@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from metarec_lib.data.dataset import Interactions
 from metarec_lib.models.base import FAMILIES, Recommender
@@ -57,6 +58,26 @@ def cyclic_sequences(
             rows.append((u, (u + t) % n_items, 5.0, 100 * u + t))
     frame = pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"])
     return Interactions(frame, n_users, n_items), (np.arange(n_users) + length) % n_items
+
+
+def check_space_holds_defaults(cls: type[Recommender]) -> None:
+    """Assert every tuned hyperparameter's default lies in its search space (a Choice's values,
+    or a Uniform / LogUniform's [low, high]), so tuning can find the default again."""
+    for key, dist in cls.space.items():
+        value = cls.defaults[key]
+        inside = value in dist.values if hasattr(dist, "values") else dist.low <= value <= dist.high
+        assert inside, f"{cls.__name__}: default {key}={value!r} is outside its space {dist!r}"
+
+
+def seen_with_edge_users(n_users: int = 30, n_items: int = 12, seed: int = 0) -> sp.csr_matrix:
+    """A random binary seen-matrix (density 0.4) for negative samplers, whose user 0 has seen
+    every item (no negative exists) and user 1 all but item 5 (exactly one negative)."""
+    rng = np.random.default_rng(seed)
+    dense = (rng.random((n_users, n_items)) < 0.4).astype(float)
+    dense[0] = 1.0
+    dense[1] = 1.0
+    dense[1, 5] = 0.0
+    return sp.csr_matrix(dense)
 
 
 def check_recommender(

@@ -2,13 +2,17 @@ import os
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 import torch
 
 from metarec_lib.evaluate import ndcg_on
 from metarec_lib.models.bpr import BPR, BPRModule, sample_triples
 from metarec_lib.models.registry import get_model
-from metarec_lib.testing import check_recommender, checkerboard, other_parity_valid
+from metarec_lib.testing import (
+    check_recommender,
+    checkerboard,
+    other_parity_valid,
+    seen_with_edge_users,
+)
 
 
 def _module(n_users=3, n_items=4, factors=2, reg=0.0, seed=0):
@@ -49,17 +53,8 @@ def test_a_training_step_reduces_the_loss_on_a_tiny_batch():
         before = after
 
 
-def _seen(n_users=30, n_items=12, seed=0) -> sp.csr_matrix:
-    rng = np.random.default_rng(seed)
-    dense = (rng.random((n_users, n_items)) < 0.4).astype(float)
-    dense[0] = 1.0  # a user who has seen everything: no negative exists
-    dense[1] = 1.0
-    dense[1, 5] = 0.0  # a user with exactly one negative
-    return sp.csr_matrix(dense)
-
-
 def test_triples_cover_each_training_pair_once_with_unseen_negatives():
-    seen = _seen()
+    seen = seen_with_edge_users()
     u, i, j = (t.numpy() for t in sample_triples(seen, torch.Generator().manual_seed(3)))
     dense = seen.toarray() > 0
     assert not dense[u, j].any(), "a negative was an item the user has seen"
@@ -74,7 +69,7 @@ def test_triples_cover_each_training_pair_once_with_unseen_negatives():
 
 
 def test_triples_are_deterministic_for_a_seed():
-    seen = _seen()
+    seen = seen_with_edge_users()
     a = sample_triples(seen, torch.Generator().manual_seed(5))
     b = sample_triples(seen, torch.Generator().manual_seed(5))
     c = sample_triples(seen, torch.Generator().manual_seed(6))

@@ -8,7 +8,7 @@ from torch.nn import functional as F
 from metarec_lib.models.caser import Caser, sample_unseen
 from metarec_lib.models.registry import MODELS
 from metarec_lib.models.sequences import PAD
-from metarec_lib.testing import check_recommender
+from metarec_lib.testing import check_recommender, check_space_holds_defaults
 from metarec_lib.testing import cyclic_sequences as cyclic
 
 SMALL = {"dim": 16, "n_h": 4, "n_v": 2, "batch_size": 64}
@@ -101,9 +101,7 @@ def test_unknown_loss_is_rejected_and_registered_space_holds_the_defaults():
     with pytest.raises(ValueError, match="loss"):
         Caser(loss="hinge").fit(train)
     assert MODELS["Caser"] is Caser and Caser.family == "deep"
-    for key, dist in Caser.space.items():
-        value = Caser.defaults[key]
-        assert value in dist.values if hasattr(dist, "values") else dist.low <= value <= dist.high
+    check_space_holds_defaults(Caser)
 
 
 def test_pickle_leaves_out_the_training_windows():

@@ -7,7 +7,7 @@ import torch
 from metarec_lib.models.gru4rec import GRU4Rec, bpr_max_loss, cross_entropy_loss
 from metarec_lib.models.registry import MODELS
 from metarec_lib.models.sequences import PAD
-from metarec_lib.testing import check_recommender
+from metarec_lib.testing import check_recommender, check_space_holds_defaults
 from metarec_lib.testing import cyclic_sequences as cyclic
 
 SMALL = {"dim": 16, "batch_size": 8}
@@ -130,9 +130,7 @@ def test_unknown_loss_is_rejected_and_registered_space_holds_the_defaults():
     with pytest.raises(ValueError, match="loss"):
         GRU4Rec(loss="top1").fit(train)
     assert MODELS["GRU4Rec"] is GRU4Rec and GRU4Rec.family == "deep"
-    for key, dist in GRU4Rec.space.items():
-        value = GRU4Rec.defaults[key]
-        assert value in dist.values if hasattr(dist, "values") else dist.low <= value <= dist.high
+    check_space_holds_defaults(GRU4Rec)
 
 
 def test_pickle_leaves_out_the_training_windows():

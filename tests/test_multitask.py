@@ -16,7 +16,7 @@ from metarec_lib.models.multitask import (
     encode_features,
 )
 from metarec_lib.models.registry import MODELS
-from metarec_lib.testing import check_recommender, checkerboard
+from metarec_lib.testing import check_recommender, check_space_holds_defaults, checkerboard
 
 MODELS_ = (SingleTask, SharedBottom, MMoE, PLE, ESMM)
 SMALL = dict(embedding=8, hidden=32, batch_size=64, learning_rate=0.01, epochs=15)
@@ -84,9 +84,7 @@ def test_registered_multitask_model_with_a_space_containing_the_defaults(cls):
     assert MODELS[cls.name] is cls
     assert cls.family == "multitask" and cls.predicts_ratings
     assert 2 <= len(cls.space) <= 3
-    for key, dist in cls.space.items():
-        value = cls.defaults[key]
-        assert value in dist.values if hasattr(dist, "values") else dist.low <= value <= dist.high
+    check_space_holds_defaults(cls)
     if cls is not SingleTask:  # SingleTask: the weighting only rescales disjoint networks
         assert "weighting" in cls.space
 

@@ -2,13 +2,17 @@ import os
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 import torch
 
 from metarec_lib.evaluate import ndcg_on
 from metarec_lib.models.neumf import NeuMF, NeuMFModule, sample_negatives
 from metarec_lib.models.registry import MODELS
-from metarec_lib.testing import check_recommender, checkerboard
+from metarec_lib.testing import (
+    check_recommender,
+    check_space_holds_defaults,
+    checkerboard,
+    seen_with_edge_users,
+)
 
 # Few epochs: longer runs memorise the sampled negatives, which on the checkerboard include the
 # held-out liked item (one in six draws), and push it down (measured: 14-17 of 20 users hit).
@@ -18,15 +22,6 @@ SMALL = dict(factors=8, mlp_layers=2, batch_size=64, learning_rate=0.01, epochs=
 def _module(n_users=3, n_items=5, factors=4, mlp_layers=2, seed=0) -> NeuMFModule:
     return NeuMFModule(n_users, n_items, factors, mlp_layers, 0.0,
                        torch.Generator().manual_seed(seed))  # fmt: skip
-
-
-def _seen(n_users=30, n_items=12, seed=0) -> sp.csr_matrix:
-    rng = np.random.default_rng(seed)
-    dense = (rng.random((n_users, n_items)) < 0.4).astype(float)
-    dense[0] = 1.0  # a user who has seen everything: no negative exists
-    dense[1] = 1.0
-    dense[1, 5] = 0.0  # a user with exactly one negative
-    return sp.csr_matrix(dense)
 
 
 def test_neumf_passes_the_contract():
@@ -69,7 +64,7 @@ def test_a_training_step_reduces_the_loss_on_a_tiny_batch():
 
 
 def test_negatives_are_never_seen_items():
-    seen = _seen()
+    seen = seen_with_edge_users()
     users = torch.from_numpy(np.repeat(np.arange(30), 20))
     u, j = (t.numpy() for t in sample_negatives(seen, users, torch.Generator().manual_seed(3)))
     assert not (seen.toarray()[u, j] > 0).any(), "a negative was an item the user has seen"
@@ -110,9 +105,7 @@ def test_seeds_change_the_model_and_parameters_are_counted():
 
 def test_registered_deep_model_with_a_space_containing_the_defaults():
     assert MODELS["NeuMF"] is NeuMF and NeuMF.family == "deep"
-    for key, dist in NeuMF.space.items():
-        value = NeuMF.defaults[key]
-        assert value in dist.values if hasattr(dist, "values") else dist.low <= value <= dist.high
+    check_space_holds_defaults(NeuMF)
 
 
 @pytest.mark.skipif(
