@@ -18,11 +18,10 @@ def higher_is_better(metric: str) -> bool:
 
 
 def per_user_means(out: Path, dataset: str, protocol: str, model: str, metric: str) -> pd.Series:
-    """A model's per-user metric, averaged over the seeds/folds it ran (index user_id)."""
-    frames = [
-        pd.read_csv(p, usecols=["user_id", metric])
-        for p in sorted((out / "per_user").glob(f"{dataset}__{protocol}__{model}__seed*.csv.gz"))
-    ]
+    """A model's per-user metric, averaged over the seeds/folds it ran (index user_id); empty
+    when none was saved (a metric with one value per run, such as auc, has no per-user one)."""
+    paths = sorted((out / "per_user").glob(f"{dataset}__{protocol}__{model}__seed*.csv.gz"))
+    frames = [frame[["user_id", metric]] for frame in map(pd.read_csv, paths) if metric in frame]
     if not frames:
         return pd.Series(dtype=float)
     return pd.concat(frames).groupby("user_id")[metric].mean()
@@ -192,24 +191,32 @@ def head_to_head(out: str | Path, dataset: str, protocol: str, model: str,
 
 
 def versus_reference(board: pd.DataFrame, out: str | Path, dataset: str, protocol: str,
-                     family: str) -> pd.DataFrame:  # fmt: skip
-    """Every model of `family` against the best model of the OTHER families on one board.
+                     family: str, *, metric: str | None = None,
+                     reference: str | None = None) -> pd.DataFrame:  # fmt: skip
+    """Every model of `family` against the best model of the OTHER families on one board, or
+    against the model named `reference` (then the family's other models are the challengers).
 
-    Returns one row per challenger: model, mean, reference (the best other-family model),
-    reference_mean, diff (challenger - reference, per-user means over seeds), wilcoxon_p and
-    its Holm adjustment over the challengers, and outcome: "wins" / "loses" (Holm p < 0.05, by
-    the sign of diff) or "tie". Empty when the board lacks either side.
+    `metric` is the board's metric (default: the protocol's primary one). Returns one row per
+    challenger: model, mean, reference, reference_mean, diff (challenger - reference, per-user
+    means over seeds), wilcoxon_p and its Holm adjustment over the challengers, and outcome:
+    "wins" / "loses" (Holm p < 0.05, by the sign of diff) or "tie". Empty when the board lacks
+    either side.
     """
-    metric = primary_metric(protocol)
+    metric = metric or primary_metric(protocol)
     if board.empty:
         return pd.DataFrame()
-    mine = board[board["family"] == family]
-    others = board[board["family"] != family]
+    if reference is None:
+        mine, others = board[board["family"] == family], board[board["family"] != family]
+    else:
+        mine = board[(board["family"] == family) & (board["model"] != reference)]
+        others = board[board["model"] == reference]
     if mine.empty or others.empty:
         return pd.DataFrame()
     better = higher_is_better(metric)
     reference = others.sort_values("mean", ascending=not better).iloc[0]
     ref_user = per_user_means(Path(out), dataset, protocol, reference["model"], metric)
+    if ref_user.empty:  # no per-user values (e.g. auc): no paired test
+        return pd.DataFrame()
     rows = []
     for _, row in mine.iterrows():
         user = per_user_means(Path(out), dataset, protocol, row["model"], metric)
@@ -237,7 +244,8 @@ def family_verdict(comparisons: pd.DataFrame, family: str, claim: str) -> str:
     if comparisons.empty:
         return f"No board compares the {family} family with another family; nothing to say."
     lines, outcomes = [], []
-    for (dataset, protocol), rows in comparisons.groupby(["dataset", "protocol"], sort=False):
+    boards = comparisons.groupby(["dataset", "protocol", "metric"], sort=False)
+    for (dataset, protocol, _), rows in boards:
         better = higher_is_better(rows["metric"].iloc[0])
         best = rows.sort_values("mean", ascending=not better).iloc[0]
         outcomes.append(best["outcome"])

@@ -242,6 +242,23 @@ def interest_metrics(labels: npt.ArrayLike, probs: npt.ArrayLike) -> dict[str, f
     return {"auc": float(roc_auc_score(y, p)), "logloss": float(log_loss(y, clipped))}
 
 
+def logloss_per_user(
+    labels: npt.ArrayLike, probs: npt.ArrayLike, users: npt.ArrayLike, n_users: int
+) -> npt.NDArray[np.float64]:
+    """Each user's mean log loss over their (label, probability) pairs, clipped as in
+    `interest_metrics`: shape (n_users,), NaN for users without pairs."""
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    p = np.clip(np.asarray(probs, dtype=np.float64).ravel(), 1e-7, 1 - 1e-7)
+    u = np.asarray(users, dtype=np.int64).ravel()
+    if not (y.shape == p.shape == u.shape):
+        raise ValueError(f"labels {y.shape}, probs {p.shape}, users {u.shape}: expected equal")
+    loss = -(y * np.log(p) + (1 - y) * np.log1p(-p))
+    counts = np.bincount(u, minlength=n_users).astype(np.float64)
+    sums = np.bincount(u, weights=loss, minlength=n_users)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / counts, np.nan)
+
+
 def _check_ratings(y_true, y_pred) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     t = np.asarray(y_true, dtype=np.float64).ravel()
     p = np.asarray(y_pred, dtype=np.float64).ravel()

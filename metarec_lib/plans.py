@@ -14,6 +14,11 @@ DEEP_SEQUENTIAL = ("SASRec", "CL4SRec", "GRU4Rec", "Caser")
 # shared tuning cache hands their values over when the budget matches).
 DEEP_BASELINES_TOPN = ("MostPop", "ItemKNN", "EASE", "iALS")
 DEEP_BASELINES_SEQUENTIAL = ("MostPop", "ItemKNN", "EASE", "MarkovChain")
+MULTITASK = ("SingleTask", "SharedBottom", "MMoE", "PLE", "ESMM")
+# References of the multi-task boards on the same split, with the values tuned in
+# 20_collaborative: the best top-N models (interest) and the rating models (both tasks).
+MTL_REFERENCES_TOPN = ("MostPop", "EASE", "iALS")
+MTL_REFERENCES_RATING = ("BiasedMF", "SVDpp")
 
 PLANS: dict[str, list[Plan]] = {
     "10_content": [
@@ -39,6 +44,14 @@ PLANS: dict[str, list[Plan]] = {
              tune_data=dict.fromkeys(DEEP_TOPN, "ml-100k")),
         Plan("loo-temporal", [*DEEP_SEQUENTIAL, *DEEP_BASELINES_SEQUENTIAL],
              tune_data=dict.fromkeys(DEEP_SEQUENTIAL, "ml-100k")),
+    ],
+    # Multi-task models are tuned on ML-100K (joint validation score, see models.multitask);
+    # the references keep their 20_collaborative values.
+    "40_multitask": [
+        Plan("mtl-75-25", [*MULTITASK, *MTL_REFERENCES_TOPN, *MTL_REFERENCES_RATING],
+             tune_on={**dict.fromkeys(MTL_REFERENCES_TOPN, "topn-75-25"),
+                      **dict.fromkeys(MTL_REFERENCES_RATING, "rating-5fold")},
+             tune_data=dict.fromkeys(MULTITASK, "ml-100k")),
     ],
 }  # fmt: skip
 

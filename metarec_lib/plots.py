@@ -175,3 +175,53 @@ def training_curves(curves, *, value: str = "valid", ylabel: str = "validation n
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def seesaw(points, refs: dict, *, title: str = "", baseline: str = "SingleTask") -> plt.Figure:
+    """The multi-task trade-off: each model at (interest ndcg@10, rating rmse), the better
+    corner bottom right; `baseline`'s point marked, and the best other-family model per task
+    (`refs`: {metric: (model, value)}) drawn as reference lines. `points` comes from
+    `mtl.seesaw_points`."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for _, row in points.iterrows():
+        single = row["model"] == baseline
+        ax.scatter(row["ndcg@10"], row["rmse"], color=FAMILY_COLOURS.get(row["family"], "grey"),
+                   marker="s" if single else "o", s=50 if single else 30, zorder=3)  # fmt: skip
+        ax.annotate(row["model"], (row["ndcg@10"], row["rmse"]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")  # fmt: skip
+    if baseline in set(points["model"]):
+        row = points[points["model"] == baseline].iloc[0]
+        ax.axvline(row["ndcg@10"], color="grey", lw=0.8, ls=":")
+        ax.axhline(row["rmse"], color="grey", lw=0.8, ls=":", label=f"{baseline} (each task)")
+    if "ndcg@10" in refs:
+        model, value = refs["ndcg@10"]
+        ax.axvline(value, color="black", lw=1, ls="--", label=f"best top-N: {model}")
+    if "rmse" in refs:
+        model, value = refs["rmse"]
+        ax.axhline(value, color="black", lw=1, ls="-.", label=f"best rating: {model}")
+    ax.set(xlabel="interest ndcg@10 (higher is better)", ylabel="rating rmse (lower is better)",
+           title=title)  # fmt: skip
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def gate_usage(usage, *, title: str = "") -> plt.Figure:
+    """Heat map of each task's mean gate weight per expert (one panel per model); `usage` is
+    one data set's rows of `mtl.gate_usage`."""
+    models = list(dict.fromkeys(usage["model"]))
+    fig, axes = plt.subplots(1, max(len(models), 1), squeeze=False,
+                             figsize=(4.2 * max(len(models), 1), 2.6))  # fmt: skip
+    for ax, model in zip(axes[0], models, strict=False):
+        rows = usage[usage["model"] == model]
+        table = rows.pivot_table(index="task", columns="expert", values="weight", sort=False)
+        ax.imshow(table.to_numpy(), cmap="Blues", vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(table.shape[1]), table.columns, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(table.shape[0]), table.index, fontsize=8)
+        for (i, j), w in np.ndenumerate(table.to_numpy()):
+            ax.text(j, i, f"{w:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if w > 0.6 else "black")  # fmt: skip
+        ax.set_title(f"{model} {title}".strip(), fontsize=9)
+    fig.tight_layout()
+    return fig

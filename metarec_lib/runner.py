@@ -20,6 +20,7 @@ file is written atomically (see `metarec_lib.io`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import pickle
@@ -35,11 +36,12 @@ from tqdm import tqdm
 
 from metarec_lib import __version__
 from metarec_lib.costs import measure
-from metarec_lib.data.dataset import Dataset, Encoder, Interactions
+from metarec_lib.data.dataset import Dataset, Encoder, Interactions, encode_source
 from metarec_lib.io import atomic_write_bytes, atomic_write_csv
 from metarec_lib.metrics import (
     coverage,
     interest_metrics,
+    logloss_per_user,
     novelty,
     ranking_metrics,
     rating_metrics,
@@ -66,6 +68,9 @@ class CellResult:
     costs: dict[str, Any]
     topk: pd.DataFrame | None = None
     per_user: pd.DataFrame | None = None
+    # Model-specific tables, written to <stem>/<name>/<cell>.csv.gz (a gated multi-task
+    # model's "gates": task, expert, weight).
+    extras: dict[str, pd.DataFrame] | None = None
 
 
 @dataclass
@@ -108,7 +113,10 @@ class Experiment:
 
         `models` maps the `model` column to an unfitted model (a sequence uses each model's
         `name`). `task="topn"` ranks all items (seen ones excluded) for every test user;
-        `task="rating"` predicts the held-out ratings (rmse, mae).
+        `task="rating"` predicts the held-out ratings (rmse, mae); `task="multitask"` ranks
+        like "topn" and adds, for the models that can, rating (rmse, mae) and interest (auc,
+        logloss) metrics: a top-N model there is a reference for the interest task, a rating
+        model for both.
         """
         if isinstance(models, Mapping):
             named = dict(models)
@@ -117,12 +125,8 @@ class Experiment:
         for label, model in named.items():
             if model.family not in FAMILIES:
                 raise ValueError(f"model {label}: unknown family {model.family!r}")
-            if task in ("rating", "multitask") and not model.predicts_ratings:
+            if task == "rating" and not model.predicts_ratings:
                 raise ValueError(f"model {label} does not predict ratings; task={task!r} needs it")
-            if task == "multitask" and not hasattr(model, "predict_interest"):
-                raise ValueError(
-                    f"model {label} has no predict_interest; task='multitask' needs it"
-                )
         seeds = list(seeds)
         encoder = dataset.encoder()
         rows: list[dict[str, Any]] = []
@@ -172,6 +176,8 @@ class Experiment:
             atomic_write_csv(self.out / "topk" / name, result.topk)
         if result.per_user is not None:
             atomic_write_csv(self.out / "per_user" / name, result.per_user)
+        for folder, table in (getattr(result, "extras", None) or {}).items():
+            atomic_write_csv(self.out / folder / name, table)
 
     def _write_split(
         self, dataset: str, protocol: str, seed: int, computed: Split | None,
@@ -239,11 +245,14 @@ def evaluate_cell(
     # history, as the test item's predecessor, exactly like a deployed model would.
     history = split.train if split.valid is None else pd.concat([split.train, split.valid])
     train = encoder.encode(history)
+    if split.source is not None:  # a transfer protocol: the model sees the source domain too
+        train = dataclasses.replace(train, source=encode_source(split.source, encoder))
     test = encoder.encode(split.test)
     with measure(device) as fit_cost:
         model.fit(train, seed=seed)
     metrics: dict[str, float] = {}
     topk_frame = per_user = None
+    extras: dict[str, pd.DataFrame] | None = None
     if task == "rating":
         with measure(device) as predict_cost:
             pred = model.predict(test.frame["user"].to_numpy(), test.frame["item"].to_numpy())
@@ -278,6 +287,8 @@ def evaluate_cell(
         per_user = pd.DataFrame({"user_id": encoder.user_ids[users], **per})
         if task == "multitask":
             _add_multitask_metrics(model, train, test, seed, metrics, per_user, users)
+            if hasattr(model, "gate_usage"):
+                extras = {"gates": gate_table(model, test)}
     costs = {
         "fit_seconds": fit_cost.seconds,
         "predict_seconds": predict_cost.seconds,
@@ -285,7 +296,19 @@ def evaluate_cell(
         "n_parameters": int(model.n_parameters),
         "device": device,
     }
-    return CellResult(metrics=metrics, costs=costs, topk=topk_frame, per_user=per_user)
+    return CellResult(metrics=metrics, costs=costs, topk=topk_frame, per_user=per_user,
+                      extras=extras)  # fmt: skip
+
+
+def gate_table(model: Any, test: Interactions) -> pd.DataFrame:
+    """Mean gate weight of each expert per task over the held-out rated pairs: columns task,
+    expert, weight (each task's weights sum to 1)."""
+    usage = model.gate_usage(test.frame["user"].to_numpy(), test.frame["item"].to_numpy())
+    return pd.DataFrame(
+        [{"task": task, "expert": name, "weight": float(w)}
+         for task, weights in usage.items()
+         for name, w in zip(model.expert_names, weights, strict=True)]
+    )  # fmt: skip
 
 
 def eval_negatives(
@@ -313,21 +336,27 @@ def _add_multitask_metrics(
     model: Recommender, train: Interactions, test: Interactions, seed: int,
     metrics: dict[str, float], per_user: pd.DataFrame, users: np.ndarray,
 ) -> None:  # fmt: skip
-    """Rating (rmse, mae on held-out ratings) and interest (auc, logloss on held-out positives
-    plus EVAL_NEGATIVES sampled unseen items each) metrics of a multi-task model, in place."""
+    """In place: rating metrics (rmse, mae on held-out ratings) of a model that predicts
+    ratings, and interest metrics (auc, logloss on held-out positives plus EVAL_NEGATIVES
+    sampled unseen items each) of a model with `predict_interest`; per-user rmse, mae and
+    logloss go to `per_user` (rows `users`) for paired tests."""
     f = test.frame
     test_users, test_items = f["user"].to_numpy(), f["item"].to_numpy()
-    truth = f["rating"].to_numpy()
-    pred = model.predict(test_users, test_items)
-    metrics.update(rating_metrics(truth, pred))
-    per = rating_metrics_per_user(truth, pred, test_users, train.n_users)
-    for name, values in per.items():
-        per_user[name] = values[users]
-    seen = train.matrix(binary=True) + test.matrix(binary=True)
-    neg_users, neg_items = eval_negatives(seen, test_users, EVAL_NEGATIVES, seed)
-    labels = np.r_[np.ones(len(test_users)), np.zeros(len(neg_users))]
-    probs = model.predict_interest(np.r_[test_users, neg_users], np.r_[test_items, neg_items])
-    metrics.update(interest_metrics(labels, probs))
+    if model.predicts_ratings:
+        truth = f["rating"].to_numpy()
+        pred = model.predict(test_users, test_items)
+        metrics.update(rating_metrics(truth, pred))
+        per = rating_metrics_per_user(truth, pred, test_users, train.n_users)
+        for name, values in per.items():
+            per_user[name] = values[users]
+    if hasattr(model, "predict_interest"):
+        seen = train.matrix(binary=True) + test.matrix(binary=True)
+        neg_users, neg_items = eval_negatives(seen, test_users, EVAL_NEGATIVES, seed)
+        pair_users = np.r_[test_users, neg_users]
+        labels = np.r_[np.ones(len(test_users)), np.zeros(len(neg_users))]
+        probs = model.predict_interest(pair_users, np.r_[test_items, neg_items])
+        metrics.update(interest_metrics(labels, probs))
+        per_user["logloss"] = logloss_per_user(labels, probs, pair_users, train.n_users)[users]
 
 
 def load_metrics(results_dir: str | Path, stems: Iterable[str] | None = None) -> pd.DataFrame:

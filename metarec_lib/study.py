@@ -100,9 +100,13 @@ def tune(
     encoder = dataset.encoder()
     train, valid = encoder.encode(fit_part), encoder.encode(valid_part)
     rating = task == "rating"
+    score, metric = (rmse_on, "rmse") if rating else (ndcg_on, "ndcg@10")
+    if task == "multitask" and hasattr(cls, "validation_score"):  # both tasks at once
+        score = lambda model, part: model.validation_score(part)  # noqa: E731
+        metric = cls.validation_metric
     result = random_search(
         lambda **config: get_model(name, device=device, **{**config, **fixed}),
-        cls.space, train, valid, rmse_on if rating else ndcg_on,
+        cls.space, train, valid, score,
         budget=budget, seed=seed, higher_is_better=not rating, progress=progress,
         desc=f"tune {name} {dataset.name} {protocol}",
     )  # fmt: skip
@@ -112,7 +116,7 @@ def tune(
     best_epoch = best_epoch_of(best_model, higher_is_better=not rating)
     if best_epoch is not None and epoch_param is not None:
         params[epoch_param] = int(best_epoch)
-    tuned = Tuned(params, result.best_score, "rmse" if rating else "ndcg@10", result.trials,
+    tuned = Tuned(params, result.best_score, metric, result.trials,
                   training_curve(best_model))  # fmt: skip
     atomic_write_json(path, {"params": params, "score": tuned.score, "metric": tuned.metric,
                              "trials": result.trials.to_dict(orient="list"),
@@ -126,7 +130,7 @@ def training_curve(model: Recommender) -> pd.DataFrame:
     log = getattr(model, "train_log_", None)
     if log is not None:
         return pd.DataFrame({"epoch": log["epoch"], "loss": log["loss"],
-                             "valid": log["valid_ndcg"]})  # fmt: skip
+                             "valid": log["valid_score"]})  # fmt: skip
     losses = dict(getattr(model, "loss_history_", None) or [])
     valid = dict(getattr(model, "history_", None) or [])
     epochs = sorted(set(losses) | set(valid))

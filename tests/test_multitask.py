@@ -320,3 +320,32 @@ def test_no_user_features_and_tags_on_two_items_or_more():
     model = MMoE(**{**SMALL, "epochs": 2}).fit(train, seed=0)
     assert model.module_.encoder.user_dim == 8 and model.module_.encoder.item_dim == 16
     assert np.isfinite(model.score(np.arange(5))).all()
+
+
+# ----------------------------------------------------------------------------- selection
+
+
+def test_joint_score_by_hand():
+    from metarec_lib.models.multitask import joint_score
+
+    assert joint_score(0.2, 0.9, 0.1, 1.08) == pytest.approx(0.5 * (2.0 + 1.2))
+    assert joint_score(0.1, 1.0, 0.1, 1.0) == pytest.approx(1.0)  # as good as trivial
+    assert joint_score(0.05, 1.0, 0.0, 1.0) == pytest.approx(0.5 * (5.0 + 1.0))  # floored
+
+
+def test_early_stopping_keeps_the_epoch_with_the_best_joint_score():
+    from metarec_lib.models.multitask import NDCG_FLOOR
+
+    data = shared_signal(n_users=60)
+    frame = data.frame.sample(frac=1.0, random_state=0)
+    cut = int(0.8 * len(frame))
+    part = functools.partial(Interactions, n_users=data.n_users, n_items=data.n_items,
+                             users=data.users, items=data.items)  # fmt: skip
+    train, valid = part(frame.iloc[:cut]), part(frame.iloc[cut:])
+    model = SharedBottom(**{**SMALL, "epochs": 6, "patience": 2}).fit(train, valid=valid, seed=0)
+    scores = dict(model.history_)
+    assert model.best_epoch_ == max(scores, key=scores.get)
+    assert model.validation_score(valid) == pytest.approx(scores[model.best_epoch_], rel=1e-6)
+    log = model.train_log_.dropna(subset=["valid_score"])
+    assert log["valid_score"].tolist() == pytest.approx(list(scores.values()))
+    assert NDCG_FLOOR > 0 and all(s > 0 for s in scores.values())

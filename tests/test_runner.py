@@ -160,10 +160,28 @@ def test_multitask_task_scores_both_tasks(tmp_path, tiny):
     assert 0 <= values["auc"] <= 1 and values["logloss"] > 0 and values["rmse"] > 0
     per_user = pd.read_csv(tmp_path / "40_test" / "per_user" /
                            "synthetic__mtl-75-25__SharedBottom__seed1.csv.gz")  # fmt: skip
-    assert {"ndcg@10", "rmse"} <= set(per_user.columns)
+    assert {"ndcg@10", "rmse", "logloss"} <= set(per_user.columns)
+    assert per_user["logloss"].gt(0).all()
+
+
+def test_multitask_task_scores_references_on_what_they_predict(tmp_path, tiny):
+    """A top-N model gets ranking metrics only, a rating model ranking and rating metrics:
+    both sit on the multi-task leaderboards as references."""
     from metarec_lib.models.svd import BiasedMF
 
-    with pytest.raises(ValueError, match="predict_interest"):
-        exp.run(tiny, "mtl-75-25", split(tiny), [BiasedMF()], seeds=[1], task="multitask")
-    with pytest.raises(ValueError, match="does not predict ratings"):
-        exp.run(tiny, "mtl-75-25", split(tiny), [MostPop()], seeds=[1], task="multitask")
+    exp = Experiment("40_test", tmp_path, progress=False)
+    rows = exp.run(tiny, "mtl-75-25", split(tiny), [MostPop(), BiasedMF(epochs=2)], seeds=[1],
+                   task="multitask")  # fmt: skip
+    by_model = rows.groupby("model")["metric"].apply(set)
+    assert "ndcg@10" in by_model["MostPop"] and not {"rmse", "auc"} & by_model["MostPop"]
+    assert {"ndcg@10", "rmse", "mae"} <= by_model["BiasedMF"]
+    assert not {"auc", "logloss"} & by_model["BiasedMF"]
+
+
+def test_logloss_per_user_by_hand():
+    from metarec_lib.metrics import logloss_per_user
+
+    out = logloss_per_user([1, 0, 1], [0.5, 0.5, 0.25], [0, 0, 2], n_users=4)
+    assert out[0] == pytest.approx(np.log(2))
+    assert out[2] == pytest.approx(np.log(4))
+    assert np.isnan(out[1]) and np.isnan(out[3])

@@ -152,3 +152,17 @@ def test_tune_data_reuses_one_data_sets_values_and_smoke_caps_epochs(tmp_path, t
         ("synthetic", "BPR"),
         ("other", "MostPop"),
     }
+
+
+def test_multitask_plan_tunes_on_the_joint_score_and_references_keep_theirs(tmp_path, tiny):
+    """Multi-task models are tuned on both tasks at once (`joint`); a reference tuned on
+    another protocol keeps that protocol's metric; gated models leave gate files."""
+    config = validate_parameters("40_x", datasets=["synthetic"], seeds=[5], smoke=True,
+                                 results_dir=tmp_path, device="cpu")  # fmt: skip
+    plan = Plan("mtl-75-25", ["MMoE", "MostPop"], tune_on={"MostPop": "topn-75-25"})
+    rows, tuned = run_plans(config, {"synthetic": tiny}, [plan], budget=1)
+    metric = dict(zip(tuned["model"], tuned["validation_metric"], strict=True))
+    assert metric == {"MMoE": "joint", "MostPop": "ndcg@10"}
+    assert {"auc", "rmse"} <= set(rows.loc[rows["model"] == "MMoE", "metric"])
+    gates = pd.read_csv(tmp_path / "40_x" / "gates" / "synthetic__mtl-75-25__MMoE__seed5.csv.gz")
+    assert gates.groupby("task")["weight"].sum().to_numpy() == pytest.approx([1.0, 1.0])

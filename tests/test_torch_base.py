@@ -110,19 +110,19 @@ def test_train_log_has_one_row_per_epoch():
     model = TinyMF(epochs=4).fit(train, seed=0)
     log = model.train_log_
     assert list(log.columns) == ["epoch", "loss", "seconds", "samples", "samples_per_second",
-                                 "valid_ndcg"]  # fmt: skip
+                                 "valid_score"]  # fmt: skip
     assert log["epoch"].tolist() == [1, 2, 3, 4]
     assert (log["samples"] == train.matrix(binary=True).nnz).all()  # every pair, once
     assert (log["loss"] > 0).all() and (log["seconds"] > 0).all()
     np.testing.assert_allclose(log["samples_per_second"], log["samples"] / log["seconds"])
-    assert log["valid_ndcg"].isna().all()
+    assert log["valid_score"].isna().all()
     assert log["loss"].iloc[-1] < log["loss"].iloc[0]
 
     valid = other_parity_valid(train)
     model = TinyMF(epochs=4, eval_every=2, patience=10).fit(train, valid=valid, seed=0)
     log = model.train_log_
-    assert log["valid_ndcg"].isna().tolist() == [True, False, True, False]
-    assert log.dropna()[["epoch", "valid_ndcg"]].to_records(index=False).tolist() == [
+    assert log["valid_score"].isna().tolist() == [True, False, True, False]
+    assert log.dropna()[["epoch", "valid_score"]].to_records(index=False).tolist() == [
         (e, v) for e, v in model.history_
     ]
 

@@ -39,6 +39,12 @@ Losses for Scene Geometry and Semantics", CVPR: with s_t = log sigma_t^2 learned
 a regression loss enters as 0.5 exp(-s_t) L_t + 0.5 s_t and a classification loss as
 exp(-s_t) L_t + 0.5 s_t.
 
+Early stopping and tuning read one number for both tasks, `joint_score`: the mean of each
+task's gain over its trivial predictor on validation data (NDCG@10 over that of the popularity
+ranking, the RMSE of the training mean over the model's RMSE). It is scale-free, so neither task
+dominates the choice, and `SingleTask` is chosen by the same rule: a difference between it and
+a multi-task model comes from sharing, not from the selection rule.
+
 Scoring every item is vectorised: every first layer over [x_u; x_i] is split into its user and
 item halves (`SplitLinear`), so it runs once per user and once per item and the per-pair work
 starts at the sum; `score_users` scores blocks of users against the whole catalogue.
@@ -62,6 +68,7 @@ from torch.nn import functional as F
 from metarec_lib.data.dataset import Interactions
 from metarec_lib.models.content import _column_text, _FeatureCoder, split_pipes
 from metarec_lib.models.neumf import sample_negatives
+from metarec_lib.models.popularity import MostPop
 from metarec_lib.models.registry import register
 from metarec_lib.models.torch_base import TORCH_DEFAULTS, Batch, TorchRecommender
 from metarec_lib.tuning import Choice, LogUniform
@@ -494,6 +501,18 @@ def combine_losses(
     return total
 
 
+# ----------------------------------------------------------------------------- selection
+
+NDCG_FLOOR = 0.01  # the popularity reference's NDCG@10 never counts as lower (tiny data)
+
+
+def joint_score(ndcg: float, rmse: float, reference_ndcg: float, reference_rmse: float) -> float:
+    """0.5 (ndcg / reference_ndcg + reference_rmse / rmse): 1 for a model as good as the
+    trivial predictors on both tasks, higher is better; reference_ndcg is floored at
+    NDCG_FLOOR."""
+    return 0.5 * (ndcg / max(reference_ndcg, NDCG_FLOOR) + reference_rmse / max(rmse, 1e-12))
+
+
 # ----------------------------------------------------------------------------- recommenders
 
 
@@ -527,6 +546,7 @@ class MultiTaskRecommender(TorchRecommender):
         "negative_tries": 20,
     }
     loss_kinds: ClassVar[dict[str, str]] = {"interest": "bce", "rating": "mse"}
+    validation_metric: ClassVar[str] = "joint"
     # Small ops (embedding gathers, (batch, 64) matmuls): a second intra-op thread stalls
     # them badly on a shared 2-core machine (measured on the checkerboard: 0.014 s per epoch
     # on one thread, about 4 s per epoch on two while the other core was busy).
@@ -567,6 +587,8 @@ class MultiTaskRecommender(TorchRecommender):
         self._pos_ratings = torch.from_numpy(ratings.astype(np.float32))
         self.mu_ = float(ratings.mean()) if len(ratings) else 0.0
         self.range_ = (float(ratings.min()), float(ratings.max())) if len(ratings) else (0.0, 0.0)
+        self._popularity = MostPop().fit(train)  # the interest task's trivial reference
+        self._references: tuple[int, float, float] | None = None
         features = encode_features(train, use=bool(p["features"]))
         return self.network(train.n_users, train.n_items, features, generator)
 
@@ -604,6 +626,18 @@ class MultiTaskRecommender(TorchRecommender):
             "interest": F.binary_cross_entropy_with_logits(out["interest"], rated),
             "rating": self.rating_loss(out["rating"], rated, rating),
         }
+
+    def validation_score(self, valid: Interactions) -> float:
+        """`joint_score` of this model on `valid` (its NDCG@10 and RMSE), against the popularity
+        ranking and the training mean rating (computed once per validation set)."""
+        from metarec_lib.evaluate import ndcg_on, rmse_on
+
+        if self._references is None or self._references[0] != id(valid):
+            mean_rmse = float(np.sqrt(np.mean((valid.frame["rating"].to_numpy() - self.mu_) ** 2)))
+            self._references = (id(valid), ndcg_on(self._popularity, valid), mean_rmse)
+        _, reference_ndcg, reference_rmse = self._references
+        ndcg, rmse = ndcg_on(self, valid), rmse_on(self, valid)
+        return joint_score(ndcg, rmse, reference_ndcg, reference_rmse)
 
     def loss(self, module: nn.Module, batch: Batch) -> torch.Tensor:
         return combine_losses(self.task_losses(module, batch), self.loss_kinds, module.log_vars)
@@ -661,7 +695,7 @@ class MultiTaskRecommender(TorchRecommender):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        for key in ("_pos_users", "_pos_items", "_pos_ratings"):  # training data
+        for key in ("_pos_users", "_pos_items", "_pos_ratings", "_popularity", "_references"):
             state.pop(key, None)
         return state
 

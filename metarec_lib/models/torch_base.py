@@ -1,7 +1,7 @@
 """`TorchRecommender`: the one training loop every PyTorch model of the study runs through.
 
 It owns device choice (`device="auto"`: CUDA when present), seeding, CPU threads, batching,
-the optimiser, a tqdm bar over epochs, early stopping on validation NDCG@10 and a per-epoch
+the optimiser, a tqdm bar over epochs, early stopping on a validation score and a per-epoch
 log (loss, seconds, samples per second, validation value) for training curves and benchmarks.
 A model file then holds only its module, its batches and its loss:
 
@@ -53,11 +53,12 @@ class TorchRecommender(Recommender):
     """Base for PyTorch models; subclasses extend `defaults` with `TORCH_DEFAULTS`.
 
     Hyperparameters every subclass has: epochs (maximum), batch_size, learning_rate and
-    weight_decay (Adam), eval_every and patience (early stopping on validation NDCG@10, only
-    when `fit` gets `valid`; the best epoch's weights are kept).
-    After fit: module_ (in eval mode, on device_), history_ [(epoch, valid NDCG@10)],
+    weight_decay (Adam), eval_every and patience (early stopping on `validation_score`,
+    validation NDCG@10 unless a model says otherwise, only when `fit` gets `valid`; the best
+    epoch's weights are kept).
+    After fit: module_ (in eval mode, on device_), history_ [(epoch, validation score)],
     best_epoch_, train_log_ (DataFrame: epoch, loss, seconds, samples, samples_per_second,
-    valid_ndcg).
+    valid_score).
     """
 
     family = "deep"
@@ -67,6 +68,7 @@ class TorchRecommender(Recommender):
     # on an idle 2-core machine); a model made of small ops may set 1 (as BPR does).
     cpu_threads: ClassVar[int | None] = None
     score_batch: ClassVar[int] = 512
+    validation_metric: ClassVar[str] = "ndcg@10"  # what `validation_score` measures
     progress: bool = True
 
     # -- what a model writes --------------------------------------------------------------
@@ -86,6 +88,13 @@ class TorchRecommender(Recommender):
     @abstractmethod
     def score_users(self, module: nn.Module, users: torch.Tensor) -> torch.Tensor:
         """Scores of every item for `users` (int64 tensor on the device): (n, n_items)."""
+
+    def validation_score(self, valid: Interactions) -> float:
+        """What early stopping maximises: NDCG@10 on `valid` (a multi-task model combines its
+        tasks' scores)."""
+        from metarec_lib.evaluate import ndcg_on
+
+        return ndcg_on(self, valid)
 
     def optimiser(self, module: nn.Module) -> Any:
         """Adam over the trainable parameters. A model with several networks (CFGAN) returns
@@ -119,8 +128,6 @@ class TorchRecommender(Recommender):
     def _train(
         self, module: nn.Module, valid: Interactions | None, generator: torch.Generator
     ) -> None:
-        from metarec_lib.evaluate import ndcg_on
-
         p = self.params
         optimiser = self.optimiser(module)
         stopper = EarlyStopping(int(p["patience"]))
@@ -142,7 +149,7 @@ class TorchRecommender(Recommender):
             seconds = time.perf_counter() - start
             row = {"epoch": epoch, "loss": mean_loss, "seconds": seconds, "samples": samples,
                    "samples_per_second": samples / seconds if seconds > 0 else np.nan,
-                   "valid_ndcg": np.nan}  # fmt: skip
+                   "valid_score": np.nan}  # fmt: skip
             log.append(row)
             if not np.isfinite(mean_loss):
                 raise FloatingPointError(
@@ -152,8 +159,8 @@ class TorchRecommender(Recommender):
             if valid is None or epoch % int(p["eval_every"]):
                 continue
             module.eval()
-            row["valid_ndcg"] = value = ndcg_on(self, valid)
-            bar.set_postfix(loss=f"{mean_loss:.4f}", ndcg=f"{value:.4f}")
+            row["valid_score"] = value = self.validation_score(valid)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", valid=f"{value:.4f}")
             if stopper.update(epoch, value, lambda: copy.deepcopy(module.state_dict())):
                 break
         bar.close()
@@ -161,7 +168,7 @@ class TorchRecommender(Recommender):
             module.load_state_dict(stopper.best_state)
         module.eval()
         self.history_, self.best_epoch_ = stopper.history, stopper.best_epoch
-        columns = ["epoch", "loss", "seconds", "samples", "samples_per_second", "valid_ndcg"]
+        columns = ["epoch", "loss", "seconds", "samples", "samples_per_second", "valid_score"]
         self.train_log_ = pd.DataFrame(log, columns=columns)
 
     # -- inference ------------------------------------------------------------------------
