@@ -42,6 +42,9 @@ class Split:
 
     notes: what the protocol dropped or decided (e.g. test rows of users unseen in train).
     dropped: rows that are in no part (temporal protocols drop unseen users/items), or None.
+    source: a transfer protocol's source-domain interactions (raw ids: an entity shared with
+        the target carries the target's id, a source-only one an id outside the target's
+        catalogue), or None; the runner hands it to the model as `train.source`.
     """
 
     train: pd.DataFrame
@@ -51,6 +54,7 @@ class Split:
     seed: int | None = None
     notes: tuple[str, ...] = ()
     dropped: pd.DataFrame | None = None
+    source: pd.DataFrame | None = None
 
     def parts(self) -> dict[str, pd.DataFrame]:
         """The parts by name, in order: train, valid (where there is one), test."""

@@ -144,6 +144,8 @@ class Interactions:
     n_items: int
     users: pd.DataFrame | None = None
     items: pd.DataFrame | None = None
+    # Transfer protocols: the source domain's interactions (see `SourceDomain`); None elsewhere.
+    source: SourceDomain | None = None
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -158,6 +160,45 @@ class Interactions:
         )
         m.sum_duplicates()
         return m
+
+
+@dataclass(frozen=True)
+class SourceDomain:
+    """A transfer protocol's source-domain interactions, in their own dense index space.
+
+    interactions: the source interactions (`user`, `item` index the source's own entities).
+    user_to_target / item_to_target: (n_source_users,) / (n_source_items,) int64: the target's
+        dense index of each source entity the two domains share, -1 for a source-only one.
+    """
+
+    interactions: Interactions
+    user_to_target: np.ndarray
+    item_to_target: np.ndarray
+
+
+def encode_source(frame: pd.DataFrame, target: Encoder) -> SourceDomain:
+    """Encode a split's raw-id source frame (user_id, item_id, rating[, timestamp]).
+
+    An entity the source shares with the target carries the target's raw id and maps to its
+    dense index; any other id (the split builders use ids outside the target's catalogue) is a
+    source-only entity (-1).
+    """
+    user_ids = np.unique(frame["user_id"].to_numpy())
+    item_ids = np.unique(frame["item_id"].to_numpy())
+    own = Encoder(user_ids, item_ids)
+    return SourceDomain(
+        own.encode(frame),
+        _index_or_missing(target.user_ids, user_ids),
+        _index_or_missing(target.item_ids, item_ids),
+    )
+
+
+def _index_or_missing(vocab: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """Dense index of each raw id in the sorted `vocab`, -1 where absent."""
+    if len(vocab) == 0:
+        return np.full(len(raw), -1, np.int64)
+    pos = np.clip(np.searchsorted(vocab, raw), 0, len(vocab) - 1)
+    return np.where(vocab[pos] == raw, pos, -1).astype(np.int64)
 
 
 @dataclass(frozen=True)
