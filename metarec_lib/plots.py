@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -223,5 +224,36 @@ def gate_usage(usage, *, title: str = "") -> plt.Figure:
             ax.text(j, i, f"{w:.2f}", ha="center", va="center", fontsize=7,
                     color="white" if w > 0.6 else "black")  # fmt: skip
         ax.set_title(f"{model} {title}".strip(), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def target_fraction_curves(table, *, reference: str = "EASE", metric: str = "ndcg@10"):
+    """One panel per (setting, relatedness): the metric against the target training fraction
+    (log scale), one line per method with its 95% CI band over seeds; `reference` dashed.
+    `table` comes from `crossdomain.curves`."""
+    import pandas as pd
+
+    keys = list(table[["setting", "relatedness"]].drop_duplicates().itertuples(index=False))
+    n = max(len(keys), 1)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
+    for ax, (setting, rel) in zip(axes.ravel(), keys, strict=False):
+        same = table["relatedness"].isna() if pd.isna(rel) else table["relatedness"] == rel
+        sel = table[(table["setting"] == setting) & same]
+        for model, rows_ in sel.groupby("model", sort=False):
+            rows_ = rows_.sort_values("fraction")
+            style = {"ls": "--", "color": "black"} if model == reference else {}
+            (line,) = ax.plot(rows_["fraction"], rows_["mean"], marker=".", label=model, **style)
+            if rows_["ci_high"].notna().any():
+                ax.fill_between(rows_["fraction"], rows_["ci_low"], rows_["ci_high"],
+                                color=line.get_color(), alpha=0.15)  # fmt: skip
+        title = setting if pd.isna(rel) else f"{setting}, relatedness {rel:g}"
+        ax.set(xscale="log", xlabel="target training fraction", ylabel=metric, title=title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    for ax in axes.ravel()[len(keys) :]:
+        ax.set_visible(False)
     fig.tight_layout()
     return fig

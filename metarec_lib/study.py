@@ -35,6 +35,7 @@ from metarec_lib.tuning import random_search
 
 VALID_FRACTION = 0.1
 SMOKE_EPOCHS = 2  # smoke runs check the plumbing, not the models: iterative fits stop here
+EPOCH_PARAMS = ("epochs", "iterations", "source_epochs")  # what SMOKE_EPOCHS caps
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,7 @@ def run_plans(
                 n_configs = (budgets or {}).get(name, budget)
                 tune_ds = data.get(plan.tune_data.get(name, ds.name), ds)
                 cls = model_class(name)
-                fixed = ({p: SMOKE_EPOCHS for p in ("epochs", "iterations") if p in cls.defaults}
+                fixed = ({p: SMOKE_EPOCHS for p in EPOCH_PARAMS if p in cls.defaults}
                          if config.smoke else {})  # fmt: skip
                 t = tune(tune_ds, source, name, budget=n_configs, seed=tune_seed,
                          device=config.device, cache_dir=cache,

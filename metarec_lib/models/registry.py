@@ -54,4 +54,5 @@ def _import_all() -> None:
         popularity,
         sasrec,
         svd,
+        transfer,
     )

@@ -1,0 +1,239 @@
+"""Transfer experiments: every method on every (setting, target fraction, seed), then the
+target-data curves, the paired tests against `TargetOnly` and the "data saved".
+
+Hyperparameters, stated plainly: the transfer methods share one architecture (`models.transfer`)
+and its hyperparameters are tuned once per setting, for `TargetOnly`, on a validation carve-out
+of the full target training data (the `topn-75-25` split of the target domain, which is the
+fraction-1 split; the test part is never seen). Every method then uses them; what differs is only
+how the source is used (method-specific knobs keep their defaults). The number of epochs is the
+one early stopping chose there, divided by the target fraction (capped at `MAX_EPOCHS`), so every
+fraction sees about the same number of training samples: with a fixed epoch count a 1% model
+would take 1% of the gradient steps and lose for that reason alone. The reference (`EASE`) is
+tuned on the same carve-out with its own budget.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from metarec_lib.data.dataset import Dataset
+from metarec_lib.io import atomic_write_csv
+from metarec_lib.leaderboard import leaderboard, versus_reference
+from metarec_lib.models.registry import get_model, model_class
+from metarec_lib.notebook import NotebookConfig
+from metarec_lib.runner import Experiment, cache_dir
+from metarec_lib.stats import aggregate_frame
+from metarec_lib.study import EPOCH_PARAMS, SMOKE_EPOCHS, tune
+from metarec_lib.transfer import (
+    FRACTIONS,
+    TransferSetting,
+    genre_setting,
+    parse_protocol,
+    protocol_name,
+    synthetic_setting,
+    target_fraction_split,
+    xdata_setting,
+)
+
+METHODS = ("TargetOnly", "SourceOnly", "PretrainFinetune", "FrozenFinetune", "JointTraining",
+           "EMCDR")  # fmt: skip
+BASELINE = "TargetOnly"
+REFERENCE = "EASE"  # the best tuned non-transfer model of 20_collaborative on ML-100K 75/25
+MAX_EPOCHS = 1000
+SAVED_AT = 0.1  # "data saved": where TargetOnly matches PretrainFinetune at this fraction
+SMOKE_SYNTHETIC = {"n_users": 120, "n_items": 80, "density": 0.2, "min_ratings": 8}
+
+
+def build_settings(data: Mapping[str, Dataset], relatedness: Sequence[float], *,
+                   smoke: bool = False) -> list[TransferSetting]:  # fmt: skip
+    """The settings the loaded data allow: xdata (needs ML-100K and ml-latest-small), genre
+    (ML-100K) and one synthetic setting per `relatedness` value (when "synthetic" is loaded)."""
+    out = []
+    if "ml-100k" in data and "ml-latest-small" in data:
+        out.append(xdata_setting(data["ml-100k"], data["ml-latest-small"]))
+    if "ml-100k" in data:
+        out.append(genre_setting(data["ml-100k"]))
+    if "synthetic" in data:
+        options = SMOKE_SYNTHETIC if smoke else {}
+        out += [synthetic_setting(float(r), seed=0, **options) for r in relatedness]
+    return out
+
+
+def epochs_for(epochs: int, fraction: float) -> int:
+    """Epochs at a target fraction: `epochs / fraction`, at most MAX_EPOCHS (same samples)."""
+    return int(min(MAX_EPOCHS, max(1, math.ceil(epochs / fraction))))
+
+
+def run_transfer(
+    config: NotebookConfig,
+    settings: Sequence[TransferSetting],
+    *,
+    methods: Sequence[str] = METHODS,
+    fractions: Sequence[float] = FRACTIONS,
+    budget: int = 8,
+    reference_budget: int = 20,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Tune per setting (see the module docstring), then run every method and the reference at
+    every fraction and seed; returns (metric rows, chosen hyperparameters) and writes the results
+    contract plus `tables/hyperparameters.csv` through the runner."""
+    exp = Experiment(config.stem, config.results_dir, progress=not config.smoke)
+    cache = cache_dir(config.results_dir, "tuning")
+    frames, tuned_rows = [], []
+    for setting in settings:
+        chosen = {}
+        for name, n_configs in ((BASELINE, budget), (REFERENCE, reference_budget)):
+            cls = model_class(name)
+            fixed = ({p: SMOKE_EPOCHS for p in EPOCH_PARAMS if p in cls.defaults}
+                     if config.smoke else {})  # fmt: skip
+            t = tune(setting.target, "topn-75-25", name, budget=n_configs, seed=config.seeds[0],
+                     device=config.device, cache_dir=cache, progress=not config.smoke,
+                     fixed=fixed)  # fmt: skip
+            chosen[name] = t.params
+            tuned_rows.append({"setting": setting.name, "relatedness": setting.relatedness,
+                               "dataset": setting.target.name, "model": name,
+                               "validation_metric": t.metric, "validation_score": t.score,
+                               "configurations": len(t.trials),
+                               "params": str(sorted(t.params.items()))})  # fmt: skip
+        for fraction in fractions:
+            models = {REFERENCE: get_model(REFERENCE, device=config.device, **chosen[REFERENCE])}
+            smoke_caps = {"source_epochs": SMOKE_EPOCHS} if config.smoke else {}
+            for name in methods:
+                models[name] = method_at(name, chosen[BASELINE], fraction, config.device,
+                                         **smoke_caps)  # fmt: skip
+            protocol = protocol_name(setting.name, fraction, setting.relatedness)
+            frames.append(exp.run(
+                setting.target, protocol,
+                lambda seed, s=setting, f=fraction: target_fraction_split(s, f, seed),
+                models, config.seeds,
+            ))  # fmt: skip
+    tuned = pd.DataFrame(tuned_rows)
+    atomic_write_csv(config.out / "tables" / "hyperparameters.csv", tuned)
+    return pd.concat(frames, ignore_index=True), tuned
+
+
+def method_at(name: str, base: Mapping, fraction: float, device: str, **caps: int):
+    """A transfer method with the base hyperparameters it shares with TargetOnly, its epochs
+    scaled to the fraction (SourceOnly trains on the source only: not scaled); `caps` set
+    parameters the method has (smoke runs cap `source_epochs`)."""
+    cls = model_class(name)
+    params = {k: v for k, v in base.items() if k in cls.defaults}
+    params.update({k: v for k, v in caps.items() if k in cls.defaults})
+    if "epochs" in params and name != "SourceOnly":
+        params["epochs"] = epochs_for(int(params["epochs"]), fraction)
+    return get_model(name, device=device, **params)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def curves(metrics: pd.DataFrame, metric: str = "ndcg@10") -> pd.DataFrame:
+    """Mean and 95% CI over seeds per (setting, relatedness, fraction, model): the data of the
+    target-fraction figure."""
+    sel = metrics[metrics["metric"] == metric]
+    table = aggregate_frame(sel, by=["dataset", "protocol", "family", "model"])
+    parsed = table["protocol"].map(parse_protocol)
+    table["setting"] = [p[0] for p in parsed]
+    table["fraction"] = [p[1] for p in parsed]
+    table["relatedness"] = [p[2] for p in parsed]
+    table["metric"] = metric
+    return table.sort_values(["setting", "relatedness", "model", "fraction"],
+                             na_position="first").reset_index(drop=True)  # fmt: skip
+
+
+def setting_label(setting: str, relatedness: float | None) -> str:
+    return setting if relatedness is None or pd.isna(relatedness) else \
+        f"{setting} (relatedness {relatedness:g})"  # fmt: skip
+
+
+def data_saved(table: pd.DataFrame, at: float = SAVED_AT) -> pd.DataFrame:
+    """Per setting: PretrainFinetune's mean at fraction `at`, the smallest fraction at which
+    TargetOnly's mean reaches it (NaN if none does), and that fraction linearly interpolated in
+    log-fraction between the two grid points around the crossing; `saved` says in words."""
+    rows = []
+    keys = table[["setting", "relatedness"]].drop_duplicates().itertuples(index=False)
+    for setting, rel in keys:
+        same = table["relatedness"].isna() if pd.isna(rel) else table["relatedness"] == rel
+        mine = table[(table["setting"] == setting) & same]
+        pft = mine[(mine["model"] == "PretrainFinetune") & np.isclose(mine["fraction"], at)]
+        base = mine[mine["model"] == BASELINE].sort_values("fraction")
+        if pft.empty or base.empty:
+            continue
+        goal = float(pft["mean"].iloc[0])
+        fr, means = base["fraction"].to_numpy(), base["mean"].to_numpy()
+        reached = np.flatnonzero(means >= goal)
+        grid = interp = float("nan")
+        if len(reached):
+            k = int(reached[0])
+            grid = float(fr[k])
+            if k == 0:
+                interp = grid
+            else:
+                x0, x1, y0, y1 = np.log(fr[k - 1]), np.log(fr[k]), means[k - 1], means[k]
+                interp = float(np.exp(x0 + (goal - y0) / (y1 - y0) * (x1 - x0)))
+        if np.isnan(grid):
+            saved = f"TargetOnly never reaches it, even with all target data (> {1 / at:.0f}x)"
+        elif grid <= at:
+            saved = "none: TargetOnly matches it with as little or less target data"
+        else:
+            saved = f"about {interp / at:.1f}x the target data (grid: {grid:g})"
+        rows.append({"setting": setting, "relatedness": rel, "pretrain_finetune_at": at,
+                     "goal": goal, "target_only_fraction": grid,
+                     "target_only_fraction_interpolated": interp, "saved": saved})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def versus_target_only(out, metrics: pd.DataFrame, metric: str = "ndcg@10") -> pd.DataFrame:
+    """Every method against TargetOnly on every (data set, protocol): `versus_reference` rows
+    (Holm over the methods of a board) plus setting, relatedness and fraction; a significant
+    loss is negative transfer."""
+    frames = []
+    for dataset, protocol in (
+        metrics[["dataset", "protocol"]].drop_duplicates().itertuples(index=False)
+    ):
+        board = leaderboard(out, dataset, protocol, metric)
+        table = versus_reference(board, out, dataset, protocol, "transfer", metric=metric,
+                                 reference=BASELINE)  # fmt: skip
+        if not table.empty:
+            setting, fraction, rel = parse_protocol(protocol)
+            frames.append(table.assign(setting=setting, fraction=fraction, relatedness=rel))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def narrative(saved: pd.DataFrame, versus: pd.DataFrame) -> str:
+    """Markdown with the numbers: data saved per setting, and where transfer helps or hurts."""
+    lines = ["**Data saved** (the target fraction at which TargetOnly matches PretrainFinetune "
+             f"at {SAVED_AT:g}):"]  # fmt: skip
+    for row in saved.itertuples(index=False):
+        label = setting_label(row.setting, row.relatedness)
+        lines.append(f"- {label}: PretrainFinetune at {row.pretrain_finetune_at:g} scores "
+                     f"{row.goal:.4f}; {row.saved}.")  # fmt: skip
+    if not versus.empty:
+        lines.append("")
+        lines.append("**Against TargetOnly** (Holm-corrected Wilcoxon across users, p < 0.05), "
+                     "per setting: fractions where each method wins / loses:")  # fmt: skip
+        for (setting, rel), group in versus.groupby(["setting", "relatedness"], dropna=False,
+                                                    sort=False):  # fmt: skip
+            parts = []
+            for model, rows in group.groupby("model", sort=False):
+                wins = sorted(rows.loc[rows["outcome"] == "wins", "fraction"])
+                losses = sorted(rows.loc[rows["outcome"] == "loses", "fraction"])
+                parts.append(f"{model} wins at {_fractions(wins)}, loses at {_fractions(losses)}")
+            lines.append(f"- {setting_label(setting, rel)}: " + "; ".join(parts) + ".")
+        negative = versus[(versus["outcome"] == "loses") & (versus["model"] != "SourceOnly")]
+        lines.append("")
+        lines.append(
+            "**Negative transfer** (a method that trains on the target too, significantly worse "
+            "than TargetOnly): "
+            + ("; ".join(f"{r.model} on {setting_label(r.setting, r.relatedness)} at {r.fraction:g}"
+                         for r in negative.itertuples(index=False))
+               if len(negative) else "none measured") + "."
+        )  # fmt: skip
+    return "\n".join(lines)
+
+
+def _fractions(values: Sequence[float]) -> str:
+    return ", ".join(f"{v:g}" for v in values) if len(values) else "none"

@@ -1,0 +1,70 @@
+"""Transfer experiment plumbing: epochs per fraction, curves, data saved, paired tests, and a
+smoke run of the whole grid on tiny synthetic domains."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from metarec_lib import crossdomain
+from metarec_lib.notebook import validate_parameters
+
+
+def test_epochs_keep_the_samples_seen_and_are_capped():
+    assert crossdomain.epochs_for(10, 1.0) == 10
+    assert crossdomain.epochs_for(10, 0.25) == 40
+    assert crossdomain.epochs_for(3, 0.1) == 30
+    assert crossdomain.epochs_for(20, 0.01) == crossdomain.MAX_EPOCHS
+
+
+def test_method_at_shares_base_values_and_scales_epochs_except_source_only():
+    base = {"epochs": 6, "factors": 16, "learning_rate": 0.004, "reg": 0.02}
+    pft = crossdomain.method_at("PretrainFinetune", base, 0.5, "cpu")
+    assert pft.params["epochs"] == 12 and pft.params["factors"] == 16
+    zero_shot = crossdomain.method_at("SourceOnly", base, 0.5, "cpu")
+    assert zero_shot.params["epochs"] == 6
+
+
+def _table(rows):
+    """curves-like table from (setting, relatedness, model, fraction, mean)."""
+    frame = pd.DataFrame(rows, columns=["setting", "relatedness", "model", "fraction", "mean"])
+    return frame.assign(ci_low=frame["mean"] - 0.01, ci_high=frame["mean"] + 0.01)
+
+
+def test_data_saved_by_hand():
+    target_only = [("s", np.nan, "TargetOnly", f, m)
+                   for f, m in ((0.01, 0.05), (0.1, 0.10), (0.25, 0.20), (1.0, 0.30))]  # fmt: skip
+    table = _table([*target_only, ("s", np.nan, "PretrainFinetune", 0.1, 0.15)])
+    row = crossdomain.data_saved(table).iloc[0]
+    assert row["target_only_fraction"] == 0.25
+    # 0.15 lies halfway between 0.10 (at 0.1) and 0.20 (at 0.25) on a log-fraction axis.
+    assert row["target_only_fraction_interpolated"] == pytest.approx(np.sqrt(0.1 * 0.25))
+    assert "1.6x" in row["saved"]
+    never = _table([*target_only, ("s", np.nan, "PretrainFinetune", 0.1, 0.5)])
+    assert np.isnan(crossdomain.data_saved(never).iloc[0]["target_only_fraction"])
+    assert "never reaches" in crossdomain.data_saved(never).iloc[0]["saved"]
+    none = _table([*target_only, ("s", np.nan, "PretrainFinetune", 0.1, 0.08)])
+    assert crossdomain.data_saved(none).iloc[0]["saved"].startswith("none")
+
+
+def test_transfer_grid_runs_and_its_tables_are_consistent(tmp_path):
+    """A tiny smoke grid: every method at two fractions on two synthetic settings, written per
+    the results contract; the readers give one curve point per method and fraction."""
+    config = validate_parameters("50_x", datasets=["synthetic"], seeds=[1, 2], smoke=True,
+                                 results_dir=tmp_path, device="cpu")  # fmt: skip
+    settings = crossdomain.build_settings({"synthetic": None}, [0.0, 1.0], smoke=True)
+    rows, tuned = crossdomain.run_transfer(config, settings, fractions=[0.1, 1.0], budget=1,
+                                           reference_budget=1)  # fmt: skip
+    assert set(rows["family"]) == {"transfer", "collaborative"}
+    assert set(tuned["model"]) == {"TargetOnly", "EASE"} and len(tuned) == 4
+    metrics = pd.read_csv(tmp_path / "50_x" / "metrics.csv")
+    protocols = set(metrics["protocol"])
+    assert protocols == {f"xdomain-synthetic@rel={r},frac={f}" for r in ("0.0", "1.0")
+                         for f in ("0.1", "1.0")}  # fmt: skip
+    table = crossdomain.curves(metrics)
+    assert len(table) == 2 * 2 * (len(crossdomain.METHODS) + 1)
+    assert set(table["relatedness"]) == {0.0, 1.0} and set(table["fraction"]) == {0.1, 1.0}
+    versus = crossdomain.versus_target_only(tmp_path / "50_x", metrics)
+    assert set(versus["reference"]) == {"TargetOnly"} and "EASE" not in set(versus["model"])
+    assert set(versus["outcome"]) <= {"wins", "loses", "tie"}
+    text = crossdomain.narrative(crossdomain.data_saved(table), versus)
+    assert "Data saved" in text and "Negative transfer" in text
