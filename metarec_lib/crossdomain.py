@@ -8,7 +8,8 @@ fraction-1 split; the test part is never seen). Every method then uses them; wha
 how the source is used (method-specific knobs keep their defaults). The number of epochs is the
 one early stopping chose there, divided by the target fraction (capped at `MAX_EPOCHS`), so every
 fraction sees about the same number of training samples: with a fixed epoch count a 1% model
-would take 1% of the gradient steps and lose for that reason alone. The reference (`EASE`) is
+would take 1% of the gradient steps and lose for that reason alone (not for `UNSCALED` methods,
+whose epochs pass over the source). The reference (`EASE`) is
 tuned on the same carve-out with its own budget.
 """
 
@@ -44,6 +45,7 @@ METHODS = ("TargetOnly", "SourceOnly", "PretrainFinetune", "FrozenFinetune", "Jo
 BASELINE = "TargetOnly"
 REFERENCE = "EASE"  # the best tuned non-transfer model of 20_collaborative on ML-100K 75/25
 MAX_EPOCHS = 1000
+UNSCALED = ("SourceOnly", "JointTraining")  # an epoch there is (mostly) a pass over the source
 SAVED_AT = 0.1  # "data saved": where TargetOnly matches PretrainFinetune at this fraction
 SMOKE_SYNTHETIC = {"n_users": 120, "n_items": 80, "density": 0.2, "min_ratings": 8}
 
@@ -117,12 +119,13 @@ def run_transfer(
 
 def method_at(name: str, base: Mapping, fraction: float, device: str, **caps: int):
     """A transfer method with the base hyperparameters it shares with TargetOnly, its epochs
-    scaled to the fraction (SourceOnly trains on the source only: not scaled); `caps` set
-    parameters the method has (smoke runs cap `source_epochs`)."""
+    scaled to the fraction, except where an epoch is a pass over the source (SourceOnly trains
+    on it alone; a JointTraining epoch covers both domains, so its sample count hardly depends
+    on the fraction); `caps` set parameters the method has (smoke runs cap `source_epochs`)."""
     cls = model_class(name)
     params = {k: v for k, v in base.items() if k in cls.defaults}
     params.update({k: v for k, v in caps.items() if k in cls.defaults})
-    if "epochs" in params and name != "SourceOnly":
+    if "epochs" in params and name not in UNSCALED:
         params["epochs"] = epochs_for(int(params["epochs"]), fraction)
     return get_model(name, device=device, **params)
 

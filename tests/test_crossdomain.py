@@ -20,8 +20,8 @@ def test_method_at_shares_base_values_and_scales_epochs_except_source_only():
     base = {"epochs": 6, "factors": 16, "learning_rate": 0.004, "reg": 0.02}
     pft = crossdomain.method_at("PretrainFinetune", base, 0.5, "cpu")
     assert pft.params["epochs"] == 12 and pft.params["factors"] == 16
-    zero_shot = crossdomain.method_at("SourceOnly", base, 0.5, "cpu")
-    assert zero_shot.params["epochs"] == 6
+    for name in ("SourceOnly", "JointTraining"):  # epochs over the source: not scaled
+        assert crossdomain.method_at(name, base, 0.5, "cpu").params["epochs"] == 6
 
 
 def _table(rows):
