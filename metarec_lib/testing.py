@@ -8,7 +8,8 @@ top for a model that learns anything about co-occurrence.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -154,3 +155,33 @@ def other_parity_valid(train: Interactions) -> Interactions:
     frame = pd.DataFrame({"user": np.arange(train.n_users), "item": items, "rating": 5.0,
                           "timestamp": 0})  # fmt: skip
     return Interactions(frame, train.n_users, train.n_items)
+
+
+def write_results_tree(
+    out: Path,
+    cells: Mapping[tuple[str, str, str, str], Mapping[str, np.ndarray]],
+    users: np.ndarray,
+    seeds: tuple[int, ...] = (1, 2),
+) -> None:
+    """A notebook's results folder for leaderboard tests: metrics.csv, costs.csv and per_user
+    files. `cells` maps (dataset, protocol, family, model) to {metric: per-user values}; every
+    seed gets the same values, and a metric given as one value is per run only (no per-user
+    column, like auc)."""
+    (out / "per_user").mkdir(parents=True, exist_ok=True)
+    metrics, costs = [], []
+    for (dataset, protocol, family, model), values in cells.items():
+        per_user = {m: v for m, v in values.items() if np.size(v) == len(users)}
+        for seed in seeds:
+            pd.DataFrame({"user_id": users, **per_user}).to_csv(
+                out / "per_user" / f"{dataset}__{protocol}__{model}__seed{seed}.csv.gz",
+                index=False,
+            )
+            base = {"dataset": dataset, "protocol": protocol, "family": family, "model": model,
+                    "seed": seed}  # fmt: skip
+            metrics += [
+                {**base, "metric": m, "value": float(np.mean(v))} for m, v in values.items()
+            ]
+            costs.append({**base, "fit_seconds": 1.0, "predict_seconds": 0.1,
+                          "peak_memory_mb": 10.0, "n_parameters": 5, "device": "cpu"})  # fmt: skip
+    pd.DataFrame(metrics).to_csv(out / "metrics.csv", index=False)
+    pd.DataFrame(costs).to_csv(out / "costs.csv", index=False)

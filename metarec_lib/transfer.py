@@ -296,18 +296,11 @@ def genre_setting(ml100k: Dataset) -> TransferSetting:
     users frame, so all users are shared), source = the drama items' ratings (-item_id)."""
     domain = genre_domain(ml100k.items)
     action_ids = ml100k.items.index[domain.to_numpy() == GENRE_TARGET].to_numpy()
-    in_target = np.isin(ml100k.interactions["item_id"].to_numpy(), action_ids)
     unknown = ~np.isin(ml100k.interactions["item_id"].to_numpy(), ml100k.items.index.to_numpy())
     if unknown.any():
         raise DataError(f"genre_setting: {int(unknown.sum())} rating(s) of items not in items")
-    source = _source_frame(ml100k.interactions[~in_target], "ml100k.interactions")
-    source["item_id"] = -source["item_id"]
-    target = replace(
-        ml100k,
-        interactions=ml100k.interactions[in_target].reset_index(drop=True),
-        items=ml100k.items.loc[action_ids],
-        canonical_folds=None,
-        notes=ml100k.notes + (f"{GENRE}: target domain = {GENRE_TARGET} items only",),
+    target, source, in_target = _split_by_items(
+        ml100k, action_ids, f"{GENRE}: target domain = {GENRE_TARGET} items only"
     )
     n_items = len(ml100k.items)
     notes = (
@@ -333,14 +326,8 @@ def synthetic_setting(relatedness: float, seed: int = 0, **generator_options) ->
     data = generate_synthetic(n_domains=2, domain_relatedness=relatedness, seed=seed, **options)
     item_domain = data.items["domain"].to_numpy()
     target_ids = data.items.index[item_domain == SYNTHETIC_TARGET_DOMAIN].to_numpy()
-    in_target = np.isin(data.interactions["item_id"].to_numpy(), target_ids)
-    source = _source_frame(data.interactions[~in_target], "synthetic interactions")
-    source["item_id"] = -source["item_id"]
-    target = replace(
-        data,
-        interactions=data.interactions[in_target].reset_index(drop=True),
-        items=data.items.loc[target_ids],
-        notes=data.notes + (f"{SYNTHETIC}: target domain = {SYNTHETIC_TARGET_DOMAIN}",),
+    target, source, in_target = _split_by_items(
+        data, target_ids, f"{SYNTHETIC}: target domain = {SYNTHETIC_TARGET_DOMAIN}"
     )
     notes = (
         f"{SYNTHETIC}: domain_relatedness={float(relatedness)}, seed={seed}, "
@@ -350,6 +337,24 @@ def synthetic_setting(relatedness: float, seed: int = 0, **generator_options) ->
         f"{len(data.items) - len(target_ids)} items, {len(source)} ratings; users shared",
     )
     return TransferSetting(SYNTHETIC, target, source, "users", notes, float(relatedness))
+
+
+def _split_by_items(
+    data: Dataset, target_ids: np.ndarray, note: str
+) -> tuple[Dataset, pd.DataFrame, np.ndarray]:
+    """(target data set with the `target_ids` items only, source frame of the other items'
+    ratings with -item_id, the target mask over `data.interactions`); users are shared."""
+    in_target = np.isin(data.interactions["item_id"].to_numpy(), target_ids)
+    source = _source_frame(data.interactions[~in_target], f"{data.name} interactions")
+    source["item_id"] = -source["item_id"]
+    target = replace(
+        data,
+        interactions=data.interactions[in_target].reset_index(drop=True),
+        items=data.items.loc[target_ids],
+        canonical_folds=None,
+        notes=data.notes + (note,),
+    )
+    return target, source, in_target
 
 
 def _source_frame(frame: pd.DataFrame, where: str) -> pd.DataFrame:

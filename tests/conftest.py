@@ -17,3 +17,16 @@ def ml100k_holdout():
     split = holdout_per_user(ds.interactions, test_fraction=0.25, seed=42)
     enc = ds.encoder()
     return enc.encode(split.train), enc.encode(split.test)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny networks: extra intra-op threads only add overhead (and stall badly when the two
+    cores are shared), so a test runs torch single-threaded and restores the count after.
+    Modules opt in with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -7,27 +7,15 @@ import pandas as pd
 import pytest
 
 from metarec_lib import leaderboard
+from metarec_lib.testing import write_results_tree
 
 USERS = np.arange(1, 41)
 
 
 def write_tree(out: Path, per_user: dict[tuple[str, str, str], np.ndarray]) -> None:
-    """results/<stem>/ with metrics.csv, costs.csv and per_user files for one data set and
-    protocol; per_user maps (protocol, family, model) -> per-user ndcg@10 (two equal seeds)."""
-    (out / "per_user").mkdir(parents=True)
-    metrics, costs = [], []
-    for (protocol, family, model), values in per_user.items():
-        for seed in (1, 2):
-            frame = pd.DataFrame({"user_id": USERS, "ndcg@10": values})
-            frame.to_csv(out / "per_user" / f"d__{protocol}__{model}__seed{seed}.csv.gz",
-                         index=False)  # fmt: skip
-            base = {"dataset": "d", "protocol": protocol, "family": family, "model": model,
-                    "seed": seed}  # fmt: skip
-            metrics.append({**base, "metric": "ndcg@10", "value": float(values.mean())})
-            costs.append({**base, "fit_seconds": 1.0, "predict_seconds": 0.1,
-                          "peak_memory_mb": 10.0, "n_parameters": 5, "device": "cpu"})  # fmt: skip
-    pd.DataFrame(metrics).to_csv(out / "metrics.csv", index=False)
-    pd.DataFrame(costs).to_csv(out / "costs.csv", index=False)
+    """Data set "d": per_user maps (protocol, family, model) -> per-user ndcg@10."""
+    cells = {("d", p, f, m): {"ndcg@10": v} for (p, f, m), v in per_user.items()}
+    write_results_tree(out, cells, USERS)
 
 
 @pytest.fixture

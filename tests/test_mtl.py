@@ -8,30 +8,16 @@ import pandas as pd
 import pytest
 
 from metarec_lib import mtl, plots
+from metarec_lib.testing import write_results_tree
 
 USERS = np.arange(1, 31)
 P = "mtl-75-25"
 
 
 def write_tree(out: Path, models: dict[tuple[str, str], dict[str, np.ndarray]]) -> None:
-    """results/<stem>/ for data set "d": models maps (family, model) -> {metric: per-user
-    values}; two equal seeds; auc gets one value per run only (no per-user column)."""
-    (out / "per_user").mkdir(parents=True)
-    metrics, costs = [], []
-    for (family, model), values in models.items():
-        for seed in (1, 2):
-            per_user = {m: v for m, v in values.items() if m != "auc"}
-            pd.DataFrame({"user_id": USERS, **per_user}).to_csv(
-                out / "per_user" / f"d__{P}__{model}__seed{seed}.csv.gz", index=False
-            )
-            base = {"dataset": "d", "protocol": P, "family": family, "model": model, "seed": seed}
-            metrics += [
-                {**base, "metric": m, "value": float(np.mean(v))} for m, v in values.items()
-            ]
-            costs.append({**base, "fit_seconds": 1.0, "predict_seconds": 0.1,
-                          "peak_memory_mb": 10.0, "n_parameters": 5, "device": "cpu"})  # fmt: skip
-    pd.DataFrame(metrics).to_csv(out / "metrics.csv", index=False)
-    pd.DataFrame(costs).to_csv(out / "costs.csv", index=False)
+    """Data set "d", protocol P: models maps (family, model) -> {metric: per-user values};
+    auc is given as one value per run."""
+    write_results_tree(out, {("d", P, f, m): v for (f, m), v in models.items()}, USERS)
 
 
 @pytest.fixture

@@ -22,13 +22,7 @@ MODELS_ = (SingleTask, SharedBottom, MMoE, PLE, ESMM)
 SMALL = dict(embedding=8, hidden=32, batch_size=64, learning_rate=0.01, epochs=15)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny networks: extra intra-op threads only stall on a shared machine (as in test_svd)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def shared_signal(n_users: int = 40, n_items: int = 30, seed: int = 0) -> Interactions:

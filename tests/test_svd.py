@@ -18,15 +18,7 @@ from metarec_lib.models.svd import FREQUENCY_EXPONENT as EXPONENT
 from metarec_lib.models.svd import BiasedMF, SVDpp, SVDppNet, ridge_half_step
 from metarec_lib.testing import check_recommender
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These models are tiny: extra intra-op threads only add overhead (and stall badly when
-    the 2 cores are shared), so each test runs torch single-threaded and restores the count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _interactions(users, items, ratings, n_users, n_items) -> Interactions:

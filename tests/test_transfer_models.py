@@ -27,13 +27,7 @@ BOARD = dict(factors=4, reg=0.05, learning_rate=0.05, epochs=30)
 FAST = dict(factors=8, epochs=20, batch_size=256, learning_rate=0.02)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models: extra intra-op threads only stall on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----------------------------------------------------------------------------- data
