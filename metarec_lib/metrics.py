@@ -242,6 +242,43 @@ def interest_metrics(labels: npt.ArrayLike, probs: npt.ArrayLike) -> dict[str, f
     return {"auc": float(roc_auc_score(y, p)), "logloss": float(log_loss(y, clipped))}
 
 
+def query_ndcg_per_user(
+    users: npt.ArrayLike, true: npt.ArrayLike, predicted: npt.ArrayLike, k: int, n_users: int
+) -> npt.NDArray[np.float64]:
+    """Per-user NDCG@k of a user's query items ranked by `predicted`, graded by `true`
+    (gain = the rating, discount log2(rank + 1)): MeLU's measure, which ranks only the query
+    items, so it is not comparable with a full-catalogue NDCG. Ties in `predicted` keep the
+    input order. Shape (n_users,), NaN for users without query rows."""
+    u = np.asarray(users, np.int64).ravel()
+    t = np.asarray(true, np.float64).ravel()
+    p = np.asarray(predicted, np.float64).ravel()
+    if not (u.shape == t.shape == p.shape):
+        raise ValueError(f"users {u.shape}, true {t.shape}, predicted {p.shape}: expected equal")
+    if k < 1:
+        raise ValueError(f"query_ndcg_per_user: k={k!r}; expected >= 1")
+    out = np.full(n_users, np.nan)
+    if not u.size:
+        return out
+
+    def dcg(order: np.ndarray) -> np.ndarray:
+        uu, gain = u[order], t[order]
+        start = np.r_[0, np.flatnonzero(np.diff(uu)) + 1]
+        rank = np.arange(len(uu)) - np.repeat(start, np.diff(np.r_[start, len(uu)]))
+        keep = rank < k
+        return np.bincount(uu[keep], weights=gain[keep] / np.log2(rank[keep] + 2),
+                           minlength=n_users)  # fmt: skip
+
+    position = np.arange(len(u))
+    by_prediction = np.lexsort((position, -p, u))
+    ideal = np.lexsort((position, -t, u))
+    present = np.bincount(u, minlength=n_users) > 0
+    ideal_dcg = dcg(ideal)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out[present] = np.where(ideal_dcg[present] > 0,
+                                dcg(by_prediction)[present] / ideal_dcg[present], 0.0)  # fmt: skip
+    return out
+
+
 def logloss_per_user(
     labels: npt.ArrayLike, probs: npt.ArrayLike, users: npt.ArrayLike, n_users: int
 ) -> npt.NDArray[np.float64]:

@@ -20,15 +20,39 @@ PROTOCOLS: dict[str, str] = {
     "topn-temporal": "global time cut-off, last 20% of interactions are test (known users/items)",
     "loo-temporal": "leave the last interaction out (the one before it is validation)",
     "mtl-75-25": "topn-75-25's split, scored for interest (ranking, AUC) and rating (RMSE)",
+    "coldstart-users": "new users (20%, seeded) given k support ratings (@k=K[,pool=P]); their "
+    "other ratings are the query",
 }
+COLDSTART = "coldstart-users"
 FOLDS = (1, 2, 3, 4, 5)
 KFOLD_SEED = 0  # the random 5-fold split of data sets without published folds
 
 
-def task_of(protocol: str) -> Literal["topn", "rating", "multitask"]:
+def task_of(protocol: str) -> Literal["topn", "rating", "multitask", "coldstart"]:
     if protocol.startswith("rating"):
         return "rating"
+    if protocol.startswith(COLDSTART):
+        return "coldstart"
     return "multitask" if protocol.startswith("mtl") else "topn"
+
+
+def coldstart_variant(protocol: str) -> tuple[int, float]:
+    """(k, pool fraction) of "coldstart-users@k=K" or "coldstart-users@k=K,pool=P"."""
+    head, _, variant = protocol.partition("@")
+    fields = dict(part.split("=", 1) for part in variant.split(",") if "=" in part)
+    try:
+        if head != COLDSTART or set(fields) - {"k", "pool"} or "k" not in fields:
+            raise ValueError
+        return int(fields["k"]), float(fields.get("pool", 1.0))
+    except ValueError:
+        raise ValueError(
+            f"cold-start protocol {protocol!r}: expected {COLDSTART}@k=K or {COLDSTART}@k=K,pool=P"
+        ) from None
+
+
+def coldstart_name(k: int, pool: float = 1.0) -> str:
+    """The protocol name of k-shot cold start with a share `pool` of the meta-train users."""
+    return f"{COLDSTART}@k={k}" + ("" if pool == 1.0 else f",pool={pool:g}")
 
 
 def seeds_for(protocol: str, seeds: list[int]) -> list[int]:
@@ -53,6 +77,11 @@ def split_factory(protocol: str, dataset: Dataset) -> Callable[[int], splits.Spl
         return lambda seed: splits.leave_last_one_out(frame)
     if protocol == "rating-5fold":
         return _folds(dataset)
+    if protocol.startswith(COLDSTART):
+        k, pool = coldstart_variant(protocol)
+        return lambda seed: splits.episode_split(
+            splits.coldstart_users(frame, seed=seed, pool_fraction=pool), k
+        )
     raise ValueError(f"unknown protocol {protocol!r}; known: {sorted(PROTOCOLS)}")
 
 

@@ -43,6 +43,7 @@ from metarec_lib.metrics import (
     interest_metrics,
     logloss_per_user,
     novelty,
+    query_ndcg_per_user,
     ranking_metrics,
     rating_metrics,
     rating_metrics_per_user,
@@ -56,7 +57,8 @@ COST_COLUMNS = [
     "peak_memory_mb", "n_parameters", "device",
 ]  # fmt: skip
 RANKING_NAMES = ("precision", "recall", "ndcg", "map", "hr", "mrr")
-Task = Literal["topn", "rating", "multitask"]
+Task = Literal["topn", "rating", "multitask", "coldstart"]
+QUERY_KS = (3, 10)  # query_ndcg@k of the cold-start task
 EVAL_NEGATIVES = 1  # sampled unseen items per held-out positive for the interest task
 
 
@@ -155,7 +157,7 @@ class Experiment:
                 self._costs = [c for c in self._costs if _cell(c) != _cell(base)]
                 self._costs.append({**base, **result.costs})
                 bar.update()
-            if task in ("topn", "multitask"):
+            if task in ("topn", "multitask", "coldstart"):
                 self._write_split(dataset.name, protocol, seed, the_split, split)
         bar.close()
         self.write_tables()
@@ -247,6 +249,8 @@ def evaluate_cell(
     train = encoder.encode(history)
     if split.source is not None:  # a transfer protocol: the model sees the source domain too
         train = dataclasses.replace(train, source=encode_source(split.source, encoder))
+    if split.cold_users is not None:  # cold start: these users' rows are supports only
+        train = dataclasses.replace(train, cold_users=encoder.user_index(split.cold_users))
     test = encoder.encode(split.test)
     with measure(device) as fit_cost:
         model.fit(train, seed=seed)
@@ -285,6 +289,8 @@ def evaluate_cell(
             }
         )
         per_user = pd.DataFrame({"user_id": encoder.user_ids[users], **per})
+        if task == "coldstart":
+            _add_query_metrics(model, test, metrics, per_user, users)
         if task == "multitask":
             _add_multitask_metrics(model, train, test, seed, metrics, per_user, users)
             if hasattr(model, "gate_usage"):
@@ -330,6 +336,29 @@ def eval_negatives(
     keep = np.ones(len(users), dtype=bool)
     keep[bad] = False
     return users[keep], items[keep]
+
+
+def _add_query_metrics(
+    model: Recommender, test: Interactions, metrics: dict[str, float], per_user: pd.DataFrame,
+    users: np.ndarray,
+) -> None:  # fmt: skip
+    """In place: the cold-start query metrics. query_ndcg@3 and @10 rank each user's query
+    items by `predict` (ratings, or scores for a ranking model) with graded relevance; a model
+    that predicts ratings also gets rmse and mae on the query. Per-user values go to
+    `per_user` (rows `users`)."""
+    f = test.frame
+    test_users, test_items = f["user"].to_numpy(), f["item"].to_numpy()
+    truth = f["rating"].to_numpy()
+    pred = np.asarray(model.predict(test_users, test_items), np.float64)
+    for k in QUERY_KS:
+        values = query_ndcg_per_user(test_users, truth, pred, k, test.n_users)[users]
+        per_user[f"query_ndcg@{k}"] = values
+        metrics[f"query_ndcg@{k}"] = float(np.nanmean(values))
+    if model.predicts_ratings:
+        metrics.update(rating_metrics(truth, pred))
+        per = rating_metrics_per_user(truth, pred, test_users, test.n_users)
+        for name, values in per.items():
+            per_user[name] = values[users]
 
 
 def _add_multitask_metrics(

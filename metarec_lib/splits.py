@@ -45,6 +45,10 @@ class Split:
     source: a transfer protocol's source-domain interactions (raw ids: an entity shared with
         the target carries the target's id, a source-only one an id outside the target's
         catalogue), or None; the runner hands it to the model as `train.source`.
+    cold_users / valid_users: a cold-start protocol's meta-test and meta-validation user ids
+        (raw): their rows in `train` are support sets only (their queries are `test` / `valid`).
+        The runner marks `cold_users` as `train.cold_users`; tuning, which scores `valid`,
+        marks both.
     """
 
     train: pd.DataFrame
@@ -55,6 +59,8 @@ class Split:
     notes: tuple[str, ...] = ()
     dropped: pd.DataFrame | None = None
     source: pd.DataFrame | None = None
+    cold_users: np.ndarray | None = None
+    valid_users: np.ndarray | None = None
 
     def parts(self) -> dict[str, pd.DataFrame]:
         """The parts by name, in order: train, valid (where there is one), test."""
@@ -445,6 +451,31 @@ def coldstart_users(
         min_query=int(min_query),
         seed=seed_value,
         notes=tuple(notes),
+    )
+    return split.check()
+
+
+def episode_split(cold: ColdStartSplit, k: int) -> Split:
+    """The k-shot episodes of a cold-start split as one runner `Split`.
+
+    train: the meta-train users' rows plus every meta-valid and meta-test user's k-row support;
+    valid / test: the meta-valid / meta-test users' queries; valid_users / cold_users: the users
+    whose rows in train are supports only (users with fewer than k + min_query ratings are in
+    no part). A model that ignores `cold_users` treats the supports as ordinary training rows,
+    which is what scoring from a new user's profile means for item-based models.
+    """
+    if k not in cold.ks:
+        raise ValueError(f"episode_split: k={k!r}; the split has k in {cold.ks}")
+    support, valid_support = cold.support[k], cold.valid_support[k]
+    split = Split(
+        pd.concat([cold.train, valid_support, support], ignore_index=True),
+        cold.query[k],
+        valid=cold.valid_query[k],
+        name=f"{cold.name}@k={k}",
+        seed=cold.seed,
+        notes=cold.notes,
+        cold_users=np.unique(support["user_id"].to_numpy()).astype(np.int64),
+        valid_users=np.unique(valid_support["user_id"].to_numpy()).astype(np.int64),
     )
     return split.check()
 

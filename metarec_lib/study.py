@@ -11,6 +11,7 @@ A protocol with its own validation part (leave-last-one-out) tunes on that part.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -100,7 +101,11 @@ def tune(
         )
     encoder = dataset.encoder()
     train, valid = encoder.encode(fit_part), encoder.encode(valid_part)
-    rating = task == "rating"
+    if split.cold_users is not None:  # cold start: meta-valid and meta-test rows are supports
+        new = np.concatenate([split.cold_users, split.valid_users])
+        train = dataclasses.replace(train, cold_users=np.sort(encoder.user_index(new)))
+    # Rating models are tuned on RMSE (a cold-start rating model on its query RMSE).
+    rating = task == "rating" or (task == "coldstart" and cls.predicts_ratings)
     score, metric = (rmse_on, "rmse") if rating else (ndcg_on, "ndcg@10")
     if task == "multitask" and hasattr(cls, "validation_score"):  # both tasks at once
         score = lambda model, part: model.validation_score(part)  # noqa: E731

@@ -146,6 +146,10 @@ class Interactions:
     items: pd.DataFrame | None = None
     # Transfer protocols: the source domain's interactions (see `SourceDomain`); None elsewhere.
     source: SourceDomain | None = None
+    # Cold-start protocols: dense indices of the new users whose rows in `frame` are support
+    # sets to adapt to, not data to (meta-)train on; None elsewhere. A model that ignores it
+    # simply treats the support rows as more training data (EASE, ItemKNN: score from them).
+    cold_users: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.frame)

@@ -1,0 +1,117 @@
+"""The cold-start protocol as runner splits: episodes, names, query metrics, tuning marks."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from metarec_lib import protocols, splits
+from metarec_lib.data import load_dataset
+from metarec_lib.metrics import query_ndcg_per_user
+from metarec_lib.models.popularity import MostPop
+from metarec_lib.models.registry import MODELS, register
+from metarec_lib.runner import Experiment
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_dataset("synthetic", n_users=120, n_items=60, density=0.3, seed=5)
+
+
+def _pairs(frame):
+    return set(zip(frame["user_id"], frame["item_id"], strict=True))
+
+
+def test_episode_split_keeps_new_users_out_of_training_except_their_support(tiny):
+    cold = splits.coldstart_users(tiny.interactions, seed=3)
+    split = splits.episode_split(cold, 5)
+    train_users = set(split.train["user_id"])
+    for users, support in ((split.cold_users, cold.support[5]),
+                           (split.valid_users, cold.valid_support[5])):  # fmt: skip
+        assert set(users) <= train_users
+        rows = split.train[split.train["user_id"].isin(users)]
+        assert _pairs(rows) == _pairs(support)  # their only training rows are the support
+        assert (rows.groupby("user_id").size() == 5).all()
+    assert set(split.test["user_id"]) == set(split.cold_users)
+    assert set(split.valid["user_id"]) == set(split.valid_users)
+    assert not _pairs(split.test) & _pairs(split.train)
+    assert not set(cold.test_users) & set(cold.train["user_id"])
+    with pytest.raises(ValueError, match="k=4"):
+        splits.episode_split(cold, 4)
+
+
+def test_protocol_names_round_trip_and_supports_are_shared_across_pools(tiny):
+    assert protocols.coldstart_variant("coldstart-users@k=5") == (5, 1.0)
+    assert protocols.coldstart_variant("coldstart-users@k=5,pool=0.25") == (5, 0.25)
+    assert protocols.coldstart_name(5, 0.25) == "coldstart-users@k=5,pool=0.25"
+    assert protocols.coldstart_name(3) == "coldstart-users@k=3"
+    for bad in ("coldstart-users", "coldstart-users@pool=0.5", "coldstart-users@k=x"):
+        with pytest.raises(ValueError, match="cold-start protocol"):
+            protocols.coldstart_variant(bad)
+    assert protocols.task_of("coldstart-users@k=1") == "coldstart"
+    full = protocols.split_factory("coldstart-users@k=3", tiny)(7)
+    small = protocols.split_factory("coldstart-users@k=3,pool=0.5", tiny)(7)
+    pd.testing.assert_frame_equal(full.test, small.test)  # same new users, same episodes
+    assert small.train["user_id"].nunique() < full.train["user_id"].nunique()
+
+
+def test_query_ndcg_by_hand():
+    # User 0: query ratings 5, 3, 1 predicted in the order 3, 5, 1.
+    users = [0, 0, 0, 2, 2]
+    true = [5.0, 3.0, 1.0, 4.0, 4.0]
+    pred = [0.2, 0.9, 0.1, 1.0, 1.0]
+    out = query_ndcg_per_user(users, true, pred, k=3, n_users=3)
+    dcg = 3 + 5 / np.log2(3) + 1 / 2
+    ideal = 5 + 3 / np.log2(3) + 1 / 2
+    assert out[0] == pytest.approx(dcg / ideal)
+    assert out[2] == pytest.approx(1.0) and np.isnan(out[1])
+    assert query_ndcg_per_user(users, true, pred, k=1, n_users=3)[0] == pytest.approx(3 / 5)
+
+
+class _SeesColdUsers(MostPop):
+    """MostPop that records which users the runner marked as cold (for the test below)."""
+
+    name = "_SeesColdUsers"
+    seen_cold: list = []  # noqa: RUF012
+
+    def _fit(self, train, *, valid, seed):
+        type(self).seen_cold.append(None if train.cold_users is None else train.cold_users.copy())
+        super()._fit(train, valid=valid, seed=seed)
+
+
+@pytest.fixture
+def registered():
+    """_SeesColdUsers in the model registry for one test (tuning looks models up by name)."""
+    register(_SeesColdUsers)
+    yield
+    MODELS.pop(_SeesColdUsers.name)
+
+
+def test_runner_scores_queries_and_marks_new_users(tmp_path, tiny):
+    from metarec_lib.models.svd import BiasedMF
+
+    _SeesColdUsers.seen_cold.clear()
+    split = protocols.split_factory("coldstart-users@k=5", tiny)
+    exp = Experiment("60_x", tmp_path, progress=False)
+    rows = exp.run(tiny, "coldstart-users@k=5", split, [_SeesColdUsers(), BiasedMF(epochs=2)],
+                   seeds=[1], task="coldstart")  # fmt: skip
+    by_model = rows.groupby("model")["metric"].apply(set)
+    assert {"ndcg@10", "query_ndcg@3", "query_ndcg@10"} <= by_model["_SeesColdUsers"]
+    assert "rmse" not in by_model["_SeesColdUsers"]
+    assert {"rmse", "mae", "query_ndcg@10"} <= by_model["BiasedMF"]
+    encoder = tiny.encoder()
+    expected = encoder.user_index(split(1).cold_users)
+    np.testing.assert_array_equal(_SeesColdUsers.seen_cold[0], expected)
+    top = pd.read_csv(tmp_path / "60_x" / "topk" /
+                      "synthetic__coldstart-users@k=5___SeesColdUsers__seed1.csv.gz")  # fmt: skip
+    assert not _pairs(top) & _pairs(split(1).train)  # supports are never recommended back
+
+
+def test_tuning_marks_meta_valid_and_meta_test_users_as_cold(tmp_path, tiny, registered):
+    from metarec_lib.study import tune
+
+    _SeesColdUsers.seen_cold.clear()
+    tune(tiny, "coldstart-users@k=3", "_SeesColdUsers", budget=1, seed=2, device="cpu",
+         cache_dir=tmp_path, progress=False)  # fmt: skip
+    split = protocols.split_factory("coldstart-users@k=3", tiny)(2)
+    both = tiny.encoder().user_index(np.concatenate([split.cold_users, split.valid_users]))
+    np.testing.assert_array_equal(_SeesColdUsers.seen_cold[0], np.sort(both))
