@@ -45,6 +45,7 @@ def _import_all() -> None:
         cl4srec,
         content,
         ease,
+        foldin,
         graph,
         gru4rec,
         knn,
