@@ -10,7 +10,7 @@ import pandas as pd
 
 from metarec_lib.stats import aggregate_frame, compare_to_best, holm, paired_test
 
-LOWER_IS_BETTER = ("rmse", "mae")
+LOWER_IS_BETTER = ("rmse", "mae", "logloss")
 
 
 def higher_is_better(metric: str) -> bool:

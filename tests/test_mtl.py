@@ -100,3 +100,10 @@ def test_gate_usage_averages_seeds(tmp_path):
     fig = plots.gate_usage(usage)
     assert plots.save(fig, tmp_path / "gates.png").stat().st_size > 0
     assert mtl.gate_usage(tmp_path / "none").empty
+
+
+def test_logloss_is_lower_is_better(tree):
+    board = mtl.task_boards(tree)[("d", "logloss")]
+    assert board["mean"].is_monotonic_increasing  # the best (lowest) first
+    text = "".join(str(item.data) for item in mtl.render({("d", "logloss"): board})[:1])
+    assert "lower is better" in text
