@@ -50,6 +50,7 @@ def _import_all() -> None:
         gru4rec,
         knn,
         markov,
+        meta,
         multitask,
         neumf,
         popularity,
