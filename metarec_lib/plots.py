@@ -228,32 +228,64 @@ def gate_usage(usage, *, title: str = "") -> plt.Figure:
     return fig
 
 
-def target_fraction_curves(table, *, reference: str = "EASE", metric: str = "ndcg@10"):
-    """One panel per (setting, relatedness): the metric against the target training fraction
-    (log scale), one line per method with its 95% CI band over seeds; `reference` dashed.
-    `table` comes from `crossdomain.curves`."""
+def line_panels(
+    table,
+    *,
+    x: str,
+    panels: Sequence[str],
+    xlabel: str,
+    ylabel: str,
+    title=None,
+    dashed: str | None = None,
+    xscale: str = "log",
+) -> plt.Figure:
+    """One panel per distinct value of the `panels` columns: the mean against `x`, one line per
+    model with its 95% CI band (ci_low, ci_high) over seeds; the model `dashed` in black dashes.
+    `title(key)` names a panel (default: the key's values joined)."""
     import pandas as pd
 
-    keys = list(table[["setting", "relatedness"]].drop_duplicates().itertuples(index=False))
+    keys = list(table[list(panels)].drop_duplicates().itertuples(index=False, name=None))
     n = max(len(keys), 1)
     cols = min(n, 3)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
-    for ax, (setting, rel) in zip(axes.ravel(), keys, strict=False):
-        same = table["relatedness"].isna() if pd.isna(rel) else table["relatedness"] == rel
-        sel = table[(table["setting"] == setting) & same]
-        for model, rows_ in sel.groupby("model", sort=False):
-            rows_ = rows_.sort_values("fraction")
-            style = {"ls": "--", "color": "black"} if model == reference else {}
-            (line,) = ax.plot(rows_["fraction"], rows_["mean"], marker=".", label=model, **style)
-            if rows_["ci_high"].notna().any():
-                ax.fill_between(rows_["fraction"], rows_["ci_low"], rows_["ci_high"],
-                                color=line.get_color(), alpha=0.15)  # fmt: skip
-        title = setting if pd.isna(rel) else f"{setting}, relatedness {rel:g}"
-        ax.set(xscale="log", xlabel="target training fraction", ylabel=metric, title=title)
+    rows_n = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.6 * cols, 3.6 * rows_n), squeeze=False)
+    for ax, key in zip(axes.ravel(), keys, strict=False):
+        mask = np.ones(len(table), dtype=bool)
+        for column, value in zip(panels, key, strict=True):
+            mask &= (table[column].isna() if pd.isna(value) else table[column] == value).to_numpy()
+        for model, rows in table[mask].groupby("model", sort=False):
+            rows = rows.sort_values(x)
+            style = {"ls": "--", "color": "black"} if model == dashed else {}
+            (line,) = ax.plot(rows[x], rows["mean"], marker=".", label=model, **style)
+            if rows["ci_high"].notna().any():
+                ax.fill_between(rows[x], rows["ci_low"], rows["ci_high"], color=line.get_color(),
+                                alpha=0.15)  # fmt: skip
+        name = title(key) if title else " / ".join(str(v) for v in key)
+        ax.set(xscale=xscale, xlabel=xlabel, ylabel=ylabel, title=name)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     for ax in axes.ravel()[len(keys) :]:
         ax.set_visible(False)
     fig.tight_layout()
     return fig
+
+
+def target_fraction_curves(table, *, reference: str = "EASE", metric: str = "ndcg@10"):
+    """The transfer figure: the metric against the target training fraction, one panel per
+    (setting, relatedness); `table` comes from `crossdomain.curves`."""
+    import pandas as pd
+
+    def title(key):
+        setting, rel = key
+        return setting if pd.isna(rel) else f"{setting}, relatedness {rel:g}"
+
+    return line_panels(table, x="fraction", panels=("setting", "relatedness"),
+                       xlabel="target training fraction", ylabel=metric, title=title,
+                       dashed=reference)  # fmt: skip
+
+
+def coldstart_curves(table, *, x: str = "k", xlabel: str = "support size k"):
+    """The cold-start figure: one metric against the support size (or the meta-train pool),
+    one panel per data set; `table` comes from `coldstart.curves`."""
+    metric = table["metric"].iloc[0] if len(table) else ""
+    return line_panels(table, x=x, panels=("dataset",), xlabel=xlabel, ylabel=metric)

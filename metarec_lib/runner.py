@@ -163,6 +163,31 @@ class Experiment:
         self.write_tables()
         return pd.DataFrame(rows, columns=METRIC_COLUMNS)
 
+    def record(
+        self,
+        rows: pd.DataFrame,
+        costs: pd.DataFrame | None = None,
+        per_user: Mapping[tuple[str, str, str, int], pd.DataFrame] | None = None,
+    ) -> None:
+        """Add results computed outside `run` (a protocol that is not a per-model cell, such as
+        algorithm selection): metric rows and cost rows in the contract's columns (replacing
+        earlier rows of the same cells) and per-user frames keyed by (dataset, protocol, model,
+        seed); then rewrite the tables."""
+        missing = [c for c in METRIC_COLUMNS if c not in rows.columns]
+        if missing:
+            raise ValueError(f"Experiment.record: rows lack column(s) {missing}")
+        cells = {_cell(r) for r in rows.to_dict("records")}
+        self._metrics = [r for r in self._metrics if _cell(r) not in cells]
+        self._metrics += rows[METRIC_COLUMNS].to_dict("records")
+        if costs is not None and len(costs):
+            done = {_cell(c) for c in costs.to_dict("records")}
+            self._costs = [c for c in self._costs if _cell(c) not in done]
+            self._costs += costs[COST_COLUMNS].to_dict("records")
+        for (dataset, protocol, model, seed), frame in (per_user or {}).items():
+            name = f"{dataset}__{protocol}__{model}__seed{seed}.csv.gz"
+            atomic_write_csv(self.out / "per_user" / name, frame)
+        self.write_tables()
+
     # -- files ----------------------------------------------------------------------------
     def write_tables(self) -> None:
         """Rewrite metrics.csv and costs.csv from every cell this experiment has run."""

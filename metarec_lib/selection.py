@@ -689,3 +689,53 @@ def _require(frame: pd.DataFrame, columns: Sequence[str], where: str) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise DataError(f"{where}: missing column(s) {missing}; has {list(frame.columns)}")
+
+
+def run_selection(
+    config: Any,
+    data: Mapping[str, Dataset],
+    base_names: Sequence[str],
+    *,
+    budgets: Mapping[str, int],
+    learners: Learners = None,
+    n_boot: int = 1000,
+) -> pd.DataFrame:
+    """The `algo-selection` protocol for a notebook: per data set and seed, the base models with
+    their tuned `topn-75-25` values (the shared tuning cache, `budgets[name]` configurations),
+    `build_selection_data`, `evaluate_selection`; metric rows and per-user ndcg (for paired
+    tests) go through the runner's `Experiment.record`. Returns the summaries (one row per data
+    set, seed and method) with the seconds spent building the data (the base models' two fits)
+    and evaluating (fitting the learners)."""
+    import time
+
+    from metarec_lib.models.registry import get_model, model_class
+    from metarec_lib.runner import Experiment, cache_dir
+    from metarec_lib.study import EPOCH_PARAMS, SMOKE_EPOCHS, tune
+
+    exp = Experiment(config.stem, config.results_dir, progress=not config.smoke)
+    summaries = []
+    for ds in data.values():
+        models = {}
+        for name in base_names:
+            cls = model_class(name)
+            fixed = ({p: SMOKE_EPOCHS for p in EPOCH_PARAMS if p in cls.defaults}
+                     if config.smoke else {})  # fmt: skip
+            tuned = tune(ds, "topn-75-25", name, budget=budgets[name], seed=config.seeds[0],
+                         device=config.device, cache_dir=cache_dir(config.results_dir, "tuning"),
+                         progress=not config.smoke, fixed=fixed)  # fmt: skip
+            models[name] = get_model(name, device=config.device, **tuned.params)
+        family_of = {name: m.family for name, m in models.items()}
+        for seed in config.seeds:
+            start = time.perf_counter()
+            sel = build_selection_data(ds, models, seed)
+            built = time.perf_counter()
+            per_user, summary = evaluate_selection(sel, learners, seed, n_boot=n_boot)
+            timing = {"build_seconds": built - start,
+                      "evaluate_seconds": time.perf_counter() - built}  # fmt: skip
+            rows = rows_for_contract(per_user, ds, seed, family_of)
+            frames = {(ds.name, PROTOCOL, m, seed): pd.DataFrame(
+                          {"user_id": per_user["user_id"], "ndcg@10": per_user[m]})
+                      for m in per_user.columns if m != "user_id"}  # fmt: skip
+            exp.record(rows, None, frames)
+            summaries.append(summary.assign(dataset=ds.name, seed=seed, **timing))
+    return pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame()

@@ -15,6 +15,7 @@ from metarec_lib.models.meta import (
     PretrainAdapt,
     Reptile,
     UserRows,
+    clear_training_cache,
     pad_rows,
 )
 from metarec_lib.models.registry import MODELS
@@ -26,6 +27,14 @@ TINY = dict(embedding=4, hidden=8, epochs=0)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_training():
+    """Every test trains its own networks (the process-wide reuse is tested on its own)."""
+    clear_training_cache()
+    yield
+    clear_training_cache()
 
 
 # ----------------------------------------------------------------------------- data
@@ -138,7 +147,9 @@ def test_no_cold_row_is_used_before_adaptation(cls):
     f.loc[cold, "item"] = (f.loc[cold, "item"] + 1) % train.n_items
     changed = dataclasses.replace(train, frame=f.drop_duplicates(["user", "item"]))
     params = dict(embedding=4, hidden=8, epochs=2, inner_lr=0.1)
-    a, b = cls(**params).fit(train, seed=3), cls(**params).fit(changed, seed=3)
+    a = cls(**params).fit(train, seed=3)
+    clear_training_cache()  # b must train on its own, not reuse a's network
+    b = cls(**params).fit(changed, seed=3)
     sa, sb = a.module_.state_dict(), b.module_.state_dict()
     assert all(torch.equal(sa[n], sb[n]) for n in sa)
     assert (a.mu_, a.range_) == (b.mu_, b.range_)
@@ -391,3 +402,23 @@ def test_same_seed_same_predictions_and_another_seed_differs(cls):
     assert np.abs(pred[0] - pred[2]).max() > 1e-4
     lo, hi = train.frame["rating"].min(), train.frame["rating"].max()
     assert ((pred[0] >= lo) & (pred[0] <= hi)).all()
+
+
+@pytest.mark.parametrize("cls", (MAML, PretrainAdapt), ids=lambda c: c.name)
+def test_a_second_support_size_reuses_the_trained_network_with_identical_results(cls):
+    """k = 3 after k = 6 on the same warm users: the network is not trained again, and every
+    prediction equals that of a fit that trained from scratch."""
+    params = dict(embedding=4, hidden=8, epochs=3, inner_lr=0.1)
+    first = cls(**params).fit(cold_split(k=6)[0], seed=1)
+    train3, query3 = cold_split(k=3)
+    reused = cls(**params).fit(train3, seed=1)
+    assert not first.meta_train_reused_ and reused.meta_train_reused_
+    assert reused.meta_train_seconds_ == first.meta_train_seconds_
+    clear_training_cache()
+    fresh = cls(**params).fit(train3, seed=1)
+    assert not fresh.meta_train_reused_
+    f = query3.frame
+    np.testing.assert_array_equal(reused.predict(f["user"], f["item"]),
+                                  fresh.predict(f["user"], f["item"]))  # fmt: skip
+    other = cls(**{**params, "inner_lr": 0.05}).fit(train3, seed=1)
+    assert not other.meta_train_reused_  # other hyperparameters: trained again

@@ -68,6 +68,8 @@ on ML-100K, 170k on ml-latest-small (31M floats, 124 MB, for its 183 tuning cold
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import time
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
@@ -127,6 +129,24 @@ EPISODE_DEFAULTS: dict[str, Any] = {
 
 
 # ----------------------------------------------------------------------------- data
+
+
+# Trained networks by `_training_key`, so the support sizes of one seed (the same warm users)
+# meta-train once: a cold-start grid runs k = 1, 3, 5, 10, 20 on the same warm data. A fit that
+# reuses one reports `meta_train_reused_` and the original `meta_train_seconds_`.
+_TRAINED: dict[str, tuple] = {}
+_TRAINED_MAX = 16
+
+
+def clear_training_cache() -> None:
+    """Forget every trained network (tests that compare two trainings call this)."""
+    _TRAINED.clear()
+
+
+def _remember(key: str, value: tuple) -> None:
+    if len(_TRAINED) >= _TRAINED_MAX:
+        _TRAINED.pop(next(iter(_TRAINED)))
+    _TRAINED[key] = value
 
 
 @dataclass(frozen=True)
@@ -390,13 +410,45 @@ class MetaRecommender(Recommender):
                 n for n, _ in module.named_parameters() if n.startswith(prefix)
             )
             self.prepare(warm)
-            self._train(module, valid, np.random.default_rng(int(seed)))
+            key = self._training_key(warm, train, valid, seed)
+            cached = _TRAINED.get(key)
+            start = time.perf_counter()
+            if cached is None:
+                self._train(module, valid, np.random.default_rng(int(seed)))
+                self.meta_train_seconds_ = time.perf_counter() - start
+                state = copy.deepcopy(module.state_dict())
+                _remember(key, (state, self.history_, self.best_epoch_, self.train_log_,
+                                self.meta_train_seconds_))  # fmt: skip
+                self.meta_train_reused_ = False
+            else:  # the same warm users, hyperparameters and seed: the same trained network
+                state, self.history_, self.best_epoch_, self.train_log_, seconds = cached
+                module.load_state_dict(state)
+                self.meta_train_seconds_, self.meta_train_reused_ = seconds, True
             self.release()
             self.adapted_: Params = {}
             self.slot_ = np.full(train.n_users, -1, np.int64)
             with torch.no_grad():
                 self._store(np.flatnonzero(cold & (rows.count(np.arange(train.n_users)) > 0)),
                             rows)  # fmt: skip
+
+    def _training_key(self, warm: UserRows, train: Interactions, valid: Interactions | None,
+                      seed: int) -> str:  # fmt: skip
+        """What the trained network depends on: the model and its hyperparameters, the seed,
+        the device, the warm users' rows, the catalogue and side information, and `valid`."""
+        digest = hashlib.sha256()
+        for array in (warm.indptr, warm.items, warm.ratings):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        if valid is not None:
+            f = valid.frame
+            for column in ("user", "item", "rating"):
+                digest.update(f[column].to_numpy().tobytes())
+        for frame in (train.users, train.items):
+            if frame is not None:
+                digest.update(pd.util.hash_pandas_object(frame, index=True).to_numpy().tobytes())
+        config = json.dumps([self.name, self.params, int(seed), self.device_, train.n_users,
+                             train.n_items], sort_keys=True, default=str)  # fmt: skip
+        digest.update(config.encode())
+        return digest.hexdigest()
 
     def release(self) -> None:
         """Drop what only training needed (the warm rows kept by `prepare`)."""
