@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from metarec_lib.protocols import coldstart_name
 from metarec_lib.study import Plan
 
 RATING = ("BiasedMF", "SVDpp")
@@ -19,6 +20,23 @@ MULTITASK = ("SingleTask", "SharedBottom", "MMoE", "PLE", "ESMM")
 # 20_collaborative: the best top-N models (interest) and the rating models (both tasks).
 MTL_REFERENCES_TOPN = ("MostPop", "EASE", "iALS")
 MTL_REFERENCES_RATING = ("BiasedMF", "SVDpp")
+META = ("MeLU", "MAML", "FOMAML", "Reptile")
+# Cold-start competitors at equal support (their own families): the network of the meta models
+# pretrained and fine-tuned without meta-training, popularity, content profiles from the
+# support, MF fold-in, and item-based scoring from the support.
+COLDSTART_OTHERS = (
+    "PretrainAdapt",
+    "MostPop",
+    "ContentTFIDF",
+    "ContentRegression",
+    "BiasedMFFoldIn",
+    "iALSFoldIn",
+    "EASE",
+    "ItemKNN",
+)
+COLDSTART_KS = (1, 3, 5, 10, 20)
+COLDSTART_POOLS = (0.1, 0.25, 0.5)  # shares of the meta-train users, at k = 5
+SELECTION_BASE = ("MostPop", "ItemKNN", "EASE", "iALS", "BPR", "ContentTFIDF", "NeuMF")
 
 PLANS: dict[str, list[Plan]] = {
     "10_content": [
@@ -54,6 +72,21 @@ PLANS: dict[str, list[Plan]] = {
              tune_data=dict.fromkeys(MULTITASK, "ml-100k")),
     ],
 }  # fmt: skip
+
+
+def _coldstart_plans() -> list[Plan]:
+    """Every cold-start method at every k, and at k = 5 with smaller meta-train pools (ML-100K
+    only); all tuned on ML-100K's k = 5 meta-validation users."""
+    models = [*META, *COLDSTART_OTHERS]
+    tuned = {"tune_on": dict.fromkeys(models, coldstart_name(5)),
+             "tune_data": dict.fromkeys(models, "ml-100k")}  # fmt: skip
+    plans = [Plan(coldstart_name(k), models, **tuned) for k in COLDSTART_KS]
+    plans += [Plan(coldstart_name(5, pool), models, **tuned, datasets=("ml-100k",))
+              for pool in COLDSTART_POOLS]  # fmt: skip
+    return plans
+
+
+PLANS["60_meta"] = _coldstart_plans()
 
 # What the issue asks each notebook's best model to reach (reported whether met or not).
 TARGETS: dict[tuple[str, str, str], tuple[str, float]] = {
