@@ -53,9 +53,13 @@ SYNTHETIC_SOURCE_DOMAIN = 0
 SYNTHETIC_DEFAULTS: dict[str, object] = {
     "n_users": 1000,
     "n_items": 800,
-    "density": 0.05,
+    "density": 0.1,
     "min_ratings": 20,
 }
+# The generator draws which items a user rates by popularity alone, so its rated pairs carry no
+# taste (they would be the same at every relatedness); the synthetic setting's implicit
+# feedback is the liked pairs, rating >= SYNTHETIC_LIKED_AT, in both domains.
+SYNTHETIC_LIKED_AT = 4.0
 
 _FRACTION_STREAM = 7_357  # second entropy word: the fraction order never reuses holdout's stream
 
@@ -316,7 +320,8 @@ def genre_setting(ml100k: Dataset) -> TransferSetting:
 
 def synthetic_setting(relatedness: float, seed: int = 0, **generator_options) -> TransferSetting:
     """Two synthetic domains (users shared, items split): target = domain 1, source = domain 0
-    (-item_id). Options override SYNTHETIC_DEFAULTS and go to `generate_synthetic`."""
+    (-item_id), liked pairs only (see SYNTHETIC_LIKED_AT). Options override SYNTHETIC_DEFAULTS
+    and go to `generate_synthetic`."""
     from metarec_lib.data.synthetic import generate_synthetic
 
     reserved = {"n_domains", "domain_relatedness", "seed", "return_truth"} & set(generator_options)
@@ -324,6 +329,8 @@ def synthetic_setting(relatedness: float, seed: int = 0, **generator_options) ->
         raise ValueError(f"synthetic_setting: option(s) {sorted(reserved)} are set by the setting")
     options = {**SYNTHETIC_DEFAULTS, **generator_options}
     data = generate_synthetic(n_domains=2, domain_relatedness=relatedness, seed=seed, **options)
+    liked = data.interactions["rating"].to_numpy() >= SYNTHETIC_LIKED_AT
+    data = replace(data, interactions=data.interactions[liked].reset_index(drop=True))
     item_domain = data.items["domain"].to_numpy()
     target_ids = data.items.index[item_domain == SYNTHETIC_TARGET_DOMAIN].to_numpy()
     target, source, in_target = _split_by_items(

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from metarec_lib import transfer
 from metarec_lib.data.dataset import DataError, encode_source
 from metarec_lib.splits import SplitError, holdout_per_user
 from metarec_lib.transfer import (
@@ -376,3 +377,16 @@ def test_protocol_name_refuses_bad_arguments():
         protocol_name(GENRE, 0.0)
     with pytest.raises(ValueError, match="setting_name"):
         protocol_name("xdomain-books", 0.1)
+
+
+def test_synthetic_feedback_is_the_liked_pairs_so_relatedness_changes_it():
+    """The generator picks rated items by popularity alone: the setting keeps ratings >= 4, so
+    which pairs a model sees depends on taste, and so on the domains' relatedness."""
+    low = transfer.synthetic_setting(0.0, **SMALL)
+    high = transfer.synthetic_setting(1.0, **SMALL)
+    for setting in (low, high):
+        assert setting.target.interactions["rating"].min() >= transfer.SYNTHETIC_LIKED_AT
+        assert setting.source["rating"].min() >= transfer.SYNTHETIC_LIKED_AT
+    pairs = [set(zip(s.target.interactions["user_id"], s.target.interactions["item_id"],
+                     strict=True)) for s in (low, high)]  # fmt: skip
+    assert pairs[0] != pairs[1]
