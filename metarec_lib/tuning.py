@@ -100,15 +100,22 @@ def random_search(
     progress: bool = True,
     desc: str = "",
 ) -> SearchResult:
-    """Fit `make(**config)` on `train` for each configuration and keep the best on `valid`."""
+    """Fit `make(**config)` on `train` for each configuration and keep the best on `valid`.
+
+    A configuration whose training diverges (the model raises FloatingPointError) scores NaN
+    and is never chosen; only when every one does is the search an error.
+    """
     import time
 
     rows = []
     for config in tqdm(configurations(space, budget, seed), desc=desc or "tuning",
                        disable=not progress, leave=False):  # fmt: skip
         start = time.perf_counter()
-        model = make(**config).fit(train, valid=valid, seed=seed)
-        value = float(score(model, valid))
+        try:
+            model = make(**config).fit(train, valid=valid, seed=seed)
+            value = float(score(model, valid))
+        except FloatingPointError:  # the configuration diverged: a failed trial, not a crash
+            value = float("nan")
         rows.append({**config, "score": value, "fit_seconds": time.perf_counter() - start})
     trials = pd.DataFrame(rows)
     finite = trials[np.isfinite(trials["score"])]

@@ -46,3 +46,23 @@ def test_all_nan_scores_is_an_error():
     with pytest.raises(RuntimeError, match="NaN"):
         random_search(MostPop, {"shrinkage": Choice((1.0,))}, train, train,
                       lambda m, v: np.nan, progress=False, desc="x")  # fmt: skip
+
+
+def test_a_diverging_configuration_is_a_failed_trial_not_a_crash():
+    train, _ = checkerboard()
+
+    class Diverges(MostPop):
+        name = "Diverges"
+
+        def _fit(self, train, *, valid, seed):
+            if self.params["shrinkage"] > 50:
+                raise FloatingPointError("training loss is nan")
+            super()._fit(train, valid=valid, seed=seed)
+
+    result = random_search(lambda **c: Diverges(**c), {"shrinkage": Choice((0.0, 100.0))},
+                           train, train, lambda m, v: 1.0, budget=2, progress=False)  # fmt: skip
+    assert result.best == {"shrinkage": 0.0}
+    assert np.isnan(result.trials.set_index("shrinkage").loc[100.0, "score"])
+    with pytest.raises(RuntimeError, match="NaN"):
+        random_search(lambda **c: Diverges(**c), {"shrinkage": Choice((100.0,))}, train, train,
+                      lambda m, v: 1.0, budget=1, progress=False)  # fmt: skip
