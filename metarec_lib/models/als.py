@@ -147,9 +147,17 @@ def solve_exact(
         system = np.matmul(padded.transpose(0, 2, 1), padded)
         system += gram
         system[:, np.arange(f), np.arange(f)] += reg[rows, None]
+        if not np.isfinite(system).all():
+            raise FloatingPointError(
+                "iALS: the normal equations are not finite (the factors diverged); "
+                "lower alpha or raise reg"
+            )
         # torch's batched solve: numpy's (OpenBLAS) stalls on f >= 128 when cores are shared.
-        solution = torch.linalg.solve(torch.from_numpy(system), torch.from_numpy(rhs[rows]))
-        out[rows] = solution.numpy()
+        try:
+            solution = torch.linalg.solve(torch.from_numpy(system), torch.from_numpy(rhs[rows]))
+            out[rows] = solution.numpy()
+        except RuntimeError:  # MKL's batched LU has failed on finite systems (SLASWP, 60_meta)
+            out[rows] = np.linalg.solve(system, rhs[rows][..., None])[..., 0]
         start = stop
     return out
 
