@@ -422,3 +422,15 @@ def test_a_second_support_size_reuses_the_trained_network_with_identical_results
                                   fresh.predict(f["user"], f["item"]))  # fmt: skip
     other = cls(**{**params, "inner_lr": 0.05}).fit(train3, seed=1)
     assert not other.meta_train_reused_  # other hyperparameters: trained again
+
+
+def test_a_diverging_adaptation_keeps_the_global_parameters():
+    """An absurd inner learning rate makes the local update overflow: those users are scored
+    with the global network (listed in diverged_users_), never with NaN."""
+    train, query = cold_split()
+    model = MAML(embedding=4, hidden=8, epochs=0, inner_lr=1e30, inner_steps=3).fit(train, seed=0)
+    assert len(model.diverged_users_) > 0
+    assert set(model.diverged_users_) <= set(train.cold_users)
+    assert np.isfinite(model.score(train.cold_users)).all()
+    f = query.frame
+    assert np.isfinite(model.predict(f["user"], f["item"])).all()

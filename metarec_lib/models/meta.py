@@ -585,11 +585,22 @@ class MetaRecommender(Recommender):
         return out
 
     def _store(self, users: np.ndarray, rows: UserRows) -> None:
-        """Adapt `users` on their rows and keep the result (replacing earlier ones)."""
+        """Adapt `users` on their rows and keep the result (replacing earlier ones). A user
+        whose adaptation diverges (a non-finite parameter) keeps the global parameters and is
+        listed in `diverged_users_`."""
         users = np.unique(np.asarray(users, np.int64))
         if not len(users):
             return
         fresh = self._adapt_rows(self.module_, users, rows)
+        finite = torch.ones(len(users), dtype=torch.bool, device=self.device_)
+        for w in fresh.values():
+            finite &= torch.isfinite(w.reshape(len(users), -1)).all(1)
+        if not bool(finite.all()):  # a diverged adaptation keeps the global parameters
+            base = dict(self.module_.named_parameters())
+            for n, w in fresh.items():
+                w[~finite] = base[n].detach()
+            lost = users[~finite.cpu().numpy()]
+            self.diverged_users_ = np.union1d(getattr(self, "diverged_users_", lost), lost)
         slots = self.slot_[users].copy()
         new = slots < 0
         n_old = len(next(iter(self.adapted_.values()))) if self.adapted_ else 0
