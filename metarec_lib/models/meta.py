@@ -586,8 +586,8 @@ class MetaRecommender(Recommender):
 
     def _store(self, users: np.ndarray, rows: UserRows) -> None:
         """Adapt `users` on their rows and keep the result (replacing earlier ones). A user
-        whose adaptation diverges (a non-finite parameter) keeps the global parameters and is
-        listed in `diverged_users_`."""
+        whose adaptation diverges (a non-finite parameter or score) keeps the global parameters
+        and is listed in `diverged_users_`."""
         users = np.unique(np.asarray(users, np.int64))
         if not len(users):
             return
@@ -595,6 +595,11 @@ class MetaRecommender(Recommender):
         finite = torch.ones(len(users), dtype=torch.bool, device=self.device_)
         for w in fresh.values():
             finite &= torch.isfinite(w.reshape(len(users), -1)).all(1)
+        step = self._score_step(self.module_)  # finite weights can still overflow the scores
+        for start in range(0, len(users), step):
+            part = {n: w[start : start + step] for n, w in fresh.items()}
+            rated = self._rate_all(self.module_, part, users[start : start + step])
+            finite[start : start + step] &= torch.isfinite(rated).all(1)
         if not bool(finite.all()):  # a diverged adaptation keeps the global parameters
             base = dict(self.module_.named_parameters())
             for n, w in fresh.items():
