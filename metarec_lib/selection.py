@@ -697,11 +697,13 @@ def run_selection(
     base_names: Sequence[str],
     *,
     budgets: Mapping[str, int],
+    tune_data: Mapping[str, str] | None = None,
     learners: Learners = None,
     n_boot: int = 1000,
 ) -> pd.DataFrame:
     """The `algo-selection` protocol for a notebook: per data set and seed, the base models with
-    their tuned `topn-75-25` values (the shared tuning cache, `budgets[name]` configurations),
+    their tuned `topn-75-25` values (the shared tuning cache, `budgets[name]` configurations, on
+    the data set `tune_data[name]` where given, as `30_deep` tunes its models on ML-100K),
     `build_selection_data`, `evaluate_selection`; metric rows and per-user ndcg (for paired
     tests) go through the runner's `Experiment.record`. Returns the summaries (one row per data
     set, seed and method) with the seconds spent building the data (the base models' two fits)
@@ -720,7 +722,8 @@ def run_selection(
             cls = model_class(name)
             fixed = ({p: SMOKE_EPOCHS for p in EPOCH_PARAMS if p in cls.defaults}
                      if config.smoke else {})  # fmt: skip
-            tuned = tune(ds, "topn-75-25", name, budget=budgets[name], seed=config.seeds[0],
+            tune_ds = data.get((tune_data or {}).get(name, ds.name), ds)
+            tuned = tune(tune_ds, "topn-75-25", name, budget=budgets[name], seed=config.seeds[0],
                          device=config.device, cache_dir=cache_dir(config.results_dir, "tuning"),
                          progress=not config.smoke, fixed=fixed)  # fmt: skip
             models[name] = get_model(name, device=config.device, **tuned.params)
