@@ -87,7 +87,7 @@ from metarec_lib.data.dataset import Interactions
 from metarec_lib.models.base import Recommender, resolve_device
 from metarec_lib.models.multitask import MLP, Features, PairEncoder, _linear, encode_features
 from metarec_lib.models.registry import register
-from metarec_lib.models.training import EarlyStopping, cpu_threads
+from metarec_lib.models.training import LOG_COLUMNS, EarlyStopping, cpu_threads, epoch_record
 from metarec_lib.tuning import Choice, LogUniform
 
 Params = dict[str, torch.Tensor]
@@ -467,15 +467,15 @@ class MetaRecommender(Recommender):
                 samples += n
             mean_loss = total / max(samples, 1)
             seconds = time.perf_counter() - start
-            row = {"epoch": epoch, "loss": mean_loss, "seconds": seconds, "samples": samples,
-                   "samples_per_second": samples / seconds if seconds > 0 else np.nan,
-                   "valid_score": np.nan}  # fmt: skip
+            row = epoch_record(
+                self.name,
+                epoch,
+                mean_loss,
+                seconds,
+                samples,
+                f"learning_rate={p['learning_rate']}, inner_lr={p['inner_lr']}",
+            )
             log.append(row)
-            if not np.isfinite(mean_loss):
-                raise FloatingPointError(
-                    f"{self.name}: training loss is {mean_loss} at epoch {epoch} (learning_rate="
-                    f"{p['learning_rate']}, inner_lr={p['inner_lr']}); lower the learning rates"
-                )
             if valid is None or epoch % int(p["eval_every"]):
                 continue
             row["valid_score"] = value = self.valid_rmse(module, valid)
@@ -484,8 +484,7 @@ class MetaRecommender(Recommender):
         if stopper.best_state is not None:
             module.load_state_dict(stopper.best_state)
         self.history_, self.best_epoch_ = stopper.history, stopper.best_epoch
-        columns = ["epoch", "loss", "seconds", "samples", "samples_per_second", "valid_score"]
-        self.train_log_ = pd.DataFrame(log, columns=columns)
+        self.train_log_ = pd.DataFrame(log, columns=LOG_COLUMNS)
 
     def valid_rmse(self, module: MetaNet, valid: Interactions) -> float:
         """RMSE of `module` on `valid`'s rows, each user adapted on its rows in `train`, the

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from metarec_lib.data.dataset import Interactions
 from metarec_lib.models.base import Recommender, resolve_device
-from metarec_lib.models.training import EarlyStopping, cpu_threads
+from metarec_lib.models.training import LOG_COLUMNS, EarlyStopping, cpu_threads, epoch_record
 
 Batch = tuple[torch.Tensor, ...]
 
@@ -147,15 +147,9 @@ class TorchRecommender(Recommender):
                 samples += n
             mean_loss = float(total) / max(samples, 1)  # float() waits for the device
             seconds = time.perf_counter() - start
-            row = {"epoch": epoch, "loss": mean_loss, "seconds": seconds, "samples": samples,
-                   "samples_per_second": samples / seconds if seconds > 0 else np.nan,
-                   "valid_score": np.nan}  # fmt: skip
+            row = epoch_record(self.name, epoch, mean_loss, seconds, samples,
+                               f"learning_rate={p['learning_rate']}")  # fmt: skip
             log.append(row)
-            if not np.isfinite(mean_loss):
-                raise FloatingPointError(
-                    f"{self.name}: training loss is {mean_loss} at epoch {epoch} "
-                    f"(learning_rate={p['learning_rate']}); lower the learning rate"
-                )
             if valid is None or epoch % int(p["eval_every"]):
                 continue
             module.eval()
@@ -168,8 +162,7 @@ class TorchRecommender(Recommender):
             module.load_state_dict(stopper.best_state)
         module.eval()
         self.history_, self.best_epoch_ = stopper.history, stopper.best_epoch
-        columns = ["epoch", "loss", "seconds", "samples", "samples_per_second", "valid_score"]
-        self.train_log_ = pd.DataFrame(log, columns=columns)
+        self.train_log_ = pd.DataFrame(log, columns=LOG_COLUMNS)
 
     # -- inference ------------------------------------------------------------------------
     def score(self, users: npt.ArrayLike) -> np.ndarray:

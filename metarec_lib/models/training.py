@@ -63,3 +63,21 @@ def cpu_threads(device: str, threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+LOG_COLUMNS = ["epoch", "loss", "seconds", "samples", "samples_per_second", "valid_score"]
+
+
+def epoch_record(name: str, epoch: int, mean_loss: float, seconds: float, samples: int,
+                 rates: str) -> dict[str, Any]:  # fmt: skip
+    """One row of a training log (`LOG_COLUMNS`; valid_score NaN until measured). A non-finite
+    loss is a FloatingPointError naming the model, the epoch and its learning rates (`rates`),
+    which tuning counts as a failed configuration."""
+    if not np.isfinite(mean_loss):
+        raise FloatingPointError(
+            f"{name}: training loss is {mean_loss} at epoch {epoch} ({rates}); lower the "
+            f"learning rate"
+        )
+    return {"epoch": epoch, "loss": mean_loss, "seconds": seconds, "samples": samples,
+            "samples_per_second": samples / seconds if seconds > 0 else np.nan,
+            "valid_score": np.nan}  # fmt: skip
