@@ -172,10 +172,17 @@ class Experiment:
         """Add results computed outside `run` (a protocol that is not a per-model cell, such as
         algorithm selection): metric rows and cost rows in the contract's columns (replacing
         earlier rows of the same cells) and per-user frames keyed by (dataset, protocol, model,
-        seed); then rewrite the tables."""
+        seed); then rewrite the tables. An Experiment that has run nothing itself first reads
+        back the notebook's current metrics.csv and costs.csv, so they keep the other cells."""
         missing = [c for c in METRIC_COLUMNS if c not in rows.columns]
         if missing:
             raise ValueError(f"Experiment.record: rows lack column(s) {missing}")
+        if not self._metrics and (self.out / "metrics.csv").exists():
+            # A fresh Experiment in a notebook that already ran cells through another one (run_plans
+            # then algorithm selection): keep what that one wrote.
+            self._metrics = pd.read_csv(self.out / "metrics.csv").to_dict("records")
+            if (self.out / "costs.csv").exists():
+                self._costs = pd.read_csv(self.out / "costs.csv").to_dict("records")
         cells = {_cell(r) for r in rows.to_dict("records")}
         self._metrics = [r for r in self._metrics if _cell(r) not in cells]
         self._metrics += rows[METRIC_COLUMNS].to_dict("records")

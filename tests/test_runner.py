@@ -185,3 +185,18 @@ def test_logloss_per_user_by_hand():
     assert out[0] == pytest.approx(np.log(2))
     assert out[2] == pytest.approx(np.log(4))
     assert np.isnan(out[1]) and np.isnan(out[3])
+
+
+def test_record_keeps_the_cells_another_experiment_wrote(tmp_path, tiny):
+    Experiment("45_x", tmp_path, progress=False).run(
+        tiny, "topn-75-25", split(tiny), [MostPop()], seeds=[1]
+    )
+    before = pd.read_csv(tmp_path / "45_x" / "metrics.csv")
+    extra = pd.DataFrame([{"dataset": "synthetic", "protocol": "algo-selection",
+                           "family": "meta", "model": "Oracle", "seed": 1,
+                           "metric": "ndcg@10", "value": 0.5}])  # fmt: skip
+    Experiment("45_x", tmp_path, progress=False).record(extra)
+    after = pd.read_csv(tmp_path / "45_x" / "metrics.csv")
+    assert len(after) == len(before) + 1
+    assert set(after["protocol"]) == {"topn-75-25", "algo-selection"}
+    assert len(pd.read_csv(tmp_path / "45_x" / "costs.csv")) == 1  # MostPop's cell kept
