@@ -26,9 +26,9 @@ from metarec_lib.io import atomic_write_csv
 from metarec_lib.leaderboard import leaderboard, versus_reference
 from metarec_lib.models.registry import get_model, model_class
 from metarec_lib.notebook import NotebookConfig
-from metarec_lib.runner import Experiment, cache_dir
+from metarec_lib.runner import Experiment
 from metarec_lib.stats import aggregate_frame
-from metarec_lib.study import EPOCH_PARAMS, SMOKE_EPOCHS, tune
+from metarec_lib.study import SMOKE_EPOCHS, tune_for
 from metarec_lib.transfer import (
     FRACTIONS,
     TransferSetting,
@@ -83,17 +83,11 @@ def run_transfer(
     every fraction and seed; returns (metric rows, chosen hyperparameters) and writes the results
     contract plus `tables/hyperparameters.csv` through the runner."""
     exp = Experiment(config.stem, config.results_dir, progress=not config.smoke)
-    cache = cache_dir(config.results_dir, "tuning")
     frames, tuned_rows = [], []
     for setting in settings:
         chosen = {}
         for name, n_configs in ((BASELINE, budget), (REFERENCE, reference_budget)):
-            cls = model_class(name)
-            fixed = ({p: SMOKE_EPOCHS for p in EPOCH_PARAMS if p in cls.defaults}
-                     if config.smoke else {})  # fmt: skip
-            t = tune(setting.target, "topn-75-25", name, budget=n_configs, seed=config.seeds[0],
-                     device=config.device, cache_dir=cache, progress=not config.smoke,
-                     fixed=fixed)  # fmt: skip
+            t = tune_for(config, setting.target, "topn-75-25", name, n_configs)
             chosen[name] = t.params
             tuned_rows.append({"setting": setting.name, "relatedness": setting.relatedness,
                                "dataset": setting.target.name, "model": name,

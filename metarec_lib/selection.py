@@ -710,22 +710,17 @@ def run_selection(
     and evaluating (fitting the learners)."""
     import time
 
-    from metarec_lib.models.registry import get_model, model_class
-    from metarec_lib.runner import Experiment, cache_dir
-    from metarec_lib.study import EPOCH_PARAMS, SMOKE_EPOCHS, tune
+    from metarec_lib.models.registry import get_model
+    from metarec_lib.runner import Experiment
+    from metarec_lib.study import tune_for
 
     exp = Experiment(config.stem, config.results_dir, progress=not config.smoke)
     summaries = []
     for ds in data.values():
         models = {}
         for name in base_names:
-            cls = model_class(name)
-            fixed = ({p: SMOKE_EPOCHS for p in EPOCH_PARAMS if p in cls.defaults}
-                     if config.smoke else {})  # fmt: skip
             tune_ds = data.get((tune_data or {}).get(name, ds.name), ds)
-            tuned = tune(tune_ds, "topn-75-25", name, budget=budgets[name], seed=config.seeds[0],
-                         device=config.device, cache_dir=cache_dir(config.results_dir, "tuning"),
-                         progress=not config.smoke, fixed=fixed)  # fmt: skip
+            tuned = tune_for(config, tune_ds, "topn-75-25", name, budgets[name])
             models[name] = get_model(name, device=config.device, **tuned.params)
         family_of = {name: m.family for name, m in models.items()}
         for seed in config.seeds:

@@ -130,6 +130,18 @@ def tune(
     return tuned
 
 
+def tune_for(config: NotebookConfig, dataset: Dataset, protocol: str, name: str,
+             budget: int) -> Tuned:  # fmt: skip
+    """`tune` as a notebook runs it: the first seed, the notebook's device, the shared tuning
+    cache, and in smoke runs every epoch parameter (EPOCH_PARAMS) capped at SMOKE_EPOCHS."""
+    cls = model_class(name)
+    fixed = ({p: SMOKE_EPOCHS for p in EPOCH_PARAMS if p in cls.defaults}
+             if config.smoke else {})  # fmt: skip
+    return tune(dataset, protocol, name, budget=budget, seed=config.seeds[0],
+                device=config.device, cache_dir=cache_dir(config.results_dir, "tuning"),
+                progress=not config.smoke, fixed=fixed)  # fmt: skip
+
+
 def training_curve(model: Recommender) -> pd.DataFrame:
     """Per-epoch training loss and validation value of a model fitted with `valid`:
     columns epoch, loss, valid (NaN where not measured); empty for non-iterative models."""
@@ -187,9 +199,7 @@ def run_plans(
     through `Experiment`.
     """
     exp = Experiment(config.stem, config.results_dir, progress=not config.smoke)
-    cache = cache_dir(config.results_dir, "tuning")
     tuned_rows, trial_frames, metric_frames, curves = [], [], [], []
-    tune_seed = config.seeds[0]
     for ds in data.values():
         for plan in plans:
             if plan.datasets is not None and ds.name not in plan.datasets:
@@ -200,11 +210,7 @@ def run_plans(
                 n_configs = (budgets or {}).get(name, budget)
                 tune_ds = data.get(plan.tune_data.get(name, ds.name), ds)
                 cls = model_class(name)
-                fixed = ({p: SMOKE_EPOCHS for p in EPOCH_PARAMS if p in cls.defaults}
-                         if config.smoke else {})  # fmt: skip
-                t = tune(tune_ds, source, name, budget=n_configs, seed=tune_seed,
-                         device=config.device, cache_dir=cache,
-                         progress=not config.smoke, fixed=fixed)  # fmt: skip
+                t = tune_for(config, tune_ds, source, name, n_configs)
                 models[name] = get_model(name, device=config.device, **t.params)
                 tuned_rows.append({
                     "dataset": ds.name, "protocol": plan.protocol, "model": name,
