@@ -2,15 +2,16 @@
 target-data curves, the paired tests against `TargetOnly` and the "data saved".
 
 Hyperparameters, stated plainly: the transfer methods share one architecture (`models.transfer`)
-and its hyperparameters are tuned once per setting, for `TargetOnly`, on a validation carve-out
-of the full target training data (the `topn-75-25` split of the target domain, which is the
-fraction-1 split; the test part is never seen). Every method then uses them; what differs is only
-how the source is used (method-specific knobs keep their defaults). The number of epochs is the
-one early stopping chose there, divided by the target fraction (capped at `MAX_EPOCHS`), so every
-fraction sees about the same number of training samples: with a fixed epoch count a 1% model
-would take 1% of the gradient steps and lose for that reason alone (not for `UNSCALED` methods,
-whose epochs pass over the source). The reference (`EASE`) is
-tuned on the same carve-out with its own budget.
+and its hyperparameters are tuned for `TargetOnly` once per (setting, target fraction), on a
+validation carve-out of THAT fraction's target training data (the test part is never seen), with
+the same budget everywhere. Every method then uses them at that fraction; what differs is only
+how the source is used (method-specific knobs keep their defaults). Tuning per fraction matters:
+hyperparameters tuned on all the target data under-regularise a 1% model, and then anything
+that regularises it (even a source whose users are shuffled) beats it for that reason alone.
+A fraction's epoch budget is `epochs_for(default epochs, fraction)` (about the same number of
+training samples at every fraction) and early stopping on the carve-out picks the epochs. The
+`UNSCALED` methods, whose epochs pass over the source, take the full-data (fraction 1) epochs.
+The references (`REFERENCES`) are tuned per fraction the same way with their own budget.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ from metarec_lib.transfer import (
 METHODS = ("TargetOnly", "SourceOnly", "PretrainFinetune", "FrozenFinetune", "JointTraining",
            "EMCDR")  # fmt: skip
 BASELINE = "TargetOnly"
-REFERENCE = "EASE"  # the best tuned non-transfer model of 20_collaborative on ML-100K 75/25
+# Non-transfer references: EASE, the best tuned model of 20_collaborative on ML-100K 75/25, and
+# MostPop, which needs no target taste at all (with little target data it is the one to beat).
+REFERENCES = ("EASE", "MostPop")
 MAX_EPOCHS = 1000
 UNSCALED = ("SourceOnly", "JointTraining")  # an epoch there is (mostly) a pass over the source
 SAVED_AT = 0.1  # "data saved": where TargetOnly matches PretrainFinetune at this fraction
@@ -75,6 +78,7 @@ def run_transfer(
     settings: Sequence[TransferSetting],
     *,
     methods: Sequence[str] = METHODS,
+    references: Sequence[str] = REFERENCES,
     fractions: Sequence[float] = FRACTIONS,
     budget: int = 8,
     reference_budget: int = 20,
@@ -84,43 +88,53 @@ def run_transfer(
     contract plus `tables/hyperparameters.csv` through the runner."""
     exp = Experiment(config.stem, config.results_dir, progress=not config.smoke)
     frames, tuned_rows = [], []
+    epochs = int(model_class(BASELINE).defaults["epochs"])
     for setting in settings:
-        chosen = {}
-        for name, n_configs in ((BASELINE, budget), (REFERENCE, reference_budget)):
-            t = tune_for(config, setting.target, "topn-75-25", name, n_configs)
-            chosen[name] = t.params
-            tuned_rows.append({"setting": setting.name, "relatedness": setting.relatedness,
-                               "dataset": setting.target.name, "model": name,
-                               "validation_metric": t.metric, "validation_score": t.score,
-                               "configurations": len(t.trials),
-                               "params": str(sorted(t.params.items()))})  # fmt: skip
-        for fraction in fractions:
-            models = {REFERENCE: get_model(REFERENCE, device=config.device, **chosen[REFERENCE])}
+        grid = sorted({*map(float, fractions), 1.0}, reverse=True)  # 1.0 first: UNSCALED epochs
+        full_epochs = None
+        for fraction in grid:
+            protocol = protocol_name(setting.name, fraction, setting.relatedness)
+            split = lambda seed, s=setting, f=fraction: target_fraction_split(s, f, seed)  # noqa: E731
+            chosen = {}
+            for name, n_configs, fixed in (
+                (BASELINE, budget, {"epochs": epochs_for(epochs, fraction)}),
+                *((ref, reference_budget, {}) for ref in references),
+            ):
+                t = tune_for(config, setting.target, protocol, name, n_configs, fixed=fixed,
+                             split=split)  # fmt: skip
+                chosen[name] = t.params
+                tuned_rows.append({"setting": setting.name, "relatedness": setting.relatedness,
+                                   "fraction": fraction, "dataset": setting.target.name,
+                                   "model": name, "validation_metric": t.metric,
+                                   "validation_score": t.score, "configurations": len(t.trials),
+                                   "params": str(sorted(t.params.items()))})  # fmt: skip
+            if full_epochs is None:
+                full_epochs = int(chosen[BASELINE]["epochs"])
+            if not any(np.isclose(fraction, f) for f in fractions):
+                continue  # tuned only for the UNSCALED methods' epochs
+            models = {ref: get_model(ref, device=config.device, **chosen[ref])
+                      for ref in references}  # fmt: skip
             smoke_caps = {"source_epochs": SMOKE_EPOCHS} if config.smoke else {}
             for name in methods:
-                models[name] = method_at(name, chosen[BASELINE], fraction, config.device,
+                models[name] = method_at(name, chosen[BASELINE], full_epochs, config.device,
                                          **smoke_caps)  # fmt: skip
-            protocol = protocol_name(setting.name, fraction, setting.relatedness)
-            frames.append(exp.run(
-                setting.target, protocol,
-                lambda seed, s=setting, f=fraction: target_fraction_split(s, f, seed),
-                models, config.seeds,
-            ))  # fmt: skip
+            frames.append(exp.run(setting.target, protocol, split, models, config.seeds))
     tuned = pd.DataFrame(tuned_rows)
     atomic_write_csv(config.out / "tables" / "hyperparameters.csv", tuned)
     return pd.concat(frames, ignore_index=True), tuned
 
 
-def method_at(name: str, base: Mapping, fraction: float, device: str, **caps: int):
-    """A transfer method with the base hyperparameters it shares with TargetOnly, its epochs
-    scaled to the fraction, except where an epoch is a pass over the source (SourceOnly trains
-    on it alone; a JointTraining epoch covers both domains, so its sample count hardly depends
-    on the fraction); `caps` set parameters the method has (smoke runs cap `source_epochs`)."""
+def method_at(name: str, tuned: Mapping, full_epochs: int, device: str, **caps: int):
+    """A transfer method with the hyperparameters TargetOnly was tuned to at a fraction (those
+    the method has), except that `UNSCALED` methods, whose epochs pass over the source (SourceOnly
+    trains on it alone; a JointTraining epoch covers both domains), take `full_epochs`, the
+    epochs tuned on all the target data; `caps` set parameters the method has (smoke runs cap
+    `source_epochs`)."""
     cls = model_class(name)
-    params = {k: v for k, v in base.items() if k in cls.defaults}
+    params = {k: v for k, v in tuned.items() if k in cls.defaults}
     params.update({k: v for k, v in caps.items() if k in cls.defaults})
-    if "epochs" in params and name not in UNSCALED:
-        params["epochs"] = epochs_for(int(params["epochs"]), fraction)
+    if "epochs" in params and name in UNSCALED:
+        params["epochs"] = int(full_epochs)
     return get_model(name, device=device, **params)
 
 

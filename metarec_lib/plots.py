@@ -236,15 +236,18 @@ def line_panels(
     xlabel: str,
     ylabel: str,
     title=None,
-    dashed: str | None = None,
+    dashed: str | Sequence[str] = (),
     xscale: str = "log",
 ) -> plt.Figure:
     """One panel per distinct value of the `panels` columns: the mean against `x`, one line per
-    model with its 95% CI band (ci_low, ci_high) over seeds; the model `dashed` in black dashes.
+    model with its 95% CI band (ci_low, ci_high) over seeds; the `dashed` models (references) in
+    dashes, black then greys.
     `title(key)` names a panel (default: the key's values joined)."""
     import pandas as pd
 
     keys = list(table[list(panels)].drop_duplicates().itertuples(index=False, name=None))
+    dashed = [dashed] if isinstance(dashed, str) else list(dashed)
+    greys = ("black", "dimgray", "darkgray")
     n = max(len(keys), 1)
     cols = min(n, 3)
     rows_n = math.ceil(n / cols)
@@ -255,7 +258,8 @@ def line_panels(
             mask &= (table[column].isna() if pd.isna(value) else table[column] == value).to_numpy()
         for model, rows in table[mask].groupby("model", sort=False):
             rows = rows.sort_values(x)
-            style = {"ls": "--", "color": "black"} if model == dashed else {}
+            style = ({"ls": "--", "color": greys[dashed.index(model) % len(greys)]}
+                     if model in dashed else {})  # fmt: skip
             (line,) = ax.plot(rows[x], rows["mean"], marker=".", label=model, **style)
             if rows["ci_high"].notna().any():
                 ax.fill_between(rows[x], rows["ci_low"], rows["ci_high"], color=line.get_color(),
@@ -270,9 +274,11 @@ def line_panels(
     return fig
 
 
-def target_fraction_curves(table, *, reference: str = "EASE", metric: str = "ndcg@10"):
+def target_fraction_curves(table, *, reference: str | Sequence[str] = ("EASE", "MostPop"),
+                           metric: str = "ndcg@10"):  # fmt: skip
     """The transfer figure: the metric against the target training fraction, one panel per
-    (setting, relatedness); `table` comes from `crossdomain.curves`."""
+    (setting, relatedness), the non-transfer references dashed; `table` comes from
+    `crossdomain.curves`."""
     import pandas as pd
 
     def title(key):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from metarec_lib.models.registry import get_model, model_class
 from metarec_lib.notebook import NotebookConfig
 from metarec_lib.protocols import carveout_how, seeds_for, split_factory, task_of
 from metarec_lib.runner import Experiment, cache_dir
-from metarec_lib.splits import validation_carveout
+from metarec_lib.splits import Split, validation_carveout
 from metarec_lib.tuning import random_search
 
 VALID_FRACTION = 0.1
@@ -76,10 +76,14 @@ def tune(
     cache_dir: Path,
     progress: bool = True,
     fixed: dict[str, Any] | None = None,
+    split: Callable[[int], Split] | None = None,
 ) -> Tuned:
     """Random search for one model on validation data of the protocol's first split.
 
     `fixed` hyperparameters override every configuration (smoke runs cap epochs with it).
+    `split` (seed -> Split) stands in for the protocol's registered split factory, for protocols
+    built outside `protocols` (the transfer settings' target fractions); `protocol` must then
+    name it uniquely for `dataset`, since it keys the cache.
     """
     cls = model_class(name)
     task = task_of(protocol)
@@ -92,7 +96,7 @@ def tune(
         return Tuned(cached["params"], cached["score"], cached["metric"],
                      pd.DataFrame(cached["trials"]), curve)  # fmt: skip
     first = seeds_for(protocol, [seed])[0]
-    split = split_factory(protocol, dataset)(first)
+    split = (split or split_factory(protocol, dataset))(first)
     if split.valid is not None:  # the protocol's own validation part (leave-last-one-out)
         fit_part, valid_part = split.train, split.valid
     else:
@@ -131,15 +135,18 @@ def tune(
 
 
 def tune_for(config: NotebookConfig, dataset: Dataset, protocol: str, name: str,
-             budget: int) -> Tuned:  # fmt: skip
+             budget: int, *, fixed: dict[str, Any] | None = None,
+             split: Callable[[int], Split] | None = None) -> Tuned:  # fmt: skip
     """`tune` as a notebook runs it: the first seed, the notebook's device, the shared tuning
-    cache, and in smoke runs every epoch parameter (EPOCH_PARAMS) capped at SMOKE_EPOCHS."""
+    cache, and in smoke runs every epoch parameter (EPOCH_PARAMS) capped at SMOKE_EPOCHS
+    (over `fixed`, which `tune` passes on, as it does `split`)."""
     cls = model_class(name)
-    fixed = ({p: SMOKE_EPOCHS for p in EPOCH_PARAMS if p in cls.defaults}
-             if config.smoke else {})  # fmt: skip
+    fixed = dict(fixed or {})
+    if config.smoke:
+        fixed.update({p: SMOKE_EPOCHS for p in EPOCH_PARAMS if p in cls.defaults})
     return tune(dataset, protocol, name, budget=budget, seed=config.seeds[0],
                 device=config.device, cache_dir=cache_dir(config.results_dir, "tuning"),
-                progress=not config.smoke, fixed=fixed)  # fmt: skip
+                progress=not config.smoke, fixed=fixed, split=split)  # fmt: skip
 
 
 def training_curve(model: Recommender) -> pd.DataFrame:

@@ -16,12 +16,20 @@ def test_epochs_keep_the_samples_seen_and_are_capped():
     assert crossdomain.epochs_for(20, 0.01) == crossdomain.MAX_EPOCHS
 
 
-def test_method_at_shares_base_values_and_scales_epochs_except_source_only():
-    base = {"epochs": 6, "factors": 16, "learning_rate": 0.004, "reg": 0.02}
-    pft = crossdomain.method_at("PretrainFinetune", base, 0.5, "cpu")
-    assert pft.params["epochs"] == 12 and pft.params["factors"] == 16
-    for name in ("SourceOnly", "JointTraining"):  # epochs over the source: not scaled
-        assert crossdomain.method_at(name, base, 0.5, "cpu").params["epochs"] == 6
+def test_method_at_shares_tuned_values_and_unscaled_methods_take_full_epochs():
+    tuned = {"epochs": 120, "factors": 16, "learning_rate": 0.004, "reg": 0.02}
+    pft = crossdomain.method_at("PretrainFinetune", tuned, 6, "cpu")
+    assert pft.params["epochs"] == 120 and pft.params["factors"] == 16
+    assert pft.params["reg"] == 0.02
+    for name in ("SourceOnly", "JointTraining"):  # epochs over the source: the full-data ones
+        assert crossdomain.method_at(name, tuned, 6, "cpu").params["epochs"] == 6
+    capped = crossdomain.method_at("PretrainFinetune", tuned, 6, "cpu", source_epochs=2)
+    assert capped.params["source_epochs"] == 2
+    # A cap for a parameter the method does not have is ignored.
+    assert (
+        "source_epochs"
+        not in crossdomain.method_at("TargetOnly", tuned, 6, "cpu", source_epochs=2).params
+    )
 
 
 def _table(rows):
@@ -55,16 +63,19 @@ def test_transfer_grid_runs_and_its_tables_are_consistent(tmp_path):
     rows, tuned = crossdomain.run_transfer(config, settings, fractions=[0.1, 1.0], budget=1,
                                            reference_budget=1)  # fmt: skip
     assert set(rows["family"]) == {"transfer", "collaborative"}
-    assert set(tuned["model"]) == {"TargetOnly", "EASE"} and len(tuned) == 4
+    # Tuned per (setting, fraction): 2 settings x 2 fractions x 3 models.
+    assert set(tuned["model"]) == {"TargetOnly", "EASE", "MostPop"} and len(tuned) == 12
+    assert set(tuned["fraction"]) == {0.1, 1.0}
     metrics = pd.read_csv(tmp_path / "50_x" / "metrics.csv")
     protocols = set(metrics["protocol"])
     assert protocols == {f"xdomain-synthetic@rel={r},frac={f}" for r in ("0.0", "1.0")
                          for f in ("0.1", "1.0")}  # fmt: skip
     table = crossdomain.curves(metrics)
-    assert len(table) == 2 * 2 * (len(crossdomain.METHODS) + 1)
+    assert len(table) == 2 * 2 * (len(crossdomain.METHODS) + len(crossdomain.REFERENCES))
     assert set(table["relatedness"]) == {0.0, 1.0} and set(table["fraction"]) == {0.1, 1.0}
     versus = crossdomain.versus_target_only(tmp_path / "50_x", metrics)
-    assert set(versus["reference"]) == {"TargetOnly"} and "EASE" not in set(versus["model"])
+    assert set(versus["reference"]) == {"TargetOnly"}
+    assert not set(crossdomain.REFERENCES) & set(versus["model"])
     assert set(versus["outcome"]) <= {"wins", "loses", "tie"}
     text = crossdomain.narrative(crossdomain.data_saved(table), versus)
     assert "Data saved" in text and "Negative transfer" in text

@@ -166,3 +166,28 @@ def test_multitask_plan_tunes_on_the_joint_score_and_references_keep_theirs(tmp_
     assert {"auc", "rmse"} <= set(rows.loc[rows["model"] == "MMoE", "metric"])
     gates = pd.read_csv(tmp_path / "40_x" / "gates" / "synthetic__mtl-75-25__MMoE__seed5.csv.gz")
     assert gates.groupby("task")["weight"].sum().to_numpy() == pytest.approx([1.0, 1.0])
+
+
+def test_tune_with_a_split_uses_it_and_keeps_fixed_values(tmp_path, tiny):
+    """A protocol built outside `protocols` tunes on the split it is given (an unregistered
+    name would make `split_factory` raise), at the first seed, with `fixed` kept over every
+    configuration."""
+    from metarec_lib.splits import holdout_per_user
+    from metarec_lib.study import tune
+
+    seen = []
+
+    def split(seed):
+        seen.append(seed)
+        return holdout_per_user(tiny.interactions, test_fraction=0.25, seed=seed)
+
+    with pytest.raises(ValueError):
+        tune(tiny, "custom@frac=0.5", "BPR", budget=1, seed=7, device="cpu",
+             cache_dir=tmp_path / "a", progress=False)  # fmt: skip
+    tuned = tune(tiny, "custom@frac=0.5", "BPR", budget=2, seed=7, device="cpu",
+                 cache_dir=tmp_path / "b", progress=False, fixed={"epochs": 3},
+                 split=split)  # fmt: skip
+    assert seen == [7]
+    # `fixed` is not searched (the trials hold only the space); early stopping keeps <= 3.
+    assert 1 <= tuned.params["epochs"] <= 3 and len(tuned.trials) == 2
+    assert "epochs" not in tuned.trials

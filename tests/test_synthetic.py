@@ -134,6 +134,26 @@ def test_domain_relatedness_is_the_factor_correlation(relatedness, expected):
     assert corr == pytest.approx(expected, abs=0.03)
 
 
+@pytest.mark.parametrize("relatedness", [1.0, 0.5, 0.0])
+def test_domain_relatedness_mixes_tastes_too(relatedness):
+    """Category taste and price sensitivity correlate across domains with r as the factors do
+    (at r = 0 nothing of a user's taste carries over), and keep their spread at every r."""
+    kw = {"n_users": 4000, "n_items": 60, "density": 0.1, "n_domains": 2, "seed": 5}
+    _, t = generate_synthetic(**kw, domain_relatedness=relatedness, return_truth=True)
+    _, one = generate_synthetic(**{**kw, "n_domains": 1}, return_truth=True)
+    pref, price = t.category_preference, t.price_sensitivity
+    assert pref.shape == (2, 4000, 10) and price.shape == (2, 4000)
+    if relatedness == 1.0:
+        np.testing.assert_array_equal(pref[0], pref[1])
+        np.testing.assert_array_equal(price[0], one.price_sensitivity[0])
+    # Correlation over users within each category, averaged: r in expectation (each domain's
+    # effects are a few draws, so one seed scatters around it: -0.08 at r=0, 0.33 at r=0.5).
+    corr = np.mean([np.corrcoef(pref[0][:, c], pref[1][:, c])[0, 1] for c in range(10)])
+    assert corr == pytest.approx(relatedness, abs=0.25)
+    assert abs(pref[1].std() - one.category_preference[0].std()) < 0.15
+    assert abs(price[1].mean() - one.price_sensitivity[0].mean()) < 0.15
+
+
 def test_observed_ratings_follow_the_latent_score(medium):
     ds, truth = medium
     f = ds.interactions
@@ -160,7 +180,8 @@ def test_truth_score_is_the_documented_formula(medium):
     expected = (
         t.global_mean + t.user_bias[d, ui] + t.item_bias[ii]
         + t.factor_scale * dot / np.sqrt(8)
-        + t.category_preference[ui, t.item_category[ii]] - t.price_sensitivity[ui] * t.price_z[ii]
+        + t.category_preference[d, ui, t.item_category[ii]]
+        - t.price_sensitivity[d, ui] * t.price_z[ii]
     )  # fmt: skip
     np.testing.assert_allclose(t.score(u, i), expected)
     with pytest.raises(ValueError, match="item_id outside 1..500"):
@@ -183,7 +204,7 @@ def test_user_features_drive_preferences(medium):
         np.ones(len(users)), users["gender"] == "F", users["age"],
         users["segment"] == "budget", users["segment"] == "premium",
     ]).astype(float)  # fmt: skip
-    y = truth.category_preference
+    y = truth.category_preference[1]
     fitted = x @ np.linalg.lstsq(x, y, rcond=None)[0]
     r2 = 1 - ((y - fitted) ** 2).sum() / ((y - y.mean(axis=0)) ** 2).sum()
     assert r2 > 0.6
@@ -326,3 +347,22 @@ def test_invariants_hold_for_any_parameters(n_users, n_items, density, domains, 
     assert counts.loc[truth.coldstart_user_ids].le(3).all()
     assert f["item_id"].between(1, n_items).all()
     assert set(ds.items["domain"]) == set(range(n_domains))
+
+
+def test_exposure_taste_makes_rated_items_carry_taste():
+    """With exposure_taste users rate what they expect to like: the rated pairs' latent score
+    rises with it, each user still rates as many distinct items, and 0 is the plain sampler."""
+    kw = {"n_users": 300, "n_items": 200, "density": 0.1, "seed": 4}
+    plain, t0 = generate_synthetic(**kw, return_truth=True)
+    same = generate_synthetic(**kw, exposure_taste=0.0)
+    pd.testing.assert_frame_equal(plain.interactions, same.interactions)
+    tilted, t2 = generate_synthetic(**kw, exposure_taste=2.0, return_truth=True)
+    f0, f2 = plain.interactions, tilted.interactions
+    np.testing.assert_array_equal(f0.groupby("user_id").size(), f2.groupby("user_id").size())
+    assert not f2.duplicated(["user_id", "item_id"]).any()
+    mean0 = t0.score(f0["user_id"], f0["item_id"]).mean()
+    mean2 = t2.score(f2["user_id"], f2["item_id"]).mean()
+    assert mean2 > mean0 + 0.5
+    assert f2["rating"].mean() > f0["rating"].mean() + 0.3
+    with pytest.raises(ValueError, match="exposure_taste"):
+        generate_synthetic(**kw, exposure_taste=-1.0)

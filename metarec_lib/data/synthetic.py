@@ -17,9 +17,15 @@ and `rating = clip(round(score + N(0, noise)), 1, 5)`; `behavior` is "view", "ca
 `user_factors[d] = sqrt(r) * shared + sqrt(1 - r) * own[d]` with r = `domain_relatedness`, so one
 user's factors in two domains correlate with r (identical at 1, independent at 0); the user bias
 is mixed the same way. Category preference and price sensitivity come from the observable user
-features (gender, age, segment) plus a little individual noise, so feature models can learn them
-(they are shared across domains). Which items a user rates is drawn without replacement with
-Zipf-like popularity weights `rank ** -popularity_skew`.
+features (gender, age, segment) plus a little individual noise, so feature models can learn them.
+With several domains they too are per domain, `sqrt(r) * shared + sqrt(1 - r) * own[d]` (own[d]
+built the same way from the features, with the domain's own effects), so at r = 0 a user's
+tastes in two domains have nothing in common but the features they are read from. Which items a
+user rates is drawn without replacement with Zipf-like popularity weights
+`rank ** -popularity_skew`; so a user's activity is shared by the domains at every r. With
+`exposure_taste` b > 0 users also pick what they expect to like: the weights become
+`popularity * exp(b * score[u, i])` (Gumbel-top-k per user), so which items a user rates carries
+their taste, as it does in real logs where people choose what to watch.
 """
 
 from __future__ import annotations
@@ -58,7 +64,8 @@ class SyntheticTruth:
     user_factors: (n_domains, n_users, n_factors); user_bias: (n_domains, n_users).
     item_factors: (n_items, n_factors); item_bias, item_domain, item_category, price_z,
         popularity (sampling probability, sums to 1): (n_items,).
-    category_preference: (n_users, n_categories); price_sensitivity: (n_users,).
+    category_preference: (n_domains, n_users, n_categories); price_sensitivity: (n_domains,
+        n_users).
     coldstart_user_ids: sorted `user_id`s drawn as cold-start users.
     """
 
@@ -97,8 +104,8 @@ class SyntheticTruth:
                 + self.user_bias[d, uu]
                 + self.item_bias[ii]
                 + self.factor_scale * dot / math.sqrt(k)
-                + self.category_preference[uu, self.item_category[ii]]
-                - self.price_sensitivity[uu] * self.price_z[ii]
+                + self.category_preference[d, uu, self.item_category[ii]]
+                - self.price_sensitivity[d, uu] * self.price_z[ii]
             )
         return out
 
@@ -122,6 +129,7 @@ def generate_synthetic(
     coldstart_ratings: tuple[int, int] = (5, 20),
     min_ratings: int = 5,
     popularity_skew: float = 1.0,
+    exposure_taste: float = 0.0,
     noise: float = 0.5,
     seed: int | np.random.Generator = 0,
     return_truth: bool = False,
@@ -131,9 +139,12 @@ def generate_synthetic(
     density: expected fraction of the catalogue a regular user rates (counts vary log-normally
         around it, at least `min_ratings`, at most n_items); cold-start users are excluded.
     n_domains / domain_relatedness: items are split evenly into domains 0..n_domains-1; user
-        factors and biases correlate across domains with `domain_relatedness` in [0, 1].
+        factors, biases, category tastes and price sensitivities correlate across domains with
+        `domain_relatedness` in [0, 1].
     coldstart_fraction: share of users given only `coldstart_ratings` (lo, hi) ratings, uniform.
     popularity_skew: Zipf exponent of the item sampling weights (0 = uniform).
+    exposure_taste: how strongly a user's latent score tilts which items they rate (0 = by
+        popularity alone, the default; 2 makes one score point about 7x as likely to be rated).
     noise: standard deviation of the Gaussian noise added before rounding the rating.
     seed: an int (same int, same data and digest) or a numpy Generator.
     """
@@ -142,22 +153,15 @@ def generate_synthetic(
         n_domains=n_domains, domain_relatedness=domain_relatedness, n_categories=n_categories,
         coldstart_fraction=coldstart_fraction, coldstart_ratings=coldstart_ratings,
         min_ratings=min_ratings, popularity_skew=popularity_skew, noise=noise,
+        exposure_taste=exposure_taste,
     )  # fmt: skip
     rng_users, rng_items, rng_counts, rng_sample, rng_obs = np.random.default_rng(seed).spawn(5)
     users, gender, segment, age_z = _make_users(n_users, rng_users)
     items, item_truth = _make_items(
         n_items, n_factors, n_domains, n_categories, popularity_skew, rng_items
     )
-    # Category taste and price sensitivity follow the observable features.
-    gender_effect = rng_users.normal(0.0, 0.3, (2, n_categories))
-    age_effect = rng_users.normal(0.0, 0.3, n_categories)
-    segment_effect = rng_users.normal(0.0, 0.2, (3, n_categories))
-    category_preference = (
-        gender_effect[gender]
-        + age_z[:, None] * age_effect
-        + segment_effect[segment]
-        + rng_users.normal(0.0, 0.15, (n_users, n_categories))
-    )
+    features = (gender, age_z, segment)
+    category_preference = _category_preference(*features, n_categories, rng_users)
     price_sensitivity = _SEGMENT_PRICE_SENSITIVITY[segment] + rng_users.normal(0.0, 0.1, n_users)
     counts, cold = _rating_counts(
         n_users, n_items, density, coldstart_fraction, coldstart_ratings, min_ratings, rng_counts
@@ -166,6 +170,27 @@ def generate_synthetic(
     shared = rng_users.normal(0.0, 1.0, (n_users, n_factors + 1))
     own = rng_users.normal(0.0, 1.0, (n_domains, n_users, n_factors + 1))
     mixed = math.sqrt(r) * shared + math.sqrt(1.0 - r) * own  # last column: the bias
+    # Drawn last and only with several domains, so one-domain data sets stay as they were.
+    category_preference = np.repeat(category_preference[None], n_domains, axis=0)
+    price_sensitivity = np.repeat(price_sensitivity[None], n_domains, axis=0)
+    if n_domains > 1 and r < 1.0:
+        for d in range(n_domains):
+            own_taste = _category_preference(*features, n_categories, rng_users)
+            category_preference[d] = (
+                math.sqrt(r) * category_preference[d] + math.sqrt(1.0 - r) * own_taste
+            )
+            # The domain's own segment effects (not the fixed budget/premium order), centred on
+            # the same mean, so the mix keeps the mean and spread of the price sensitivity.
+            centre = _SEGMENT_PRICE_SENSITIVITY.mean()
+            own_price = (
+                centre
+                + rng_users.normal(0.0, _SEGMENT_PRICE_SENSITIVITY.std(), 3)[segment]
+                + rng_users.normal(0.0, 0.1, n_users)
+            )
+            price_sensitivity[d] = centre + (
+                math.sqrt(r) * (price_sensitivity[d] - centre)
+                + math.sqrt(1.0 - r) * (own_price - centre)
+            )
     truth = SyntheticTruth(
         global_mean=_GLOBAL_MEAN,
         factor_scale=_FACTOR_SCALE,
@@ -176,7 +201,10 @@ def generate_synthetic(
         coldstart_user_ids=np.flatnonzero(cold).astype(np.int64) + 1,
         **item_truth,
     )
-    u, i = _sample_items(counts, truth.popularity, rng_sample)
+    if exposure_taste > 0:
+        u, i = _sample_by_taste(counts, truth, float(exposure_taste), rng_sample)
+    else:
+        u, i = _sample_items(counts, truth.popularity, rng_sample)
 
     score = truth.score(u + 1, i + 1)
     rating = np.clip(np.rint(score + rng_obs.normal(0.0, noise, len(u))), 1.0, 5.0)
@@ -205,7 +233,8 @@ def generate_synthetic(
         f"n_categories={n_categories}, coldstart_fraction={coldstart_fraction}, "
         f"coldstart_ratings={tuple(coldstart_ratings)}, min_ratings={min_ratings}, "
         f"popularity_skew={popularity_skew}, noise={noise}, "
-        f"seed={seed if isinstance(seed, int) else 'Generator'}"
+        + (f"exposure_taste={exposure_taste}, " if exposure_taste else "")
+        + f"seed={seed if isinstance(seed, int) else 'Generator'}"
     )
     ds = Dataset(
         name="synthetic",
@@ -236,6 +265,26 @@ def _make_users(
     )
     age_z = (age - 38.0) / 12.0
     return users, gender, segment, age_z
+
+
+def _category_preference(
+    gender: np.ndarray,
+    age_z: np.ndarray,
+    segment: np.ndarray,
+    n_categories: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """(n_users, n_categories) category taste: effects of gender, age and segment drawn from
+    `rng`, plus a little individual noise, so feature models can learn most of it."""
+    gender_effect = rng.normal(0.0, 0.3, (2, n_categories))
+    age_effect = rng.normal(0.0, 0.3, n_categories)
+    segment_effect = rng.normal(0.0, 0.2, (3, n_categories))
+    return (
+        gender_effect[gender]
+        + age_z[:, None] * age_effect
+        + segment_effect[segment]
+        + rng.normal(0.0, 0.15, (len(gender), n_categories))
+    )
 
 
 def _make_items(
@@ -305,6 +354,28 @@ def _rating_counts(
     hi = min(hi, n_items)
     counts[cold] = rng.integers(lo, hi + 1, n_cold)
     return counts, cold
+
+
+def _sample_by_taste(
+    counts: np.ndarray, truth: SyntheticTruth, taste: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per user u, `counts[u]` distinct items without replacement with weights
+    `popularity * exp(taste * score[u, :])`: Gumbel-top-k on a block of users at a time.
+    Returns (user index, item index) arrays of length counts.sum()."""
+    n_items, n_users = len(truth.popularity), len(counts)
+    log_pop = np.log(np.maximum(truth.popularity, 1e-300))
+    items = np.arange(1, n_items + 1)
+    out_u, out_i = [], []
+    block = max(1, _CHUNK // n_items)
+    for start in range(0, n_users, block):
+        users = np.arange(start, min(n_users, start + block))
+        score = truth.score(users[:, None] + 1, items[None, :]).reshape(len(users), n_items)
+        keys = log_pop + taste * score + rng.gumbel(size=(len(users), n_items))
+        order = np.argsort(-keys, axis=1, kind="stable")
+        take = np.arange(n_items)[None, :] < counts[users, None]
+        out_u.append(np.broadcast_to(users[:, None], order.shape)[take])
+        out_i.append(order[take])
+    return np.concatenate(out_u).astype(np.int64), np.concatenate(out_i).astype(np.int64)
 
 
 def _sample_items(
@@ -537,6 +608,8 @@ def _check_params(**kw) -> None:
         fail(
             "coldstart_ratings", f"(lo, hi) integers with 1 <= lo <= hi and lo <= n_items={n_items}"
         )
+    if not 0.0 <= kw["exposure_taste"] <= 10.0:
+        fail("exposure_taste", "a number in [0, 10]")
     if not 0.0 <= kw["popularity_skew"] <= 5.0:
         fail("popularity_skew", "a Zipf exponent in [0, 5]")
     if not 0.0 <= kw["noise"] < math.inf:
