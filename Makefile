@@ -10,11 +10,15 @@ RESULTS ?= results
 STRICT ?= 0
 SEEDS ?=
 NOTEBOOKS ?= $(sort $(wildcard notebooks/[0-9]*.ipynb))
+# `make verify` reruns this notebook in full (fresh cache) and compares its metrics.csv.
+VERIFY_NOTEBOOK ?= notebooks/10_content.ipynb
+VERIFY_ATOL ?= 1e-6
+SUMMARY := notebooks/90_summary.ipynb
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export MPLBACKEND := Agg
 
-.PHONY: help setup reproduce smoke test lint lab clean
+.PHONY: help setup reproduce report manifest verify smoke test lint lab clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -28,12 +32,30 @@ $(STAMP): pyproject.toml requirements.lock
 
 setup: $(STAMP) ## Create .venv and install the pinned environment (quick when done)
 
-reproduce: setup ## Run every notebook in order into results/ (STRICT=1: fail on missing data)
+reproduce: setup ## The whole study: every notebook in order, the report, the manifest (resumes)
 	$(PY) -m metarec_lib.pipeline --results $(RESULTS) $(if $(filter 1,$(STRICT)),--strict) \
 	  $(if $(SEEDS),--seeds $(SEEDS)) $(NOTEBOOKS)
+	$(PY) -m metarec_lib.report $(RESULTS)
+	$(PY) -m metarec_lib.manifest write $(RESULTS)
 
-smoke: setup ## Run every notebook on tiny data into .smoke/ (seconds each)
+report: setup ## Rerun the summary notebook from results/, then report.html, REPORT.md, LaTeX, PDF
+	$(PY) -m metarec_lib.pipeline --results $(RESULTS) $(SUMMARY)
+	$(PY) -m metarec_lib.report $(RESULTS)
+
+manifest: setup ## Write results/manifest.json (commit, packages, hardware, data digests, SHA-256)
+	$(PY) -m metarec_lib.manifest write $(RESULTS)
+
+verify: setup ## Check the manifest, run every notebook in smoke mode, rerun one notebook in full
+	$(PY) -m metarec_lib.manifest check $(RESULTS)
+	rm -rf .verify && $(PY) -m metarec_lib.pipeline --smoke --results .verify/smoke $(NOTEBOOKS)
+	$(PY) -m metarec_lib.pipeline --results .verify/full $(VERIFY_NOTEBOOK)
+	$(PY) -m metarec_lib.manifest compare --atol $(VERIFY_ATOL) \
+	  $(RESULTS)/$(basename $(notdir $(VERIFY_NOTEBOOK)))/metrics.csv \
+	  .verify/full/$(basename $(notdir $(VERIFY_NOTEBOOK)))/metrics.csv
+
+smoke: setup ## Run every notebook on tiny data into .smoke/, then its report
 	$(PY) -m metarec_lib.pipeline --smoke --results .smoke/results $(NOTEBOOKS)
+	$(PY) -m metarec_lib.report .smoke/results
 
 test: setup ## Run the test suite
 	$(PY) -m pytest -q
@@ -46,5 +68,5 @@ lab: setup ## Open the notebooks in JupyterLab
 	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks
 
 clean: ## Remove the environment, caches and smoke outputs (keeps committed results)
-	rm -rf $(VENV) .smoke .pytest_cache .ruff_cache $(RESULTS)/.cache
+	rm -rf $(VENV) .smoke .verify .pytest_cache .ruff_cache $(RESULTS)/.cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

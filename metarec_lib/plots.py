@@ -101,10 +101,18 @@ COST_LABELS = {
 }
 
 
-def cost_quality(board, metric: str, *, title: str = "", cost: str = "fit_seconds") -> plt.Figure:
+def cost_quality(board, metric: str, *, title: str = "", cost: str = "fit_seconds",
+                 front: str | None = None) -> plt.Figure:  # fmt: skip
     """A cost column of a leaderboard (log scale) against a metric, one labelled point per
-    model, coloured by family; models with no cost (0 parameters) sit at the left edge."""
+    model, coloured by family; models with no cost (0 parameters) sit at the left edge. With
+    `front` (a boolean column of `board`), the Pareto front is drawn as a grey step line."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    if front is not None and board[front].any():
+        pts = board[board[front].astype(bool)].sort_values(cost)
+        floor = 1e-4 if cost == "fit_seconds" else 1.0
+        ax.step(np.maximum(pts[cost].astype(float), floor), pts["mean"], where="post",
+                color="grey", alpha=0.6, lw=1.5, label="Pareto front")  # fmt: skip
+        ax.legend(fontsize=7, loc="best")
     for _, row in board.iterrows():
         colour = FAMILY_COLOURS.get(row["family"], "grey")
         x = max(float(row[cost]), 1e-4 if cost == "fit_seconds" else 1.0)
@@ -295,3 +303,19 @@ def coldstart_curves(table, *, x: str = "k", xlabel: str = "support size k"):
     one panel per data set; `table` comes from `coldstart.curves`."""
     metric = table["metric"].iloc[0] if len(table) else ""
     return line_panels(table, x=x, panels=("dataset",), xlabel=xlabel, ylabel=metric)
+
+
+def quintiles(table, *, metric: str = "ndcg@10", title: str = "") -> plt.Figure:
+    """Who benefits: the metric by user-activity quintile, one line per family's best model;
+    `table` comes from `summary.activity_quintiles`."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for (family, model), rows in table.groupby(["family", "model"], sort=False):
+        rows = rows.sort_values("quintile")
+        ax.plot(rows["quintile"], rows["mean"], marker="o", label=f"{model} ({family})",
+                color=FAMILY_COLOURS.get(family))  # fmt: skip
+    ax.set(xlabel="user-activity quintile (1 = least active)", ylabel=metric, title=title,
+           xticks=[1, 2, 3, 4, 5])  # fmt: skip
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

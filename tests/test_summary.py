@@ -1,0 +1,237 @@
+"""The summary: family boards from a fixture results tree, every claim's verdict rule on
+hand-built boards, and the tables and figures the summary writes."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from metarec_lib import summary
+from metarec_lib.testing import write_results_tree
+
+CLAIMS_MD = Path(__file__).resolve().parents[1] / "docs" / "CLAIMS.md"
+VERDICTS = {"supported", "not supported", "mixed", "not testable here"}
+
+
+def _row(protocol, family, mean, p, fit, *, params=10, memory=5.0, predict=1.0, metric="ndcg@10"):
+    return {
+        "dataset": "d",
+        "protocol": protocol,
+        "metric": metric,
+        "family": family,
+        "model": f"{family}-model",
+        "mean": mean,
+        "p_holm": p,
+        "fit_seconds": fit,
+        "predict_seconds": predict,
+        "peak_memory_mb": memory,
+        "n_parameters": params,
+    }
+
+
+def _boards() -> pd.DataFrame:
+    """Hand-built boards: traditional best on topn-75-25, deep best on topn-temporal, a tie on
+    loo-temporal; on four cold-start boards collaborative is best and meta loses, costs 10x the
+    fit seconds, 100x the parameters, a fifth of the memory, 2x the predict seconds; with a
+    tenth of the meta-train users meta loses 50% of its ndcg, the best other family 5%."""
+    rows = [
+        _row("topn-75-25", "collaborative", 0.5, np.nan, 1.0),
+        _row("topn-75-25", "deep", 0.45, 0.001, 10.0),
+        _row("topn-75-25", "content", 0.1, 0.001, 0.1),
+        _row("topn-temporal", "deep", 0.3, np.nan, 10.0),
+        _row("topn-temporal", "collaborative", 0.2, 0.001, 1.0),
+        _row("topn-temporal", "content", 0.1, 0.001, 0.1),
+        _row("loo-temporal", "deep", 0.3, np.nan, 10.0),
+        _row("loo-temporal", "collaborative", 0.29, 0.5, 1.0),
+    ]
+    for protocol, collab, meta in (
+        ("coldstart-users@k=1", 0.6, 0.2),
+        ("coldstart-users@k=10", 0.6, 0.2),
+        ("coldstart-users@k=5", 0.6, 0.2),
+        ("coldstart-users@k=5,pool=0.1", 0.57, 0.1),
+    ):
+        rows += [
+            _row(protocol, "collaborative", collab, np.nan, 1.0, predict=1.0),
+            _row(protocol, "meta", meta, 0.001, 10.0, params=1000, memory=1.0, predict=2.0),
+            _row(protocol, "content", 0.05, 0.001, 2.0, params=10, predict=1.0),
+        ]
+    frame = pd.DataFrame(rows)
+    best = frame.groupby("protocol")["mean"].transform("max")
+    frame["is_best"] = frame["mean"] == best
+    frame["tied"] = frame["is_best"] | ~(frame["p_holm"] < 0.05)
+    return frame
+
+
+EXPECTED = {
+    "C1": "not supported",  # traditional best or tied on 6 of 7 boards
+    "C2": "not supported",  # deep wins 1, ties 1, loses 1
+    "C3": "not supported",  # meta loses k=10
+    "C4": "not supported",  # meta loses k=1 and k=5
+    "C5": "not supported",  # meta loses both pool boards
+    "C6": "supported",  # fit seconds 10 vs median 1.5
+    "C7": "supported",  # 1000 parameters vs 10
+    "C8": "supported",  # meta loses 50% of its quality, the others 5%
+    "C9": "not testable here",
+    "C10": "supported",  # meta ties or loses every cold-start board
+    "C11": "not supported",  # median Spearman -0.5
+    "Q1": "supported",
+    "Q2": "supported",
+    "Q3": "not supported",  # meta's memory is a fifth of the others'
+    "Q4": "supported",  # predict 2 s vs 1 s
+    "Q5": "supported",
+}
+
+
+def test_every_claim_and_question_has_a_rule_with_the_hand_worked_verdict():
+    claims = summary.read_claims(CLAIMS_MD)
+    assert list(claims["id"]) == [f"C{i}" for i in range(1, 12)] + [f"Q{i}" for i in range(1, 6)]
+    assert claims.loc[0, "claim"].startswith("Traditional recommenders cannot capture")
+    assert claims.set_index("id").loc["Q1", "claim"] == "How much data does meta-learning need?"
+    assert set(summary.CLAIM_RULES) == set(claims["id"])
+    boards = _boards()
+    for cid, expected in EXPECTED.items():
+        rule, fn = summary.CLAIM_RULES[cid]
+        evidence = fn(boards)
+        assert evidence.verdict == expected, (cid, evidence)
+        assert rule and evidence.numbers
+    assert "6 of 7" in summary.CLAIM_RULES["C1"][1](boards).numbers
+    assert "wins 1, ties 1, loses 1 of 3" in summary.CLAIM_RULES["C2"][1](boards).numbers
+    assert "meta 50.0%, best other family 5.0%" in summary.CLAIM_RULES["C8"][1](boards).numbers
+    assert "-0.50" in summary.CLAIM_RULES["C11"][1](boards).numbers
+
+
+def test_outcome_share_verdict_and_cost_ratio_by_hand():
+    board = pd.DataFrame(
+        [
+            {
+                "dataset": "d",
+                "protocol": "p",
+                "metric": "m",
+                "family": "a",
+                "model": "A",
+                "is_best": True,
+                "tied": True,
+            },
+            {
+                "dataset": "d",
+                "protocol": "p",
+                "metric": "m",
+                "family": "b",
+                "model": "B",
+                "is_best": False,
+                "tied": False,
+            },
+            {
+                "dataset": "d",
+                "protocol": "p",
+                "metric": "m",
+                "family": "c",
+                "model": "C",
+                "is_best": False,
+                "tied": True,
+            },
+        ]
+    )
+    assert summary.outcome(board, "a")["outcome"].tolist() == ["tie"]  # C is not worse
+    assert summary.outcome(board, "b")["outcome"].tolist() == ["loss"]
+    board.loc[2, "tied"] = False
+    assert summary.outcome(board, "a")["outcome"].tolist() == ["win"]
+    assert summary.outcome(board, "zzz").empty
+    assert summary.share_verdict(2, 1, 3) == "supported"
+    assert summary.share_verdict(1, 2, 3) == "not supported"
+    assert summary.share_verdict(1, 1, 3) == "mixed"
+    assert summary.share_verdict(0, 0, 0) == "not testable here"
+    ratios = summary.cost_ratio(_boards(), "meta", "fit_seconds", summary._coldstart)
+    assert len(ratios) == 4 and ratios["ratio"].to_numpy() == pytest.approx(10 / 1.5)
+
+
+def test_pareto_front_keeps_the_undominated():
+    points = pd.DataFrame({"cost": [1.0, 2.0, 3.0, 0.5, 2.0], "q": [0.5, 0.6, 0.55, 0.1, 0.6]})
+    front = summary.pareto_front(points, "cost", "q")
+    # 3.0/0.55 is beaten by 2.0/0.6; the two equal points 2.0/0.6 keep each other.
+    assert front.tolist() == [True, True, False, True, True]
+    lower = summary.pareto_front(points.assign(q=-points["q"]), "cost", "q", better="lower")
+    assert lower.tolist() == front.tolist()
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """Two notebooks sharing the ml-100k topn-75-25 board plus a cold-start board."""
+    root = tmp_path_factory.mktemp("results")
+    users = np.arange(1, 41)
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.2, 0.4, len(users))
+    write_results_tree(
+        root / "20_collaborative",
+        {
+            ("ml-100k", "topn-75-25", "collaborative", "EASE"): {"ndcg@10": base + 0.2},
+            ("ml-100k", "topn-75-25", "collaborative", "MostPop"): {"ndcg@10": base},
+        },
+        users,
+        seeds=(42, 43, 44),
+    )
+    write_results_tree(
+        root / "30_deep",
+        {
+            ("ml-100k", "topn-75-25", "deep", "SASRec"): {"ndcg@10": base + 0.19},
+            ("ml-100k", "topn-75-25", "collaborative", "EASE"): {"ndcg@10": base - 0.3},
+        },
+        users,
+        seeds=(42, 43, 44),
+    )
+    write_results_tree(
+        root / "60_meta",
+        {
+            ("ml-100k", "coldstart-users@k=5", "meta", "MAML"): {"ndcg@10": base, "rmse": base + 1},
+            ("ml-100k", "coldstart-users@k=5", "collaborative", "iALSFoldIn"): {
+                "ndcg@10": base + 0.1
+            },
+        },
+        users,
+        seeds=(42, 43, 44),
+    )
+    split = pd.DataFrame({"user_id": np.repeat(users, users % 5 + 1)})
+    split["item_id"] = np.arange(len(split))
+    (root / "20_collaborative" / "splits").mkdir()
+    split.to_csv(
+        root / "20_collaborative" / "splits" / "ml-100k__topn-75-25__seed42__test.csv.gz",
+        index=False,
+    )
+    return root
+
+
+def test_family_boards_share_a_board_and_test_against_the_best(tree):
+    boards = summary.family_boards(tree)
+    board = boards[(boards["protocol"] == "topn-75-25")].set_index("family")
+    # EASE of 20_collaborative wins the duplicate (30_deep's copy is ignored).
+    assert board.loc["collaborative", "model"] == "EASE"
+    assert board.loc["collaborative", "notebook"] == "20_collaborative"
+    assert board.loc["collaborative", "mean"] == pytest.approx(
+        np.mean(np.random.default_rng(0).uniform(0.2, 0.4, 40)) + 0.2
+    )
+    assert bool(board.loc["collaborative", "is_best"]) and not board.loc["deep", "is_best"]
+    # SASRec is 0.01 below EASE for every user: a significant paired loss.
+    assert board.loc["deep", "p_holm"] < 0.05 and not board.loc["deep", "tied"]
+    cold = boards[boards["protocol"] == "coldstart-users@k=5"]
+    assert set(cold["metric"]) == {"ndcg@10", "rmse"}
+    assert cold.loc[cold["metric"] == "rmse", "family"].tolist() == ["meta"]  # only MAML has it
+
+
+def test_build_writes_every_table_and_figure_the_outline_names(tree):
+    out = tree / "90_summary"
+    sections = summary.build(tree, CLAIMS_MD, out)
+    claims = pd.read_csv(out / "tables" / "claims.csv")
+    assert len(claims) == 16 and set(claims["verdict"]) <= VERDICTS
+    assert list(claims.columns) == ["id", "claim", "experiment", "numbers", "verdict", "rule"]
+    outline = json.loads((out / "outline.json").read_text())
+    assert outline["sections"][0]["title"] == "Claims versus evidence"
+    for section in outline["sections"]:
+        for key in ("table", "figure"):
+            if section[key]:
+                assert (out / section[key]).is_file(), section[key]
+    assert {"claims", "leaderboard", "pareto_topn", "activity"} <= set(sections)
+    activity = pd.read_csv(out / "tables" / "activity_quintiles.csv")
+    assert set(activity["quintile"]) == {1, 2, 3, 4, 5}
+    assert activity.groupby("model")["users"].sum().eq(40).all()
