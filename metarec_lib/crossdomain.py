@@ -32,6 +32,7 @@ from metarec_lib.stats import aggregate_frame
 from metarec_lib.study import SMOKE_EPOCHS, tune_for
 from metarec_lib.transfer import (
     FRACTIONS,
+    SYNTHETIC,
     TransferSetting,
     genre_setting,
     parse_protocol,
@@ -214,8 +215,41 @@ def versus_target_only(out, metrics: pd.DataFrame, metric: str = "ndcg@10") -> p
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def narrative(saved: pd.DataFrame, versus: pd.DataFrame) -> str:
-    """Markdown with the numbers: data saved per setting, and where transfer helps or hurts."""
+def relatedness_effect(table: pd.DataFrame, fraction: float = 1.0) -> pd.DataFrame:
+    """Synthetic settings at one fraction: per relatedness, TargetOnly's mean and each transfer
+    method's mean minus it (negative: the source hurts)."""
+    sel = table[(table["setting"] == SYNTHETIC) & np.isclose(table["fraction"], fraction)]
+    if sel.empty:
+        return pd.DataFrame()
+    wide = sel.pivot_table(index="relatedness", columns="model", values="mean")
+    methods = [m for m in METHODS if m in wide and m not in (BASELINE, "SourceOnly")]
+    out = wide[methods].sub(wide[BASELINE], axis=0)
+    out.insert(0, BASELINE, wide[BASELINE])
+    return out.reset_index()
+
+
+def references_lead(table: pd.DataFrame, upto: float = 0.1) -> pd.DataFrame:
+    """Per setting and fraction <= `upto`: the best reference and the best transfer method
+    (mean ndcg@10), so a reader sees when a non-transfer model is the one to beat."""
+    sel = table[table["fraction"] <= upto + 1e-12]
+    rows = []
+    for (setting, rel, fraction), part in sel.groupby(["setting", "relatedness", "fraction"],
+                                                      dropna=False):  # fmt: skip
+        refs = part[part["model"].isin(REFERENCES)].sort_values("mean", ascending=False)
+        trans = part[part["family"] == "transfer"].sort_values("mean", ascending=False)
+        if refs.empty or trans.empty:
+            continue
+        ref, best = refs.iloc[0], trans.iloc[0]
+        rows.append({"setting": setting, "relatedness": rel, "fraction": fraction,
+                     "best_reference": ref["model"], "reference": ref["mean"],
+                     "best_transfer": best["model"], "transfer": best["mean"]})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def narrative(saved: pd.DataFrame, versus: pd.DataFrame,
+              table: pd.DataFrame | None = None) -> str:  # fmt: skip
+    """Markdown with the numbers: data saved per setting, where transfer helps or hurts, how
+    relatedness changes it (synthetic, all target data) and where a reference leads."""
     lines = ["**Data saved** (the target fraction at which TargetOnly matches PretrainFinetune "
              f"at {SAVED_AT:g}):"]  # fmt: skip
     for row in saved.itertuples(index=False):
@@ -243,6 +277,26 @@ def narrative(saved: pd.DataFrame, versus: pd.DataFrame) -> str:
                          for r in negative.itertuples(index=False))
                if len(negative) else "none measured") + "."
         )  # fmt: skip
+    if table is not None:
+        effect = relatedness_effect(table)
+        if not effect.empty:
+            lines += ["", "**Relatedness** (xdomain-synthetic, all the target data; each "
+                      "method's ndcg@10 minus TargetOnly's):"]  # fmt: skip
+            for row in effect.itertuples(index=False):
+                diffs = ", ".join(f"{m} {getattr(row, m):+.3f}" for m in effect.columns[2:])
+                lines.append(f"- relatedness {row.relatedness:g}: TargetOnly "
+                             f"{getattr(row, BASELINE):.3f}; {diffs}.")  # fmt: skip
+        lead = references_lead(table)
+        if not lead.empty:
+            ahead = lead[lead["reference"] >= lead["transfer"]]
+            lines += ["", f"**The references** at target fractions <= 0.1: a non-transfer model "
+                      f"scores at least as high as the best transfer method on {len(ahead)} of "
+                      f"{len(lead)} (setting, fraction) points"
+                      + (": " + "; ".join(
+                          f"{r.best_reference} {r.reference:.3f} vs {r.best_transfer} "
+                          f"{r.transfer:.3f} on {setting_label(r.setting, r.relatedness)} at "
+                          f"{r.fraction:g}" for r in ahead.itertuples(index=False))
+                         if len(ahead) else "") + "."]  # fmt: skip
     return "\n".join(lines)
 
 

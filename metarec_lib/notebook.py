@@ -20,6 +20,7 @@ from metarec_lib.io import atomic_write_csv, atomic_write_json
 
 DEVICES = ("auto", "cpu", "cuda")
 SMOKE_USERS = 60
+SMOKE_ITEMS = 300  # and their most-rated items: a smoke run checks plumbing, not catalogues
 
 
 @dataclass
@@ -86,8 +87,9 @@ def validate_parameters(
 def load_datasets(config: NotebookConfig) -> dict[str, Dataset]:
     """Load the configured data sets; skip (with a notice) or fail on unavailable ones.
 
-    In smoke mode MovieLens is cut to its first `SMOKE_USERS` users and the synthetic data set
-    is generated tiny, so a notebook runs in seconds.
+    In smoke mode MovieLens is cut to its first `SMOKE_USERS` users and their `SMOKE_ITEMS`
+    most-rated items, and the synthetic data set is generated tiny, so a notebook runs in
+    seconds.
     """
     loaded: dict[str, Dataset] = {}
     notices: list[dict[str, str]] = []
@@ -113,20 +115,27 @@ def _load(name: str, smoke: bool) -> Dataset:
             return load_dataset("synthetic", n_users=120, n_items=80, density=0.1, seed=0)
         return load_dataset("synthetic")
     ds = load_dataset(name)
-    return subsample_users(ds, SMOKE_USERS) if smoke else ds
+    return subsample_users(ds, SMOKE_USERS, SMOKE_ITEMS) if smoke else ds
 
 
-def subsample_users(ds: Dataset, n_users: int) -> Dataset:
-    """The data set restricted to its `n_users` lowest user ids (a deterministic cut)."""
+def subsample_users(ds: Dataset, n_users: int, n_items: int | None = None) -> Dataset:
+    """The data set restricted to its `n_users` lowest user ids and, with `n_items`, to the
+    items those users rated most (ties to the lower id): a deterministic cut."""
     from dataclasses import replace
 
     keep = np.sort(ds.interactions["user_id"].unique())[:n_users]
-    inter = ds.interactions[ds.interactions["user_id"].isin(keep)].reset_index(drop=True)
+    inter = ds.interactions[ds.interactions["user_id"].isin(keep)]
+    if n_items is not None:
+        counts = inter["item_id"].value_counts()
+        order = np.lexsort((counts.index.to_numpy(), -counts.to_numpy()))
+        inter = inter[inter["item_id"].isin(counts.index.to_numpy()[order[:n_items]])]
+    inter = inter.reset_index(drop=True)
     users = ds.users[ds.users.index.isin(keep)] if len(ds.users.columns) else ds.users
     items = ds.items[ds.items.index.isin(inter["item_id"].unique())]
     return replace(
         ds, interactions=inter, users=users, items=items, canonical_folds=None,
-        notes=ds.notes + (f"smoke: first {n_users} users only",),
+        notes=ds.notes + (f"smoke: first {n_users} users"
+                          + (f", their {n_items} most-rated items" if n_items else "") + " only",),
     )  # fmt: skip
 
 

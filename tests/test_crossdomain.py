@@ -79,3 +79,30 @@ def test_transfer_grid_runs_and_its_tables_are_consistent(tmp_path):
     assert set(versus["outcome"]) <= {"wins", "loses", "tie"}
     text = crossdomain.narrative(crossdomain.data_saved(table), versus)
     assert "Data saved" in text and "Negative transfer" in text
+
+
+def test_relatedness_effect_and_references_lead_by_hand():
+    rows = []
+    for rel, target, joint in ((0.0, 0.40, 0.35), (1.0, 0.40, 0.46)):
+        for model, family, mean in (("TargetOnly", "transfer", target),
+                                    ("JointTraining", "transfer", joint),
+                                    ("MostPop", "collaborative", 0.30)):  # fmt: skip
+            rows.append(("xdomain-synthetic", rel, model, 1.0, mean, family))
+    rows += [("xdomain-genre", np.nan, "TargetOnly", 0.1, 0.10, "transfer"),
+             ("xdomain-genre", np.nan, "JointTraining", 0.1, 0.12, "transfer"),
+             ("xdomain-genre", np.nan, "MostPop", 0.1, 0.15, "collaborative")]  # fmt: skip
+    table = pd.DataFrame(rows, columns=["setting", "relatedness", "model", "fraction", "mean",
+                                        "family"])  # fmt: skip
+    effect = crossdomain.relatedness_effect(table).set_index("relatedness")
+    assert effect.loc[0.0, "JointTraining"] == pytest.approx(-0.05)  # negative transfer
+    assert effect.loc[1.0, "JointTraining"] == pytest.approx(0.06)
+    assert effect.loc[0.0, "TargetOnly"] == pytest.approx(0.40)
+    lead = crossdomain.references_lead(table)
+    assert len(lead) == 1  # only the genre point is at a fraction <= 0.1
+    row = lead.iloc[0]
+    assert (row["best_reference"], row["best_transfer"]) == ("MostPop", "JointTraining")
+    text = crossdomain.narrative(pd.DataFrame(columns=["setting", "relatedness",
+                                                       "pretrain_finetune_at", "goal", "saved"]),
+                                 pd.DataFrame(), table)  # fmt: skip
+    assert "relatedness 0: TargetOnly 0.400; JointTraining -0.050" in text
+    assert "on 1 of 1 (setting, fraction) points: MostPop 0.150 vs JointTraining 0.120" in text

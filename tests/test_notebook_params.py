@@ -53,3 +53,31 @@ def test_unavailable_data_set_is_skipped_with_a_notice_or_fails_when_strict(tmp_
     strict = validate_parameters("00_x", **params, strict=True)
     with pytest.raises(DataUnavailable):
         notebook.load_datasets(strict)
+
+
+def test_smoke_cut_keeps_the_first_users_and_their_most_rated_items():
+    import pandas as pd
+
+    from metarec_lib.data.dataset import Dataset
+    from metarec_lib.notebook import subsample_users
+
+    inter = pd.DataFrame({
+        "user_id": [1, 1, 1, 2, 2, 3, 3, 9],
+        "item_id": [10, 20, 30, 20, 40, 30, 20, 50],
+        "rating": 4.0, "timestamp": range(8),
+    })  # fmt: skip
+    items = pd.DataFrame(index=pd.Index([10, 20, 30, 40, 50], name="item_id"))
+    ds = Dataset(name="t", interactions=inter, items=items, users=pd.DataFrame(),
+                 rating_scale=(1.0, 5.0))  # fmt: skip
+    cut = subsample_users(ds, 3, n_items=2)
+    # Users 1-3 rated 20 three times, 30 twice, 10 and 40 once: items 20 and 30 stay.
+    assert sorted(cut.interactions["item_id"].unique()) == [20, 30]
+    assert sorted(cut.interactions["user_id"].unique()) == [1, 2, 3]
+    assert list(cut.items.index) == [20, 30]
+    # A tie goes to the lower id: with 3 items, 10 (once) beats 40 (once).
+    assert sorted(subsample_users(ds, 3, n_items=3).interactions["item_id"].unique()) == [
+        10,
+        20,
+        30,
+    ]
+    assert len(subsample_users(ds, 2).interactions) == 5  # no item cut
