@@ -13,6 +13,12 @@ NOTEBOOKS ?= $(sort $(wildcard notebooks/[0-9]*.ipynb))
 # `make verify` reruns this notebook in full (fresh cache) and compares its metrics.csv.
 VERIFY_NOTEBOOK ?= notebooks/10_content.ipynb
 VERIFY_ATOL ?= 1e-6
+# Where the cells run (metarec_lib.executors): EXECUTOR=local|ray, WORKERS=N (local default 1:
+# one cell after another, as the canonical run; ray starts a local instance unless RAY_ADDRESS).
+EXECUTOR ?= local
+WORKERS ?=
+export METAREC_EXECUTOR := $(EXECUTOR)
+export METAREC_WORKERS := $(WORKERS)
 SUMMARY := notebooks/90_summary.ipynb
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -27,7 +33,7 @@ help: ## Show this help
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
+	$(PY) -m pip install -q -c requirements.lock -e '.[dev,ray]'
 	@touch $(STAMP)
 
 setup: $(STAMP) ## Create .venv and install the pinned environment (quick when done)

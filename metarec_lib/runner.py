@@ -88,6 +88,9 @@ class Experiment:
     results_dir: str | Path = "results"
     use_cache: bool = True
     progress: bool = True
+    # Where uncached cells are computed (`metarec_lib.executors`); None: the process default
+    # (METAREC_EXECUTOR / METAREC_WORKERS, else one cell after another in this process).
+    executor: Any = None
     _metrics: list[dict[str, Any]] = field(default_factory=list, repr=False)
     _costs: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
@@ -131,6 +134,7 @@ class Experiment:
                 raise ValueError(f"model {label} does not predict ratings; task={task!r} needs it")
         seeds = list(seeds)
         encoder = dataset.encoder()
+        self._compute_parallel(dataset, protocol, split, named, seeds, encoder, task, k)
         rows: list[dict[str, Any]] = []
         bar = tqdm(
             total=len(seeds) * len(named),
@@ -162,6 +166,33 @@ class Experiment:
         bar.close()
         self.write_tables()
         return pd.DataFrame(rows, columns=METRIC_COLUMNS)
+
+    def _compute_parallel(self, dataset: Dataset, protocol: str, split: Callable[[int], Split],
+                          named: Mapping[str, Recommender], seeds: list[int], encoder: Encoder,
+                          task: str, k: int) -> None:  # fmt: skip
+        """With a parallel executor, compute every uncached cell there first and cache it; the
+        assembly loop of `run` then reads them back in its fixed order."""
+        from metarec_lib.executors import CellJob, default_executor
+
+        executor = self.executor or default_executor()
+        if executor.name == "local" and executor.workers == 1:
+            return  # one after another, inside `run`'s loop
+        keys, jobs, splits = [], [], {}
+        for seed in seeds:
+            for label, model in named.items():
+                key = self._key(dataset, protocol, label, model, seed, task, k)
+                if self._load(key) is None:
+                    if seed not in splits:
+                        splits[seed] = split(seed)
+                    keys.append(key)
+                    jobs.append(CellJob(model, splits[seed], encoder, seed, task, k))
+        if not jobs:
+            return
+        if not self.use_cache:
+            raise ValueError("Experiment: a parallel executor needs use_cache=True (the cells "
+                             "come back through the cell cache)")  # fmt: skip
+        for key, result in zip(keys, executor.map(jobs), strict=True):
+            self._save(key, result)
 
     def record(
         self,
