@@ -224,6 +224,12 @@ def test_cuda_fit_pickles_to_cpu():
     assert next(model.module_.parameters()).is_cuda  # the original stays on the GPU
     np.testing.assert_allclose(_scores(restored, 20), _scores(model, 20), rtol=1e-5, atol=1e-6)
     check_recommender(lambda: TinyMF(epochs=30, factors=2, device="cuda"))
+    # Ranking on the device gives the CPU's top lists (scores agree to float precision).
+    users = np.arange(20)
+    gpu_items, gpu_scores = model.recommend(users, 5)
+    cpu_items, cpu_scores = restored.recommend(users, 5)
+    assert (gpu_items == cpu_items).mean() > 0.95
+    np.testing.assert_allclose(np.sort(gpu_scores, 1), np.sort(cpu_scores, 1), rtol=1e-4)
 
 
 # -- EarlyStopping -------------------------------------------------------------------------------
@@ -276,3 +282,45 @@ def test_early_stopping_patience_must_be_positive():
         EarlyStopping(0)
     stopper = EarlyStopping(1)
     assert _run(stopper, [0.3, 0.2])[0] == [False, True]
+
+
+def test_topk_torch_matches_the_numpy_ranking_with_ties_exclusions_and_padding():
+    import numpy as np
+    import scipy.sparse as sp
+
+    from metarec_lib.metrics import topk_from_scores
+    from metarec_lib.models.torch_base import topk_torch
+
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, (30, 12)).astype(np.float32)  # many ties
+    scores[3, :] = 1.0  # a row of equal scores: the lowest indices win
+    exclude = sp.random(30, 12, density=0.3, random_state=1, format="csr")
+    exclude.data[:] = 1
+    exclude = exclude.tolil()
+    exclude[5, :] = 1  # nothing left for user 5: all padding
+    exclude = exclude.tocsr()
+    for k in (1, 5, 12, 15):
+        items, values = topk_from_scores(scores, k, exclude)
+        t_items, t_values = topk_torch(torch.from_numpy(scores), k, exclude)
+        np.testing.assert_array_equal(t_items.numpy(), items)
+        np.testing.assert_array_equal(t_values.numpy(), values.astype(np.float32))
+    assert topk_torch(torch.from_numpy(scores), 3)[0][3].tolist() == [0, 1, 2]
+    assert (topk_torch(torch.from_numpy(scores), 3, exclude)[0][5] == -1).all()
+    bad = torch.from_numpy(scores.copy())
+    bad[2, 7] = float("nan")
+    with pytest.raises(ValueError, match="NaN at row 2, item 7"):
+        topk_torch(bad, 3)
+
+
+def test_cuda_determinism_sets_and_restores_the_flags():
+    from metarec_lib.models.torch_base import cuda_determinism, rows_that_fit
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+    with cuda_determinism("cuda"):  # the flags can be set without a GPU
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.backends.cudnn.benchmark is False and torch.backends.cudnn.deterministic
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark) == before
+    with cuda_determinism("cpu"):  # a no-op off CUDA
+        assert torch.are_deterministic_algorithms_enabled() == before[0]
+    assert rows_that_fit(10_000, "cpu") == 1024

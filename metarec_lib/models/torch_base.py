@@ -14,7 +14,16 @@ and, only where one Adam step per batch does not fit (a GAN), `optimiser` and `s
 
 Determinism: all sampling draws from one CPU `torch.Generator` seeded by `fit`'s seed, and the
 global torch RNG (dropout) is seeded inside `torch.random.fork_rng`, so the caller's RNG state
-is untouched and the same seed gives the same model on the same machine and device.
+is untouched and the same seed gives the same model on the same machine and device. On CUDA,
+`fit` also runs under `cuda_determinism()`: deterministic algorithms where torch has them
+(`warn_only`: an op without one warns instead of failing), cuDNN autotuning off, and cuBLAS's
+fixed workspace (`CUBLAS_WORKSPACE_CONFIG=:4096:8`, effective when set before the process's first
+cuBLAS call: importing this module sets it unless it is set already). GPU and CPU results still
+differ in the last bits (different kernels), so committed numbers are CPU numbers.
+
+Full-catalogue ranking on a GPU (`recommend`) scores, masks and sorts each batch of users on the
+device and copies back only the top k; the batch holds as many users as fit a quarter of the
+free device memory (at most `score_batch`). Ties go to the lower item index, as on the CPU.
 """
 
 from __future__ import annotations
@@ -36,6 +45,8 @@ from tqdm import tqdm
 from metarec_lib.data.dataset import Interactions
 from metarec_lib.models.base import Recommender, resolve_device
 from metarec_lib.models.training import LOG_COLUMNS, EarlyStopping, cpu_threads, epoch_record
+
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 Batch = tuple[torch.Tensor, ...]
 
@@ -118,7 +129,11 @@ class TorchRecommender(Recommender):
     def _fit(self, train: Interactions, *, valid: Interactions | None, seed: int) -> None:
         self.device_ = resolve_device(self.device)
         devices = [torch.cuda.current_device()] if self.device_.startswith("cuda") else []
-        with cpu_threads(self.device_, self.cpu_threads), torch.random.fork_rng(devices):
+        with (
+            cpu_threads(self.device_, self.cpu_threads),
+            torch.random.fork_rng(devices),
+            cuda_determinism(self.device_),
+        ):
             torch.manual_seed(int(seed))
             generator = torch.Generator().manual_seed(int(seed))
             module = self.build(train, generator).to(self.device_)
@@ -180,6 +195,29 @@ class TorchRecommender(Recommender):
             return np.empty((0, self.n_items_), np.float32)
         return np.vstack(out)
 
+    def recommend(self, users: npt.ArrayLike, k: int = 10, *, exclude_seen: bool = True,
+                  batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """Top-k per user; on a GPU the scores never leave the device (see the module doc)."""
+        if not str(getattr(self, "device_", "cpu")).startswith("cuda"):
+            return super().recommend(users, k, exclude_seen=exclude_seen, batch_size=batch_size)
+        users = np.asarray(users, np.int64)
+        rows = min(self.score_batch, rows_that_fit(self.n_items_, self.device_))
+        module, items, scores = self.module_, [], []
+        was_training = module.training
+        module.eval()
+        with torch.no_grad():
+            for start in range(0, len(users), rows):
+                block = users[start : start + rows]
+                s = self.score_users(module, torch.from_numpy(block).to(self.device_)).float()
+                seen = self.seen_[block] if exclude_seen else None
+                top, val = topk_torch(s, k, seen)
+                items.append(top.cpu().numpy())
+                scores.append(val.cpu().numpy().astype(np.float64))
+        module.train(was_training)
+        if not items:
+            return np.empty((0, k), np.int64), np.empty((0, k))
+        return np.vstack(items), np.vstack(scores)
+
     @property
     def n_parameters(self) -> int:
         module = getattr(self, "module_", None)
@@ -192,3 +230,68 @@ class TorchRecommender(Recommender):
             state["module_"] = copy.deepcopy(self.module_).cpu()
             state["device_"] = "cpu"
         return state
+
+
+def topk_torch(scores: torch.Tensor, k: int, exclude=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`metrics.topk_from_scores` on a tensor, on its own device: the k best items per row, best
+    first, items in `exclude` (a sparse matrix of the rows) never returned, ties to the lower
+    item index (a stable sort), fewer than k candidates padded with -1 / -inf."""
+    from metarec_lib.metrics import PAD
+
+    if torch.isnan(scores).any():
+        row, col = (int(v) for v in torch.nonzero(torch.isnan(scores))[0])
+        raise ValueError(f"scores: NaN at row {row}, item {col}; expected real scores")
+    s = scores.clone()
+    if exclude is not None:
+        ex = exclude.tocsr()
+        r = torch.from_numpy(np.repeat(np.arange(ex.shape[0]), np.diff(ex.indptr)))
+        c = torch.from_numpy(ex.indices.astype(np.int64))
+        s[r.to(s.device), c.to(s.device)] = -torch.inf
+    kk = min(int(k), s.shape[1])
+    values, idx = torch.sort(s, dim=1, descending=True, stable=True)
+    values, idx = values[:, :kk], idx[:, :kk]
+    idx = torch.where(torch.isinf(values) & (values < 0), torch.full_like(idx, PAD), idx)
+    if kk < k:  # fewer items than k
+        pad = k - kk
+        idx = torch.cat([idx, torch.full((s.shape[0], pad), PAD, device=s.device)], dim=1)
+        tail = torch.full((s.shape[0], pad), -torch.inf, device=s.device, dtype=values.dtype)
+        values = torch.cat([values, tail], dim=1)
+    return idx, values
+
+
+def rows_that_fit(n_items: int, device: str, share: float = 0.25) -> int:
+    """Users per ranking batch whose scores, sort values and indices (16 bytes an item) fit
+    `share` of the device's free memory; 1024 off CUDA."""
+    if not str(device).startswith("cuda"):
+        return 1024
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    return max(1, int(share * free // (16 * max(n_items, 1))))
+
+
+class cuda_determinism:
+    """Within: deterministic torch algorithms (warn-only) and no cuDNN autotuning, on a CUDA
+    device; the previous settings come back on exit. A no-op elsewhere."""
+
+    def __init__(self, device: str) -> None:
+        self.active = str(device).startswith("cuda")
+
+    def __enter__(self) -> None:
+        if not self.active:
+            return
+        self._before = (
+            torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(),
+            torch.backends.cudnn.benchmark,
+            torch.backends.cudnn.deterministic,
+        )
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.active:
+            return
+        enabled, warn_only, benchmark, deterministic = self._before
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
+        torch.backends.cudnn.deterministic = deterministic
