@@ -45,8 +45,8 @@ def board_metric(protocol: str) -> tuple[str, ...]:
         return ("rmse",)
     if protocol.startswith(("mtl", "coldstart")):
         return ("ndcg@10", "rmse")
-    if protocol == "algo-selection":
-        return ()
+    if protocol == "algo-selection" or protocol.startswith("scale"):
+        return ()  # per-user selection; 95_scale's fixed-pass fits are costs, not contenders
     return ("ndcg@10",)
 
 

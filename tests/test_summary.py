@@ -147,6 +147,14 @@ def test_outcome_share_verdict_and_cost_ratio_by_hand():
     assert len(ratios) == 4 and ratios["ratio"].to_numpy() == pytest.approx(10 / 1.5)
 
 
+def test_board_metrics_per_protocol():
+    assert summary.board_metric("rating-5fold") == ("rmse",)
+    assert summary.board_metric("topn-75-25") == ("ndcg@10",)
+    assert summary.board_metric("coldstart-users@k=5") == ("ndcg@10", "rmse")
+    assert summary.board_metric("algo-selection") == ()
+    assert summary.board_metric("scale@n=1e+06") == ()  # untuned fixed-pass fits
+
+
 def test_pareto_front_keeps_the_undominated():
     points = pd.DataFrame({"cost": [1.0, 2.0, 3.0, 0.5, 2.0], "q": [0.5, 0.6, 0.55, 0.1, 0.6]})
     front = summary.pareto_front(points, "cost", "q")

@@ -1,0 +1,154 @@
+"""Scale curves (`metarec_lib.scale`): exponents, sizing, skip decisions and the result files."""
+
+import math
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from metarec_lib import scale
+from metarec_lib.data.dataset import Interactions
+from metarec_lib.runner import COST_COLUMNS, METRIC_COLUMNS
+
+
+def test_growth_exponent_recovers_a_power_law():
+    n = np.array([1e3, 1e4, 1e5, 1e6])
+    assert scale.growth_exponent(n, 2 * n**1.5) == pytest.approx(1.5)
+    assert scale.growth_exponent(n, 0.1 * n) == pytest.approx(1.0)
+    # Skipped points (NaN) are ignored; with fewer than two points there is no slope.
+    assert scale.growth_exponent(n, [2.0, np.nan, 200.0, np.nan]) == pytest.approx(1.0)
+    assert math.isnan(scale.growth_exponent([1e5], [3.0]))
+    assert math.isnan(scale.growth_exponent([1e5, 1e6], [np.nan, 4.0]))
+
+
+def test_predicted_seconds_extrapolate_at_least_linearly():
+    # 1 s -> 8 s over 10x is exponent log10(8) = 0.90: extrapolated linearly (at least 1).
+    assert scale.predict_seconds([1e5, 1e6], [1.0, 8.0], 1e7) == pytest.approx(80.0)
+    # 1 s -> 100 s over 10x is quadratic: 100 * 10^2.
+    assert scale.predict_seconds([1e5, 1e6], [1.0, 100.0], 1e7) == pytest.approx(1e4)
+    assert scale.predict_seconds([1e5], [2.0], 1e6) == pytest.approx(20.0)  # one point: linear
+    assert math.isnan(scale.predict_seconds([], [], 1e6))
+
+
+@pytest.mark.parametrize("n", [2e3, 1e4, 1e5])
+def test_sizes_config_hits_the_requested_count(n):
+    from metarec_lib.data.synthetic import generate_synthetic
+
+    config = scale.sizes_config(n)
+    got = len(generate_synthetic(**config, seed=0).interactions)
+    assert abs(got - n) <= 0.3 * n, (config, got)
+
+
+def test_sizes_config_grows_items_slower_than_interactions():
+    small, large = scale.sizes_config(1e5), scale.sizes_config(1e7)
+    assert (small["n_items"], large["n_items"]) == (1000, 63096)  # 1000 * 100^0.9
+    assert large["n_users"] / small["n_users"] == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="n_interactions"):
+        scale.sizes_config(10)
+
+
+def test_ease_memory_estimate_is_its_dense_matrices():
+    # Above 4,096 items EASE is float32: two 10,000^2 float32 matrices are 800 MB, and the
+    # sparse data (16 bytes an interaction) and the score blocks come on top.
+    mb = scale.estimate_memory_mb("EASE", 50_000, 10_000, 1_000_000)
+    dense = 2 * 10_000**2 * 4 / 2**20
+    assert dense < mb < dense + 300
+    # Memory grows with the square of the catalogue, not with the interactions.
+    assert scale.estimate_memory_mb("EASE", 50_000, 20_000, 1_000_000) > 3.9 * dense
+    with pytest.raises(ValueError, match="no memory estimate"):
+        scale.estimate_memory_mb("MostPop", 10, 10, 100)
+
+
+def _tiny(n_users=400, n_items=60, per_user=8, seed=0) -> Interactions:
+    rng = np.random.default_rng(seed)
+    users = np.repeat(np.arange(n_users), per_user)
+    items = np.concatenate([rng.choice(n_items, per_user, replace=False) for _ in range(n_users)])
+    frame = pd.DataFrame({"user": users, "item": items, "rating": 1.0,
+                          "timestamp": rng.integers(0, 10**6, len(users))})  # fmt: skip
+    return Interactions(frame, n_users, n_items)
+
+
+def test_ease_with_a_huge_catalogue_is_skipped_before_allocating():
+    # 200,000 items: two dense float32 matrices are ~300 GB. The cell must say so and return at
+    # once (allocating, or even building the Gram matrix, would take minutes and all memory).
+    data = _tiny(n_items=60)
+    data = Interactions(data.frame, data.n_users, 200_000)
+    train, users, relevant = scale.sampled_holdout(data, 50, seed=0)
+    start = time.perf_counter()
+    row = scale.scale_cell("EASE", train, users, relevant, ([], []), 1e6, seed=0, device="cpu",
+                      budget=60.0, limit=20_000.0)  # fmt: skip
+    assert time.perf_counter() - start < 1.0
+    assert row["status"] == "skipped"
+    assert row["reason"].startswith("would need ~")
+    assert "> limit 20,000 MB" in row["reason"] and "200,000 x 200,000 float32" in row["reason"]
+    # 400 users, fewer than half the items: the dual route, one dense B plus work arrays.
+    assert row["estimated_memory_mb"] > 200_000**2 * 4 / 2**20
+
+
+def test_a_fit_predicted_over_budget_is_skipped_with_the_prediction():
+    train, users, relevant = scale.sampled_holdout(_tiny(), 50, seed=0)
+    # 10 s at n=1e5 and 100 s at 1e6: linear growth, so 1,000 s predicted at 1e7 > 500 s.
+    row = scale.scale_cell("BPR", train, users, relevant, ([1e5, 1e6], [10.0, 100.0]), 1e7, seed=0,
+                      device="cpu", budget=500.0, limit=20_000.0)  # fmt: skip
+    assert row["status"] == "skipped"
+    assert row["reason"].startswith("predicted 1,000 s > budget 500 s")
+    assert row["predicted_fit_seconds"] == pytest.approx(1000.0)
+
+
+def test_sampled_holdout_keeps_each_users_last_quarter_by_time():
+    data = _tiny(n_users=30, per_user=8)
+    train, users, relevant = scale.sampled_holdout(data, 10, seed=3)
+    assert len(users) == 10 and np.all(np.diff(users) > 0)
+    assert relevant.shape == (10, data.n_items)
+    np.testing.assert_array_equal(np.diff(relevant.indptr), 2)  # 8 - floor(0.75 * 8)
+    assert len(train.frame) + relevant.nnz == len(data.frame)
+    f = data.frame
+    for row, u in enumerate(users):
+        mine = f[f["user"] == u].sort_values("timestamp")
+        assert set(relevant[row].indices) == set(mine["item"].iloc[-2:])
+    # Users not sampled keep every row.
+    others = ~np.isin(f["user"], users)
+    assert (train.frame["user"].isin(f["user"][others].unique())).sum() == others.sum()
+
+
+def test_run_scale_writes_the_results_contract(tmp_path):
+    table = scale.run_scale([2e3, 4e3], ["EASE", "iALS"], budget_seconds=60, memory_limit_mb=2000,
+                            seed=1, results_dir=tmp_path, stem="95_x", eval_users=50,
+                            progress=False)  # fmt: skip
+    assert list(table.columns) == scale.TABLE_COLUMNS
+    assert len(table) == 4 and set(table["status"]) == {"fitted"}
+    out = tmp_path / "95_x"
+    costs = pd.read_csv(out / "costs.csv")
+    metrics = pd.read_csv(out / "metrics.csv")
+    saved = pd.read_csv(out / "tables" / "scale.csv")
+    assert list(costs.columns) == COST_COLUMNS and list(metrics.columns) == METRIC_COLUMNS
+    assert len(costs) == 4 and len(saved) == 4
+    assert set(costs["protocol"]) == {"scale@n=2000", "scale@n=4000"}
+    assert set(costs["family"]) == {"collaborative"} and set(costs["dataset"]) == {"synthetic"}
+    assert (costs[["fit_seconds", "predict_seconds", "peak_memory_mb"]] >= 0).all().all()
+    assert set(metrics["metric"]) == {f"{m}@10" for m in scale.RANKING_NAMES}
+    assert metrics["value"].between(0, 1).all()
+    # EASE's parameters are its item x item matrix.
+    ease = costs[costs["model"] == "EASE"].sort_values("protocol")
+    assert list(ease["n_parameters"]) == [n**2 for n in table[table.model == "EASE"].n_items]
+    slopes = scale.exponents(table)
+    assert list(slopes["fitted_sizes"]) == [2, 2] and slopes["fit_exponent"].notna().all()
+    assert "scale@n=4000" in scale.narrative(table, slopes)
+
+
+def test_run_scale_and_plan_reject_bad_arguments():
+    with pytest.raises(ValueError, match="sizes"):
+        scale.run_scale([], ["EASE"], budget_seconds=1, memory_limit_mb=1, seed=0,
+                        results_dir="x", stem="y")  # fmt: skip
+    with pytest.raises(ValueError, match="models"):
+        scale.run_scale([2e3], ["EASY"], budget_seconds=1, memory_limit_mb=1, seed=0,
+                        results_dir="x", stem="y")  # fmt: skip
+    with pytest.raises(ValueError, match="budget_seconds"):
+        scale.plan(["synthetic"], [2e3], ["EASE"], budget_seconds=0, memory_limit_mb=1)
+    with pytest.raises(ValueError, match="expected \\['synthetic'\\]"):
+        scale.plan(["ml-100k"], [2e3], ["EASE"], budget_seconds=1, memory_limit_mb=1)
+    plan = scale.plan(["synthetic"], [1e5, 1e7], ["EASE"], budget_seconds=1,
+                      memory_limit_mb=20_000)  # fmt: skip
+    assert list(plan["n_items"]) == [1000, 63096]
+    assert not plan["EASE MB"][0].endswith("(skip)") and plan["EASE MB"][1].endswith("(skip)")
