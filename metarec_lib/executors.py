@@ -14,7 +14,8 @@ order. So the files do not depend on the executor or on the order in which cells
   extra: `pip install .[ray]`.
 
 Local workers and Ray tasks run the same function with the same thread setting, so the same grid
-gives the same metrics under both; timings in `costs.csv` naturally differ.
+gives the same metrics under both; timings in `costs.csv` naturally differ. Tuning configurations
+(`TrialJob`, `run_trial`) go to the same executor, so a parallel one tunes in parallel too.
 `METAREC_EXECUTOR` (local, ray) and `METAREC_WORKERS` choose the default executor.
 """
 
@@ -65,13 +66,52 @@ def _one_thread() -> None:
     threadpool_limits(1)
 
 
+@dataclass(frozen=True)
+class TrialJob:
+    """One tuning configuration: fit model `name` with `params` on `train` (early stopping on
+    `valid`) and score it on `valid` by `metric` ("rmse", "ndcg@10", or "joint": the model's
+    own `validation_score`)."""
+
+    name: str
+    params: dict
+    device: str
+    train: Any
+    valid: Any
+    metric: str
+    seed: int
+
+
+def run_trial(job: TrialJob, *, single_thread: bool = True) -> tuple[float, float]:
+    """(validation score, fit seconds) of one configuration; NaN when its training diverges."""
+    import time
+
+    from metarec_lib.evaluate import ndcg_on, rmse_on
+    from metarec_lib.models.registry import get_model
+
+    if single_thread:
+        _one_thread()
+    start = time.perf_counter()
+    try:
+        model = get_model(job.name, device=job.device, **job.params)
+        model.fit(job.train, valid=job.valid, seed=job.seed)
+        if job.metric == "joint":
+            value = float(model.validation_score(job.valid))
+        else:
+            value = float((rmse_on if job.metric == "rmse" else ndcg_on)(model, job.valid))
+    except FloatingPointError:
+        value = float("nan")
+    return value, time.perf_counter() - start
+
+
 class Executor(Protocol):
-    """Runs cell jobs and returns their results in the order given."""
+    """Runs jobs and returns their results in the order given."""
 
     name: str
     workers: int
 
     def map(self, jobs: Sequence[CellJob]) -> list[Any]: ...
+
+    def map_trials(self, jobs: Sequence[TrialJob]) -> list[tuple[float, float]]: ...
 
 
 @dataclass
@@ -89,13 +129,19 @@ class LocalExecutor:
         self._pool: ProcessPoolExecutor | None = None
 
     def map(self, jobs: Sequence[CellJob]) -> list[Any]:
+        return self._map(run_job, jobs)
+
+    def map_trials(self, jobs: Sequence[TrialJob]) -> list[tuple[float, float]]:
+        return self._map(run_trial, jobs)
+
+    def _map(self, fn: Any, jobs: Sequence[Any]) -> list[Any]:
         if self.workers == 1 or len(jobs) <= 1:
-            return [run_job(job, single_thread=self.workers > 1) for job in jobs]
+            return [fn(job, single_thread=self.workers > 1) for job in jobs]
         if self._pool is None:
             import multiprocessing as mp
 
             self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
-        return list(self._pool.map(run_job, jobs))
+        return list(self._pool.map(fn, jobs))
 
     def close(self) -> None:
         if self._pool is not None:
@@ -113,6 +159,12 @@ class RayExecutor:
     name: str = "ray"
 
     def map(self, jobs: Sequence[CellJob]) -> list[Any]:
+        return self._map(run_job, jobs)
+
+    def map_trials(self, jobs: Sequence[TrialJob]) -> list[tuple[float, float]]:
+        return self._map(run_trial, jobs)
+
+    def _map(self, fn: Any, jobs: Sequence[Any]) -> list[Any]:
         try:
             import ray
         except ImportError as err:
@@ -125,7 +177,7 @@ class RayExecutor:
                 ray.init(address=address, log_to_driver=False)
             else:
                 ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False)
-        task = ray.remote(num_cpus=1)(run_job)
+        task = ray.remote(num_cpus=1)(fn)
         return ray.get([task.remote(job) for job in jobs])
 
     def close(self) -> None:

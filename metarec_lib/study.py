@@ -119,6 +119,7 @@ def tune(
         cls.space, train, valid, score,
         budget=budget, seed=seed, higher_is_better=not rating, progress=progress,
         desc=f"tune {name} {dataset.name} {protocol}",
+        map_trials=_parallel_trials(name, device, fixed, train, valid, metric, seed, task, cls),
     )  # fmt: skip
     params = {**result.best, **fixed}
     best_model = get_model(name, device=device, **params).fit(train, valid=valid, seed=seed)
@@ -132,6 +133,19 @@ def tune(
                              "trials": result.trials.to_dict(orient="list"),
                              "curve": tuned.curve.to_dict(orient="list")})  # fmt: skip
     return tuned
+
+
+def _parallel_trials(name, device, fixed, train, valid, metric, seed, task, cls):
+    """`random_search`'s map_trials on a parallel executor (None: tune here, one by one)."""
+    from metarec_lib.executors import TrialJob, default_executor
+
+    executor = default_executor()
+    if executor.name == "local" and executor.workers == 1:
+        return None
+    kind = "joint" if task == "multitask" and hasattr(cls, "validation_score") else metric
+    return lambda configs: executor.map_trials(
+        [TrialJob(name, {**c, **fixed}, device, train, valid, kind, seed) for c in configs]
+    )
 
 
 def tune_for(config: NotebookConfig, dataset: Dataset, protocol: str, name: str,

@@ -99,24 +99,33 @@ def random_search(
     higher_is_better: bool = True,
     progress: bool = True,
     desc: str = "",
+    map_trials: Callable[[list[dict]], list[tuple[float, float]]] | None = None,
 ) -> SearchResult:
     """Fit `make(**config)` on `train` for each configuration and keep the best on `valid`.
 
     A configuration whose training diverges (the model raises FloatingPointError) scores NaN
-    and is never chosen; only when every one does is the search an error.
+    and is never chosen; only when every one does is the search an error. `map_trials`, when
+    given, computes every configuration's (score, fit seconds) elsewhere (parallel workers, see
+    `study.tune`) instead of `make` and `score` here; the choice is made the same way.
     """
     import time
 
-    rows = []
-    for config in tqdm(configurations(space, budget, seed), desc=desc or "tuning",
-                       disable=not progress, leave=False):  # fmt: skip
-        start = time.perf_counter()
-        try:
-            model = make(**config).fit(train, valid=valid, seed=seed)
-            value = float(score(model, valid))
-        except FloatingPointError:  # the configuration diverged: a failed trial, not a crash
-            value = float("nan")
-        rows.append({**config, "score": value, "fit_seconds": time.perf_counter() - start})
+    configs = configurations(space, budget, seed)
+    if map_trials is not None:
+        done = map_trials(configs)
+        rows = [
+            {**c, "score": v, "fit_seconds": t} for c, (v, t) in zip(configs, done, strict=True)
+        ]
+    else:
+        rows = []
+        for config in tqdm(configs, desc=desc or "tuning", disable=not progress, leave=False):
+            start = time.perf_counter()
+            try:
+                model = make(**config).fit(train, valid=valid, seed=seed)
+                value = float(score(model, valid))
+            except FloatingPointError:  # the configuration diverged: a failed trial
+                value = float("nan")
+            rows.append({**config, "score": value, "fit_seconds": time.perf_counter() - start})
     trials = pd.DataFrame(rows)
     finite = trials[np.isfinite(trials["score"])]
     if finite.empty:

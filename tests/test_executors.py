@@ -77,3 +77,26 @@ def test_parallel_executor_needs_the_cache(tiny, tmp_path):
     with pytest.raises(ValueError, match="needs use_cache=True"):
         models = {"MostPop": get_model("MostPop"), "EASE": get_model("EASE")}
         exp.run(tiny, "topn-75-25", _split(tiny), models, [1])
+
+
+@pytest.mark.slow
+def test_tuning_on_workers_chooses_what_tuning_here_chooses(tiny, tmp_path, monkeypatch):
+    """The configurations go to the executor as TrialJobs; scores and the choice are the same
+    as when they are fitted one by one in this process."""
+    from metarec_lib import executors
+    from metarec_lib.study import tune
+
+    def run(executor, folder):
+        monkeypatch.setattr(executors, "_DEFAULT", executor)
+        return tune(tiny, "topn-75-25", "BPR", budget=3, seed=4, device="cpu",
+                    cache_dir=tmp_path / folder, progress=False, fixed={"epochs": 4})  # fmt: skip
+
+    here = run(LocalExecutor(1), "here")
+    pool = LocalExecutor(2)
+    try:
+        there = run(pool, "there")
+    finally:
+        pool.close()
+    assert there.params == here.params and there.score == here.score
+    pd.testing.assert_series_equal(there.trials["score"], here.trials["score"])
+    assert len(there.trials) == 3 and (there.trials["fit_seconds"] > 0).all()
