@@ -19,7 +19,7 @@ EXECUTOR ?= local
 WORKERS ?=
 export METAREC_EXECUTOR := $(EXECUTOR)
 export METAREC_WORKERS := $(WORKERS)
-SUMMARY := notebooks/90_summary.ipynb
+SUMMARY := notebooks/90_summary.ipynb  # the pipeline runs it last (pipeline.run_order)
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export MPLBACKEND := Agg

@@ -190,6 +190,12 @@ def run_pipeline(
     return times
 
 
+def run_order(notebooks: Sequence[str | Path]) -> list[str | Path]:
+    """Notebooks by file name, except that a summary notebook (stem ending in "summary") runs
+    last: it reads the other notebooks' results (95_scale's included)."""
+    return sorted(notebooks, key=lambda p: (Path(p).stem.endswith("summary"), Path(p).name))
+
+
 def parse_param(text: str) -> tuple[str, Any]:
     """ "name=value" -> (name, value): the value as JSON when it parses, else the string."""
     name, sep, value = text.partition("=")
@@ -235,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(err))
     try:
         run_pipeline(
-            sorted(args.notebooks, key=lambda p: Path(p).name), results_dir=args.results,
+            run_order(args.notebooks), results_dir=args.results,
             smoke=args.smoke, strict=args.strict, seeds=args.seeds, timeout=args.timeout,
             extra=extra,
         )  # fmt: skip

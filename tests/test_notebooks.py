@@ -97,3 +97,12 @@ def _results_fixture(root: Path) -> None:
         ("ml-100k", "coldstart-users@k=5", "meta", "MAML"): {"ndcg@10": base},
         ("ml-100k", "coldstart-users@k=5", "collaborative", "MostPop"): {"ndcg@10": base + 0.05},
     }, users)  # fmt: skip
+
+
+def test_the_summary_runs_last():
+    from metarec_lib.pipeline import run_order
+
+    given = ["notebooks/95_scale.ipynb", "notebooks/90_summary.ipynb", "notebooks/00_data.ipynb",
+             "notebooks/60_meta.ipynb"]  # fmt: skip
+    assert [Path(p).stem for p in run_order(given)] == ["00_data", "60_meta", "95_scale",
+                                                        "90_summary"]  # fmt: skip
