@@ -685,6 +685,16 @@ def build(results: str | Path, claims_md: str | Path, out: str | Path) -> dict[s
             table(f"{name}.csv", cq),
             figure(f"{name}.png", fig),
         )
+        fig = plots.cost_quality(cq, metric, title=f"{dataset} · {protocol}",
+                                 cost="peak_memory_mb", front="front_memory")  # fmt: skip
+        sections[f"{key}_memory"] = Section(
+            f"Memory versus quality: {dataset}, {protocol}, {metric}",
+            f"The same models: median peak memory of fit or prediction (MB, log) against "
+            f"{metric}, with the Pareto front of peak memory ({', '.join(memory)}).",
+            None,
+            None,
+            figure(f"{name}__memory.png", fig),
+        )
     meta_tables = results / "60_meta" / "tables"
     for key, path, x, label in (
         ("coldstart", meta_tables / "coldstart_curve__ndcg@10.csv", "k", "support size k"),
