@@ -458,7 +458,8 @@ CLAIM_RULES: dict[str, tuple[str, Callable[[pd.DataFrame], Evidence]]] = {
     "C1": (
         "supported when the best traditional (content/collaborative) model is significantly "
         "worse than the overall best on >= 2/3 of the boards with a deep or meta family; not "
-        "supported when it is best or tied on >= 2/3",
+        "supported when it is best or tied on >= 2/3 (the cost half: 95_scale's growth "
+        "exponents are listed; cost grows with data for every family, so it does not decide)",
         _not_traditional_best,
     ),
     "C2": (
@@ -574,6 +575,24 @@ def read_claims(path: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def scale_growth(results: str | Path) -> str:
+    """ "; fit time grows as n^e with the data (95_scale): model e (family), ..." from
+    results/95_scale/tables/exponents.csv and its costs.csv; "" when 95_scale did not run."""
+    folder = Path(results) / "95_scale"
+    path = folder / "tables" / "exponents.csv"
+    if not path.exists() or not (folder / "costs.csv").exists():
+        return ""
+    slopes = pd.read_csv(path).dropna(subset=["fit_exponent"])
+    family = pd.read_csv(folder / "costs.csv").groupby("model")["family"].first()
+    parts = [f"{r.model} {r.fit_exponent:.2f} ({family.get(r.model, '?')})"
+             for r in slopes.itertuples(index=False)]  # fmt: skip
+    return (
+        "; fit time grows as n^e with the interactions (95_scale): " + ", ".join(parts)
+        if parts
+        else ""
+    )
+
+
 def claims_table(
     results: str | Path, claims_md: str | Path, boards: pd.DataFrame | None = None
 ) -> pd.DataFrame:
@@ -586,6 +605,8 @@ def claims_table(
             raise ValueError(f"{claims_md}: {r.id} has no rule in summary.CLAIM_RULES")
         rule, fn = CLAIM_RULES[r.id]
         e = fn(boards)
+        if r.id == "C1":
+            e = Evidence(e.verdict, e.numbers + scale_growth(results), e.experiment)
         rows.append(
             {
                 "id": r.id,

@@ -243,3 +243,19 @@ def test_build_writes_every_table_and_figure_the_outline_names(tree):
     activity = pd.read_csv(out / "tables" / "activity_quintiles.csv")
     assert set(activity["quintile"]) == {1, 2, 3, 4, 5}
     assert activity.groupby("model")["users"].sum().eq(40).all()
+
+
+def test_scale_growth_lists_each_models_exponent_and_family(tmp_path):
+    assert summary.scale_growth(tmp_path) == ""  # 95_scale did not run
+    folder = tmp_path / "95_scale"
+    (folder / "tables").mkdir(parents=True)
+    pd.DataFrame({"model": ["EASE", "SASRec", "BPR"], "fit_exponent": [1.8, 1.634, np.nan]}).to_csv(
+        folder / "tables" / "exponents.csv", index=False
+    )
+    pd.DataFrame({"model": ["EASE", "SASRec"], "family": ["collaborative", "deep"]}).to_csv(
+        folder / "costs.csv", index=False
+    )
+    assert summary.scale_growth(tmp_path) == (
+        "; fit time grows as n^e with the interactions (95_scale): EASE 1.80 (collaborative), "
+        "SASRec 1.63 (deep)"
+    )
