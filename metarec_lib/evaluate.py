@@ -24,3 +24,15 @@ def rmse_on(model: Recommender, valid: Interactions) -> float:
     f = valid.frame
     pred = model.predict(f["user"].to_numpy(), f["item"].to_numpy())
     return rating_metrics(f["rating"].to_numpy(), pred)["rmse"]
+
+
+def score_on(model: Recommender, valid: Interactions, kind: str) -> float:
+    """The validation score tuning ranks configurations by: "rmse", "ndcg@10", or "joint"
+    (a multi-task model's own `validation_score`, both tasks at once)."""
+    if kind == "joint":
+        return float(model.validation_score(valid))
+    if kind == "rmse":
+        return float(rmse_on(model, valid))
+    if kind == "ndcg@10":
+        return ndcg_on(model, valid)
+    raise ValueError(f"score_on: kind={kind!r}; expected 'rmse', 'ndcg@10' or 'joint'")

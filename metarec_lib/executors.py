@@ -82,25 +82,21 @@ class TrialJob:
 
 
 def run_trial(job: TrialJob, *, single_thread: bool = True) -> tuple[float, float]:
-    """(validation score, fit seconds) of one configuration; NaN when its training diverges."""
-    import time
-
-    from metarec_lib.evaluate import ndcg_on, rmse_on
+    """(validation score, fit seconds) of one configuration, as `tuning.random_search` computes
+    it in process (`tuning.timed_trial`, `evaluate.score_on`)."""
+    from metarec_lib.evaluate import score_on
     from metarec_lib.models.registry import get_model
+    from metarec_lib.tuning import timed_trial
 
     if single_thread:
         _one_thread()
-    start = time.perf_counter()
-    try:
+
+    def fit_and_score() -> float:
         model = get_model(job.name, device=job.device, **job.params)
-        model.fit(job.train, valid=job.valid, seed=job.seed)
-        if job.metric == "joint":
-            value = float(model.validation_score(job.valid))
-        else:
-            value = float((rmse_on if job.metric == "rmse" else ndcg_on)(model, job.valid))
-    except FloatingPointError:
-        value = float("nan")
-    return value, time.perf_counter() - start
+        return score_on(model.fit(job.train, valid=job.valid, seed=job.seed), job.valid,
+                        job.metric)  # fmt: skip
+
+    return timed_trial(fit_and_score)
 
 
 class Executor(Protocol):
@@ -108,6 +104,11 @@ class Executor(Protocol):
 
     name: str
     workers: int
+
+    @property
+    def in_process(self) -> bool:
+        """True when jobs run here, one after another (callers then run them inline)."""
+        ...
 
     def map(self, jobs: Sequence[CellJob]) -> list[Any]: ...
 
@@ -128,6 +129,10 @@ class LocalExecutor:
         self.workers = int(self.workers)
         self._pool: ProcessPoolExecutor | None = None
 
+    @property
+    def in_process(self) -> bool:
+        return self.workers == 1
+
     def map(self, jobs: Sequence[CellJob]) -> list[Any]:
         return self._map(run_job, jobs)
 
@@ -135,8 +140,8 @@ class LocalExecutor:
         return self._map(run_trial, jobs)
 
     def _map(self, fn: Any, jobs: Sequence[Any]) -> list[Any]:
-        if self.workers == 1 or len(jobs) <= 1:
-            return [fn(job, single_thread=self.workers > 1) for job in jobs]
+        if self.in_process or len(jobs) <= 1:
+            return [fn(job, single_thread=not self.in_process) for job in jobs]
         if self._pool is None:
             import multiprocessing as mp
 
@@ -157,6 +162,10 @@ class RayExecutor:
     workers: int = 2
     address: str | None = None
     name: str = "ray"
+
+    @property
+    def in_process(self) -> bool:
+        return False
 
     def map(self, jobs: Sequence[CellJob]) -> list[Any]:
         return self._map(run_job, jobs)

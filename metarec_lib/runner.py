@@ -134,7 +134,7 @@ class Experiment:
                 raise ValueError(f"model {label} does not predict ratings; task={task!r} needs it")
         seeds = list(seeds)
         encoder = dataset.encoder()
-        self._compute_parallel(dataset, protocol, split, named, seeds, encoder, task, k)
+        splits = self._compute_parallel(dataset, protocol, split, named, seeds, encoder, task, k)
         rows: list[dict[str, Any]] = []
         bar = tqdm(
             total=len(seeds) * len(named),
@@ -143,7 +143,7 @@ class Experiment:
             leave=False,
         )
         for seed in seeds:
-            the_split: Split | None = None
+            the_split: Split | None = splits.get(seed)
             for label, model in named.items():
                 key = self._key(dataset, protocol, label, model, seed, task, k)
                 result = self._load(key)
@@ -169,30 +169,32 @@ class Experiment:
 
     def _compute_parallel(self, dataset: Dataset, protocol: str, split: Callable[[int], Split],
                           named: Mapping[str, Recommender], seeds: list[int], encoder: Encoder,
-                          task: str, k: int) -> None:  # fmt: skip
+                          task: str, k: int) -> dict[int, Split]:  # fmt: skip
         """With a parallel executor, compute every uncached cell there first and cache it; the
-        assembly loop of `run` then reads them back in its fixed order."""
+        assembly loop of `run` then reads them back in its fixed order. Returns the splits it
+        made, by seed, for that loop to reuse."""
         from metarec_lib.executors import CellJob, default_executor
 
         executor = self.executor or default_executor()
-        if executor.name == "local" and executor.workers == 1:
-            return  # one after another, inside `run`'s loop
+        if executor.in_process:
+            return {}  # one after another, inside `run`'s loop
         keys, jobs, splits = [], [], {}
         for seed in seeds:
             for label, model in named.items():
                 key = self._key(dataset, protocol, label, model, seed, task, k)
-                if self._load(key) is None:
+                if not (self.use_cache and self._path(key).exists()):
                     if seed not in splits:
                         splits[seed] = split(seed)
                     keys.append(key)
                     jobs.append(CellJob(model, splits[seed], encoder, seed, task, k))
         if not jobs:
-            return
+            return splits
         if not self.use_cache:
             raise ValueError("Experiment: a parallel executor needs use_cache=True (the cells "
                              "come back through the cell cache)")  # fmt: skip
         for key, result in zip(keys, executor.map(jobs), strict=True):
             self._save(key, result)
+        return splits
 
     def record(
         self,
@@ -268,8 +270,11 @@ class Experiment:
         blob = json.dumps(config, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:32]
 
+    def _path(self, key: str) -> Path:
+        return self.cache / f"{key}.pkl"
+
     def _load(self, key: str) -> CellResult | None:
-        path = self.cache / f"{key}.pkl"
+        path = self._path(key)
         if not (self.use_cache and path.exists()):
             return None
         try:
@@ -281,7 +286,7 @@ class Experiment:
 
     def _save(self, key: str, result: CellResult) -> None:
         if self.use_cache:
-            atomic_write_bytes(self.cache / f"{key}.pkl", pickle.dumps(result))
+            atomic_write_bytes(self._path(key), pickle.dumps(result))
 
 
 def cache_dir(results_dir: str | Path, kind: str) -> Path:

@@ -24,7 +24,7 @@ import pandas as pd
 
 from metarec_lib import __version__
 from metarec_lib.data.dataset import Dataset
-from metarec_lib.evaluate import ndcg_on, rmse_on
+from metarec_lib.evaluate import score_on
 from metarec_lib.io import atomic_write_csv, atomic_write_json
 from metarec_lib.models.base import Recommender
 from metarec_lib.models.registry import get_model, model_class
@@ -110,16 +110,16 @@ def tune(
         train = dataclasses.replace(train, cold_users=np.sort(encoder.user_index(new)))
     # Rating models are tuned on RMSE (a cold-start rating model on its query RMSE).
     rating = task == "rating" or (task == "coldstart" and cls.predicts_ratings)
-    score, metric = (rmse_on, "rmse") if rating else (ndcg_on, "ndcg@10")
+    kind = "rmse" if rating else "ndcg@10"
     if task == "multitask" and hasattr(cls, "validation_score"):  # both tasks at once
-        score = lambda model, part: model.validation_score(part)  # noqa: E731
-        metric = cls.validation_metric
+        kind = "joint"
+    metric = cls.validation_metric if kind == "joint" else kind
     result = random_search(
         lambda **config: get_model(name, device=device, **{**config, **fixed}),
-        cls.space, train, valid, score,
+        cls.space, train, valid, lambda model, part: score_on(model, part, kind),
         budget=budget, seed=seed, higher_is_better=not rating, progress=progress,
         desc=f"tune {name} {dataset.name} {protocol}",
-        map_trials=_parallel_trials(name, device, fixed, train, valid, metric, seed, task, cls),
+        map_trials=_parallel_trials(name, device, fixed, train, valid, kind, seed),
     )  # fmt: skip
     params = {**result.best, **fixed}
     best_model = get_model(name, device=device, **params).fit(train, valid=valid, seed=seed)
@@ -135,14 +135,13 @@ def tune(
     return tuned
 
 
-def _parallel_trials(name, device, fixed, train, valid, metric, seed, task, cls):
+def _parallel_trials(name, device, fixed, train, valid, kind, seed):
     """`random_search`'s map_trials on a parallel executor (None: tune here, one by one)."""
     from metarec_lib.executors import TrialJob, default_executor
 
     executor = default_executor()
-    if executor.name == "local" and executor.workers == 1:
+    if executor.in_process:
         return None
-    kind = "joint" if task == "multitask" and hasattr(cls, "validation_score") else metric
     return lambda configs: executor.map_trials(
         [TrialJob(name, {**c, **fixed}, device, train, valid, kind, seed) for c in configs]
     )

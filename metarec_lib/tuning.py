@@ -87,6 +87,19 @@ class SearchResult:
     trials: pd.DataFrame  # one row per configuration: its values, score, fit seconds
 
 
+def timed_trial(fit_and_score: Callable[[], float]) -> tuple[float, float]:
+    """(score, seconds) of one configuration's fit and validation; a configuration whose
+    training diverges (the model raises FloatingPointError) scores NaN: a failed trial."""
+    import time
+
+    start = time.perf_counter()
+    try:
+        value = float(fit_and_score())
+    except FloatingPointError:
+        value = float("nan")
+    return value, time.perf_counter() - start
+
+
 def random_search(
     make: Callable[..., Any],
     space: Mapping[str, Distribution],
@@ -108,24 +121,15 @@ def random_search(
     given, computes every configuration's (score, fit seconds) elsewhere (parallel workers, see
     `study.tune`) instead of `make` and `score` here; the choice is made the same way.
     """
-    import time
-
     configs = configurations(space, budget, seed)
     if map_trials is not None:
         done = map_trials(configs)
-        rows = [
-            {**c, "score": v, "fit_seconds": t} for c, (v, t) in zip(configs, done, strict=True)
-        ]
     else:
-        rows = []
-        for config in tqdm(configs, desc=desc or "tuning", disable=not progress, leave=False):
-            start = time.perf_counter()
-            try:
-                model = make(**config).fit(train, valid=valid, seed=seed)
-                value = float(score(model, valid))
-            except FloatingPointError:  # the configuration diverged: a failed trial
-                value = float("nan")
-            rows.append({**config, "score": value, "fit_seconds": time.perf_counter() - start})
+        done = [
+            timed_trial(lambda c=c: score(make(**c).fit(train, valid=valid, seed=seed), valid))
+            for c in tqdm(configs, desc=desc or "tuning", disable=not progress, leave=False)
+        ]
+    rows = [{**c, "score": v, "fit_seconds": t} for c, (v, t) in zip(configs, done, strict=True)]
     trials = pd.DataFrame(rows)
     finite = trials[np.isfinite(trials["score"])]
     if finite.empty:
