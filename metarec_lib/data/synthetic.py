@@ -169,28 +169,24 @@ def generate_synthetic(
     r = float(domain_relatedness)
     shared = rng_users.normal(0.0, 1.0, (n_users, n_factors + 1))
     own = rng_users.normal(0.0, 1.0, (n_domains, n_users, n_factors + 1))
-    mixed = math.sqrt(r) * shared + math.sqrt(1.0 - r) * own  # last column: the bias
+    mixed = _mix(shared, own, r)  # last column: the bias
     # Drawn last and only with several domains, so one-domain data sets stay as they were.
     category_preference = np.repeat(category_preference[None], n_domains, axis=0)
     price_sensitivity = np.repeat(price_sensitivity[None], n_domains, axis=0)
     if n_domains > 1 and r < 1.0:
+        # The domains' own segment effects (not the fixed budget/premium order), centred on the
+        # same mean, so the mix keeps the mean and spread of the price sensitivity.
+        centre = _SEGMENT_PRICE_SENSITIVITY.mean()
         for d in range(n_domains):
             own_taste = _category_preference(*features, n_categories, rng_users)
-            category_preference[d] = (
-                math.sqrt(r) * category_preference[d] + math.sqrt(1.0 - r) * own_taste
-            )
-            # The domain's own segment effects (not the fixed budget/premium order), centred on
-            # the same mean, so the mix keeps the mean and spread of the price sensitivity.
-            centre = _SEGMENT_PRICE_SENSITIVITY.mean()
+            category_preference[d] = _mix(category_preference[d], own_taste, r)
             own_price = (
                 centre
                 + rng_users.normal(0.0, _SEGMENT_PRICE_SENSITIVITY.std(), 3)[segment]
                 + rng_users.normal(0.0, 0.1, n_users)
             )
-            price_sensitivity[d] = centre + (
-                math.sqrt(r) * (price_sensitivity[d] - centre)
-                + math.sqrt(1.0 - r) * (own_price - centre)
-            )
+            price_sensitivity[d] = centre + _mix(price_sensitivity[d] - centre,
+                                                 own_price - centre, r)  # fmt: skip
     truth = SyntheticTruth(
         global_mean=_GLOBAL_MEAN,
         factor_scale=_FACTOR_SCALE,
@@ -265,6 +261,12 @@ def _make_users(
     )
     age_z = (age - 38.0) / 12.0
     return users, gender, segment, age_z
+
+
+def _mix(shared: np.ndarray, own: np.ndarray, r: float) -> np.ndarray:
+    """`sqrt(r) * shared + sqrt(1 - r) * own`: unit-variance parts that correlate with r across
+    domains (identical at 1, independent at 0)."""
+    return math.sqrt(r) * shared + math.sqrt(1.0 - r) * own
 
 
 def _category_preference(
@@ -371,11 +373,25 @@ def _sample_by_taste(
         users = np.arange(start, min(n_users, start + block))
         score = truth.score(users[:, None] + 1, items[None, :]).reshape(len(users), n_items)
         keys = log_pop + taste * score + rng.gumbel(size=(len(users), n_items))
-        order = np.argsort(-keys, axis=1, kind="stable")
-        take = np.arange(n_items)[None, :] < counts[users, None]
-        out_u.append(np.broadcast_to(users[:, None], order.shape)[take])
-        out_i.append(order[take])
+        out_u.append(np.repeat(users, counts[users]))
+        out_i.append(_largest_keys(keys, counts[users]))
     return np.concatenate(out_u).astype(np.int64), np.concatenate(out_i).astype(np.int64)
+
+
+def _largest_keys(keys: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Gumbel-top-k: the column indices of each row's `counts[row]` largest keys, largest
+    first, rows concatenated (only the largest `max(counts)` are sorted)."""
+    n_items = keys.shape[1]
+    top = int(counts.max()) if len(counts) else 0
+    if top == 0:
+        return np.empty(0, np.int64)
+    if top < n_items:  # only the `top` largest keys matter: partition, then sort those
+        part = np.argpartition(-keys, top - 1, axis=1)[:, :top]
+        keys = np.take_along_axis(keys, part, axis=1)
+    else:
+        part = np.broadcast_to(np.arange(n_items), keys.shape)
+    order = np.take_along_axis(part, np.argsort(-keys, axis=1, kind="stable"), axis=1)
+    return order[np.arange(order.shape[1]) < counts[:, None]]
 
 
 def _sample_items(
@@ -444,16 +460,8 @@ def _sample_items(
     for s in range(0, len(heavy), rows):
         block = heavy[s : s + rows]
         keys = log_p + rng.gumbel(size=(len(block), n_items))
-        top = int(counts[block].max())
-        if top < n_items:  # only the `top` largest keys matter: partition, then sort those
-            part = np.argpartition(-keys, top - 1, axis=1)[:, :top]
-            keys = np.take_along_axis(keys, part, axis=1)
-        else:
-            part = np.broadcast_to(np.arange(n_items), keys.shape)
-        order = np.take_along_axis(part, np.argsort(-keys, axis=1, kind="stable"), axis=1)
-        take = np.arange(order.shape[1]) < counts[block][:, None]
         out_u.append(np.repeat(block, counts[block]))
-        out_i.append(order[take])
+        out_i.append(_largest_keys(keys, counts[block]))
     u = np.concatenate(out_u).astype(np.int64) if out_u else np.empty(0, np.int64)
     i = np.concatenate(out_i).astype(np.int64) if out_i else np.empty(0, np.int64)
     return u, i
