@@ -11,6 +11,7 @@ import pandas as pd
 from metarec_lib.stats import aggregate_frame, compare_to_best, holm, paired_test
 
 LOWER_IS_BETTER = ("rmse", "mae", "logloss")
+COST_COLUMNS = ("fit_seconds", "predict_seconds", "peak_memory_mb", "n_parameters")
 
 
 def higher_is_better(metric: str) -> bool:
@@ -41,9 +42,7 @@ def leaderboard(out: str | Path, dataset: str, protocol: str, metric: str) -> pd
     if sel.empty:
         return pd.DataFrame()
     table = aggregate_frame(sel, by=["family", "model"])
-    cost = (costs[(costs.dataset == dataset) & (costs.protocol == protocol)]
-            .groupby("model")[["fit_seconds", "predict_seconds", "peak_memory_mb", "n_parameters"]]
-            .median())  # fmt: skip
+    cost = median_costs(costs, dataset, protocol)
     table = table.merge(cost, left_on="model", right_index=True, how="left")
     per_user = {m: per_user_means(out, dataset, protocol, m, metric) for m in table["model"]}
     per_user = {m: v for m, v in per_user.items() if len(v)}
@@ -58,6 +57,12 @@ def leaderboard(out: str | Path, dataset: str, protocol: str, metric: str) -> pd
     table = table.sort_values("mean", ascending=not better).reset_index(drop=True)
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     return table
+
+
+def median_costs(costs: pd.DataFrame, dataset: str, protocol: str) -> pd.DataFrame:
+    """Median over seeds of each model's COST_COLUMNS on one board (index: model)."""
+    sel = costs[(costs["dataset"] == dataset) & (costs["protocol"] == protocol)]
+    return sel.groupby("model")[list(COST_COLUMNS)].median()
 
 
 def summary_table(board: pd.DataFrame, metric: str) -> pd.DataFrame:

@@ -40,7 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def file_sha256(path: Path) -> str:
-    """SHA-256 hex digest of a file, read in chunks."""
+    """SHA-256 hex digest of a file, read in chunks. Not `data.download.file_sha256`: that one
+    caches digests by (path, mtime, size), and a check must read what is on disk now."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

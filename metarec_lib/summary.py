@@ -17,12 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from metarec_lib.leaderboard import higher_is_better, per_user_means
+from metarec_lib.leaderboard import COST_COLUMNS, higher_is_better, median_costs, per_user_means
 from metarec_lib.stats import aggregate_frame, compare_to_best
 
 FAMILIES = ("content", "collaborative", "deep", "multitask", "transfer", "meta")
 TRADITIONAL = ("content", "collaborative")
-COST_COLUMNS = ("fit_seconds", "predict_seconds", "peak_memory_mb", "n_parameters")
 ALPHA = 0.05
 MAJORITY = 2 / 3  # a claim is supported (or refuted) when it holds on >= 2/3 of its boards
 SUMMARY_STEM = "90_summary"
@@ -96,11 +95,7 @@ def family_boards(results: str | Path) -> pd.DataFrame:
                 if users:
                     aligned = {m: v.reindex(users).to_numpy() for m, v in vectors.items()}
                     tests = compare_to_best(aligned, higher_is_better=better)
-            cost = (
-                costs[(costs["dataset"] == dataset) & (costs["protocol"] == protocol)]
-                .groupby("model")[list(COST_COLUMNS)]
-                .median()
-            )
+            cost = median_costs(costs, dataset, protocol)
             for r in best.itertuples(index=False):
                 row = {
                     "dataset": dataset,
@@ -173,11 +168,7 @@ def cost_quality(results: str | Path, dataset: str, protocol: str, metric: str) 
     if sel.empty:
         return pd.DataFrame()
     table = aggregate_frame(sel, by=["family", "model"])
-    cost = (
-        costs[(costs["dataset"] == dataset) & (costs["protocol"] == protocol)]
-        .groupby("model")[list(COST_COLUMNS)]
-        .median()
-    )
+    cost = median_costs(costs, dataset, protocol)
     table = table.merge(cost, left_on="model", right_index=True, how="left")
     better = "higher" if higher_is_better(metric) else "lower"
     for column, name in (("fit_seconds", "front_fit"), ("peak_memory_mb", "front_memory")):
