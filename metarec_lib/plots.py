@@ -107,15 +107,15 @@ def cost_quality(board, metric: str, *, title: str = "", cost: str = "fit_second
     model, coloured by family; models with no cost (0 parameters) sit at the left edge. With
     `front` (a boolean column of `board`), the Pareto front is drawn as a grey step line."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    floor = 1e-4 if cost == "fit_seconds" else 1.0  # where a zero cost is drawn (log axis)
     if front is not None and board[front].any():
         pts = board[board[front].astype(bool)].sort_values(cost)
-        floor = 1e-4 if cost == "fit_seconds" else 1.0
         ax.step(np.maximum(pts[cost].astype(float), floor), pts["mean"], where="post",
                 color="grey", alpha=0.6, lw=1.5, label="Pareto front")  # fmt: skip
         ax.legend(fontsize=7, loc="best")
     for _, row in board.iterrows():
         colour = FAMILY_COLOURS.get(row["family"], "grey")
-        x = max(float(row[cost]), 1e-4 if cost == "fit_seconds" else 1.0)
+        x = max(float(row[cost]), floor)
         ax.errorbar(x, row["mean"],
                     yerr=[[row["mean"] - row["ci_low"]], [row["ci_high"] - row["mean"]]]
                     if np.isfinite(row["ci_high"]) else None,

@@ -33,6 +33,7 @@ import os
 import time
 from abc import abstractmethod
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import numpy as np
@@ -180,17 +181,25 @@ class TorchRecommender(Recommender):
         self.train_log_ = pd.DataFrame(log, columns=LOG_COLUMNS)
 
     # -- inference ------------------------------------------------------------------------
-    def score(self, users: npt.ArrayLike) -> np.ndarray:
-        users = np.asarray(users, np.int64)
+    @contextmanager
+    def _inference(self) -> Iterator[nn.Module]:
+        """The fitted network in eval mode without gradients; its mode comes back after."""
         module = self.module_
         was_training = module.training
         module.eval()
+        try:
+            with torch.no_grad():
+                yield module
+        finally:
+            module.train(was_training)
+
+    def score(self, users: npt.ArrayLike) -> np.ndarray:
+        users = np.asarray(users, np.int64)
         out = []
-        with torch.no_grad():
+        with self._inference() as module:
             for start in range(0, len(users), self.score_batch):
                 block = torch.from_numpy(users[start : start + self.score_batch]).to(self.device_)
                 out.append(self.score_users(module, block).float().cpu().numpy())
-        module.train(was_training)
         if not out:
             return np.empty((0, self.n_items_), np.float32)
         return np.vstack(out)
@@ -202,10 +211,8 @@ class TorchRecommender(Recommender):
             return super().recommend(users, k, exclude_seen=exclude_seen, batch_size=batch_size)
         users = np.asarray(users, np.int64)
         rows = min(self.score_batch, rows_that_fit(self.n_items_, self.device_))
-        module, items, scores = self.module_, [], []
-        was_training = module.training
-        module.eval()
-        with torch.no_grad():
+        items, scores = [], []
+        with self._inference() as module:
             for start in range(0, len(users), rows):
                 block = users[start : start + rows]
                 s = self.score_users(module, torch.from_numpy(block).to(self.device_)).float()
@@ -213,7 +220,6 @@ class TorchRecommender(Recommender):
                 top, val = topk_torch(s, k, seen)
                 items.append(top.cpu().numpy())
                 scores.append(val.cpu().numpy().astype(np.float64))
-        module.train(was_training)
         if not items:
             return np.empty((0, k), np.int64), np.empty((0, k))
         return np.vstack(items), np.vstack(scores)
