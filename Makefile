@@ -13,12 +13,13 @@ NOTEBOOKS ?= $(sort $(wildcard notebooks/[0-9]*.ipynb))
 # `make verify` reruns this notebook in full (fresh cache) and compares its metrics.csv.
 VERIFY_NOTEBOOK ?= notebooks/10_content.ipynb
 VERIFY_ATOL ?= 1e-6
-# Where the cells run (metarec_lib.executors): EXECUTOR=local|ray, WORKERS=N (local default 1:
-# one cell after another, as the canonical run; ray starts a local instance unless RAY_ADDRESS).
+# Where the cells run (metarec_lib.executors): EXECUTOR=local|ray, WORKERS=N (default: one
+# worker process per CPU core, at most 8; WORKERS=1 computes in the notebook's process). Ray
+# starts a local instance unless RAY_ADDRESS. The numbers do not depend on it (only timings do).
 EXECUTOR ?= local
-WORKERS ?=
-export METAREC_EXECUTOR := $(EXECUTOR)
-export METAREC_WORKERS := $(WORKERS)
+NPROC := $(shell nproc 2>/dev/null || echo 1)
+WORKERS ?= $(shell n=$(NPROC); echo $$(( n < 8 ? n : 8 )))
+RUN_ON := METAREC_EXECUTOR=$(EXECUTOR) METAREC_WORKERS=$(WORKERS)
 SUMMARY := notebooks/90_summary.ipynb  # the pipeline runs it last (pipeline.run_order)
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -39,7 +40,7 @@ $(STAMP): pyproject.toml requirements.lock
 setup: $(STAMP) ## Create .venv and install the pinned environment (quick when done)
 
 reproduce: setup ## The whole study: every notebook in order, the report, the manifest (resumes)
-	$(PY) -m metarec_lib.pipeline --results $(RESULTS) $(if $(filter 1,$(STRICT)),--strict) \
+	$(RUN_ON) $(PY) -m metarec_lib.pipeline --results $(RESULTS) $(if $(filter 1,$(STRICT)),--strict) \
 	  $(if $(SEEDS),--seeds $(SEEDS)) $(NOTEBOOKS)
 	$(PY) -m metarec_lib.report $(RESULTS)
 	$(PY) -m metarec_lib.manifest write $(RESULTS)
@@ -53,14 +54,15 @@ manifest: setup ## Write results/manifest.json (commit, packages, hardware, data
 
 verify: setup ## Check the manifest, run every notebook in smoke mode, rerun one notebook in full
 	$(PY) -m metarec_lib.manifest check $(RESULTS)
-	rm -rf .verify && $(PY) -m metarec_lib.pipeline --smoke --results .verify/smoke $(NOTEBOOKS)
-	$(PY) -m metarec_lib.pipeline --results .verify/full $(VERIFY_NOTEBOOK)
+	rm -rf .verify && METAREC_WORKERS=1 $(PY) -m metarec_lib.pipeline --smoke \
+	  --results .verify/smoke $(NOTEBOOKS)
+	$(RUN_ON) $(PY) -m metarec_lib.pipeline --results .verify/full $(VERIFY_NOTEBOOK)
 	$(PY) -m metarec_lib.manifest compare --atol $(VERIFY_ATOL) \
 	  $(RESULTS)/$(basename $(notdir $(VERIFY_NOTEBOOK)))/metrics.csv \
 	  .verify/full/$(basename $(notdir $(VERIFY_NOTEBOOK)))/metrics.csv
 
-smoke: setup ## Run every notebook on tiny data into .smoke/, then its report
-	$(PY) -m metarec_lib.pipeline --smoke --results .smoke/results $(NOTEBOOKS)
+smoke: setup ## Run every notebook on tiny data into .smoke/ (in process: workers' start-up outweighs the gain), then its report
+	METAREC_WORKERS=1 $(PY) -m metarec_lib.pipeline --smoke --results .smoke/results $(NOTEBOOKS)
 	$(PY) -m metarec_lib.report .smoke/results
 
 test: setup ## Run the test suite

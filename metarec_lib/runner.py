@@ -364,7 +364,9 @@ def evaluate_cell(
             if hasattr(model, "gate_usage"):
                 extras = {"gates": gate_table(model, test)}
     costs = {
-        "fit_seconds": fit_cost.seconds,
+        # A model that reused a training remembered in this process (a source pretraining, a
+        # meta-training shared by the support sizes) is charged what that training cost.
+        "fit_seconds": fit_cost.seconds + float(getattr(model, "reused_seconds_", 0.0)),
         "predict_seconds": predict_cost.seconds,
         "peak_memory_mb": max(fit_cost.peak_memory_mb, predict_cost.peak_memory_mb),
         "n_parameters": int(model.n_parameters),

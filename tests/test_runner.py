@@ -200,3 +200,20 @@ def test_record_keeps_the_cells_another_experiment_wrote(tmp_path, tiny):
     assert len(after) == len(before) + 1
     assert set(after["protocol"]) == {"topn-75-25", "algo-selection"}
     assert len(pd.read_csv(tmp_path / "45_x" / "costs.csv")) == 1  # MostPop's cell kept
+
+
+class Remembering(MostPop):
+    """MostPop that claims it reused a remembered training which cost 100 s."""
+
+    name = "Remembering"
+
+    def _fit(self, train, *, valid, seed):
+        super()._fit(train, valid=valid, seed=seed)
+        self.reused_seconds_ = 100.0
+
+
+def test_a_fit_that_reused_a_training_is_charged_its_cost(tmp_path, tiny):
+    exp = Experiment("10_test", tmp_path, progress=False)
+    exp.run(tiny, "topn-75-25", split(tiny), [MostPop(), Remembering()], seeds=[1])
+    costs = pd.read_csv(tmp_path / "10_test" / "costs.csv").set_index("model")
+    assert costs.loc["MostPop", "fit_seconds"] < 100 <= costs.loc["Remembering", "fit_seconds"]

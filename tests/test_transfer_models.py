@@ -15,6 +15,7 @@ from metarec_lib.models.transfer import (
     PretrainFinetune,
     SourceOnly,
     TargetOnly,
+    clear_pretraining_cache,
     fit_mf,
 )
 from metarec_lib.testing import check_recommender, check_space_holds_defaults, checkerboard
@@ -333,3 +334,23 @@ def test_emcdr_without_warm_shared_entities_is_target_only(case):
 def test_emcdr_rejects_an_unknown_mapping():
     with pytest.raises(ValueError, match="EMCDR: mapping='cubic'"):
         EMCDR(**{**BOARD, "mapping": "cubic"}).fit(with_board_source(checkerboard()[0]))
+
+
+def test_methods_at_one_fraction_and_seed_pretrain_on_the_source_once():
+    """FrozenFinetune and EMCDR after PretrainFinetune (same base hyperparameters and seed)
+    reuse its source model, are charged its time, and end exactly where a fresh pretraining
+    leads; another seed pretrains again."""
+    train = board_with_partial_source()
+    clear_pretraining_cache()
+    first = PretrainFinetune(**BOARD).fit(train, seed=3)
+    frozen = FrozenFinetune(**BOARD).fit(train, seed=3)
+    emcdr = EMCDR(**BOARD).fit(train, seed=3)
+    assert first.reused_seconds_ == 0.0
+    assert frozen.reused_seconds_ > 0 and emcdr.reused_seconds_ == frozen.reused_seconds_
+    assert frozen.source_model_.module_ is first.source_model_.module_
+    other = FrozenFinetune(**BOARD).fit(train, seed=4)
+    assert other.reused_seconds_ == 0.0
+    clear_pretraining_cache()
+    alone = FrozenFinetune(**BOARD).fit(train, seed=3)
+    assert alone.reused_seconds_ == 0.0
+    np.testing.assert_array_equal(alone.score(np.arange(20)), frozen.score(np.arange(20)))

@@ -52,6 +52,9 @@ plus EMCDR's mappings), not the source model's (kept as `source_model_`).
 
 from __future__ import annotations
 
+import hashlib
+import json
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -186,6 +189,7 @@ class TransferMF(TorchRecommender):
         self.source_model_ = fit_mf(self._source.interactions, self.params, seed=self._seed,
                                     epochs=int(self.params["source_epochs"]),
                                     device=self.device)  # fmt: skip
+        self.reused_seconds_ = self.source_model_.reused_seconds_
         return self.source_model_
 
     # -- TorchRecommender's hooks ---------------------------------------------------------
@@ -239,11 +243,53 @@ def fit_mf(
     device: str = "cpu",
 ) -> TargetOnly:
     """The base model fitted on `data` (any domain) with the base hyperparameters found in
-    `params` (TargetOnly's defaults for the others), `epochs` overriding theirs."""
+    `params` (TargetOnly's defaults for the others), `epochs` overriding theirs.
+
+    A fit without `valid` (a source pretraining) is remembered in this process by what it
+    depends on (the data, the base hyperparameters, epochs, seed, device), so PretrainFinetune,
+    FrozenFinetune and EMCDR at one target fraction and seed pretrain once; the fit is seeded
+    and forks the RNG, so a remembered model is the one a new fit would give. Its
+    `reused_seconds_` is the original fit's time when it was remembered, else 0."""
     config = {k: v for k, v in params.items() if k in TargetOnly.defaults}
     if epochs is not None:
         config["epochs"] = int(epochs)
-    return TargetOnly(device=device, **config).fit(data, valid=valid, seed=seed)
+    if valid is not None:
+        return TargetOnly(device=device, **config).fit(data, valid=valid, seed=seed)
+    key = _pretraining_key(data, config, seed, device)
+    if key in _PRETRAINED:
+        model, seconds = _PRETRAINED[key]
+        reused = object.__new__(type(model))  # shares the (read-only) network, not this
+        reused.__dict__.update(model.__dict__)  # attribute (copy.copy would pickle the network)
+        reused.reused_seconds_ = seconds
+        return reused
+    start = time.perf_counter()
+    model = TargetOnly(device=device, **config).fit(data, seed=seed)
+    model.reused_seconds_ = 0.0
+    if len(_PRETRAINED) >= _PRETRAINED_MAX:
+        _PRETRAINED.pop(next(iter(_PRETRAINED)))
+    _PRETRAINED[key] = (model, time.perf_counter() - start)
+    return model
+
+
+# Source pretrainings by `_pretraining_key` (see `fit_mf`); a handful per target fraction.
+_PRETRAINED: dict[str, tuple[TargetOnly, float]] = {}
+_PRETRAINED_MAX = 8
+
+
+def clear_pretraining_cache() -> None:
+    """Forget every remembered source pretraining (tests that compare two trainings)."""
+    _PRETRAINED.clear()
+
+
+def _pretraining_key(data: Interactions, config: Mapping[str, Any], seed: int, device: str) -> str:
+    digest = hashlib.sha256()
+    for column in ("user", "item", "rating"):
+        if column in data.frame:
+            values = data.frame[column].to_numpy()
+            digest.update(np.ascontiguousarray(values).tobytes())
+    digest.update(json.dumps([sorted(config.items()), int(seed), str(device), data.n_users,
+                              data.n_items], default=str).encode())  # fmt: skip
+    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------- source helpers
@@ -351,6 +397,7 @@ class SourceOnly(TransferMF):
         self.device_ = resolve_device(self.device)
         self.source_model_ = fit_mf(source.interactions, self.params, seed=seed,
                                     device=self.device)  # fmt: skip
+        self.reused_seconds_ = self.source_model_.reused_seconds_
         module = self.new_module(train.n_users, train.n_items, torch.Generator().manual_seed(0))
         with torch.no_grad():  # no random start: unshared entities get zeros
             module.users.zero_()
@@ -493,6 +540,7 @@ class EMCDR(TransferMF):
         self.device_ = resolve_device(self.device)
         self.source_model_ = fit_mf(source.interactions, p, seed=seed,
                                     epochs=int(p["source_epochs"]), device=self.device)  # fmt: skip
+        self.reused_seconds_ = self.source_model_.reused_seconds_
         target = fit_mf(train, p, seed=seed, valid=valid, device=self.device)
         self.history_, self.best_epoch_ = target.history_, target.best_epoch_
         self.train_log_ = target.train_log_
