@@ -455,25 +455,40 @@ def coldstart_users(
     return split.check()
 
 
-def episode_split(cold: ColdStartSplit, k: int) -> Split:
+# The support size the study tunes on: meta-validation episodes have it at every test k.
+VALID_K = 5
+
+
+def episode_split(cold: ColdStartSplit, k: int, *, valid_k: int = VALID_K) -> Split:
     """The k-shot episodes of a cold-start split as one runner `Split`.
 
-    train: the meta-train users' rows plus every meta-valid and meta-test user's k-row support;
-    valid / test: the meta-valid / meta-test users' queries; valid_users / cold_users: the users
-    whose rows in train are supports only (users with fewer than k + min_query ratings are in
-    no part). A model that ignores `cold_users` treats the supports as ordinary training rows,
-    which is what scoring from a new user's profile means for item-based models.
+    train: the meta-train users' rows plus every meta-test user's k-row support and every
+    meta-valid user's `valid_k`-row support; valid / test: the meta-valid / meta-test users'
+    queries; valid_users / cold_users: the users whose rows in train are supports only (users
+    with fewer than k + min_query, resp. valid_k + min_query, ratings are in no part). A model
+    that ignores `cold_users` treats the supports as ordinary training rows, which is what
+    scoring from a new user's profile means for item-based models.
+
+    Model selection does not depend on the test k: the meta-validation episodes have the one
+    support size `valid_k` (default `VALID_K`, the k the study tunes on) for every k, so `valid`,
+    `valid_users` and the meta-valid rows in `train` are the same for every k of one seed, and
+    a network (meta-)trained for one k serves every other (see `models.meta`). A split whose
+    `ks` lack `valid_k` takes its meta-validation episodes at k instead (noted in `notes`).
     """
     if k not in cold.ks:
         raise ValueError(f"episode_split: k={k!r}; the split has k in {cold.ks}")
-    support, valid_support = cold.support[k], cold.valid_support[k]
+    notes = cold.notes
+    if valid_k not in cold.ks:
+        notes += (f"episode_split: valid_k={valid_k} not in ks={cold.ks}; meta-valid at k={k}",)
+        valid_k = k
+    support, valid_support = cold.support[k], cold.valid_support[valid_k]
     split = Split(
         pd.concat([cold.train, valid_support, support], ignore_index=True),
         cold.query[k],
-        valid=cold.valid_query[k],
+        valid=cold.valid_query[valid_k],
         name=f"{cold.name}@k={k}",
         seed=cold.seed,
-        notes=cold.notes,
+        notes=notes,
         cold_users=np.unique(support["user_id"].to_numpy()).astype(np.int64),
         valid_users=np.unique(valid_support["user_id"].to_numpy()).astype(np.int64),
     )

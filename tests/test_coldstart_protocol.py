@@ -39,6 +39,37 @@ def test_episode_split_keeps_new_users_out_of_training_except_their_support(tiny
         splits.episode_split(cold, 4)
 
 
+def test_meta_validation_is_the_same_for_every_support_size():
+    """k = 1 and k = 20 of one seed: the same meta-valid episodes (at k = 5, also for users too
+    short for k = 20), and train differs only in the meta-test users' supports."""
+    dense = load_dataset("synthetic", n_users=80, n_items=60, density=0.5, seed=5)
+    cold = splits.coldstart_users(dense.interactions, seed=3)
+    one, twenty = splits.episode_split(cold, 1), splits.episode_split(cold, 20)
+    pd.testing.assert_frame_equal(one.valid, twenty.valid)
+    pd.testing.assert_frame_equal(one.valid, cold.valid_query[5])
+    np.testing.assert_array_equal(one.valid_users, twenty.valid_users)
+    assert cold.valid_support[20]["user_id"].nunique() < len(twenty.valid_users)
+
+    def others(split):  # train without the meta-test users' rows
+        rows = split.train[~split.train["user_id"].isin(cold.test_users)]
+        return rows.sort_values(["user_id", "item_id"]).reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(others(one), others(twenty))
+    for split, k in ((one, 1), (twenty, 20)):
+        rows = split.train[split.train["user_id"].isin(cold.test_users)]
+        assert _pairs(rows) == _pairs(cold.support[k])
+    assert len(one.train) - len(twenty.train) == len(cold.support[1]) - len(cold.support[20])
+
+
+def test_a_split_without_the_validation_k_validates_at_the_test_k(tiny):
+    cold = splits.coldstart_users(tiny.interactions, ks=(1, 3), seed=3)
+    split = splits.episode_split(cold, 3)
+    pd.testing.assert_frame_equal(split.valid, cold.valid_query[3])
+    assert "valid_k=5" in split.notes[-1]
+    pd.testing.assert_frame_equal(splits.episode_split(cold, 3, valid_k=1).valid,
+                                  cold.valid_query[1])  # fmt: skip
+
+
 def test_protocol_names_round_trip_and_supports_are_shared_across_pools(tiny):
     assert protocols.coldstart_variant("coldstart-users@k=5") == (5, 1.0)
     assert protocols.coldstart_variant("coldstart-users@k=5,pool=0.25") == (5, 0.25)

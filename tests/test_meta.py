@@ -414,6 +414,7 @@ def test_a_second_support_size_reuses_the_trained_network_with_identical_results
     reused = cls(**params).fit(train3, seed=1)
     assert not first.meta_train_reused_ and reused.meta_train_reused_
     assert reused.meta_train_seconds_ == first.meta_train_seconds_
+    assert first.reused_seconds_ == 0.0 and reused.reused_seconds_ == first.meta_train_seconds_
     clear_training_cache()
     fresh = cls(**params).fit(train3, seed=1)
     assert not fresh.meta_train_reused_
@@ -422,6 +423,52 @@ def test_a_second_support_size_reuses_the_trained_network_with_identical_results
                                   fresh.predict(f["user"], f["item"]))  # fmt: skip
     other = cls(**{**params, "inner_lr": 0.05}).fit(train3, seed=1)
     assert not other.meta_train_reused_  # other hyperparameters: trained again
+
+
+def episodes_split(k: int, valid_support: int = 4):
+    """(train, valid) as tuning sees a cold-start split: users 0..47 warm, 48..55 meta-valid
+    (their first `valid_support` rows in train, the rest is `valid`), 56..63 meta-test (their
+    first k rows in train); meta-valid and meta-test users are cold_users."""
+    data, frame = tastes(48, 16)
+    rank = frame.groupby("user").cumcount()
+    is_valid, is_test = frame["user"].between(48, 55), frame["user"] >= 56
+    keep = ~(is_valid | is_test) | (is_valid & (rank < valid_support)) | (is_test & (rank < k))
+    train = dataclasses.replace(data, frame=frame[keep].reset_index(drop=True),
+                                cold_users=np.arange(48, 64))  # fmt: skip
+    valid = dataclasses.replace(data, frame=frame[is_valid & (rank >= 8)].reset_index(drop=True))
+    return train, valid
+
+
+def test_meta_validation_fits_reuse_across_k_but_not_when_the_meta_valid_supports_change():
+    """With `valid`, k = 2 after k = 6 (the same meta-valid episodes) reuses the training and
+    equals a fresh fit; other meta-valid supports (the same `valid` rows) train again."""
+    params = dict(embedding=4, hidden=8, epochs=3, patience=1, inner_lr=0.1)
+    train6, valid = episodes_split(6)
+    MAML(**params).fit(train6, valid=valid, seed=2)
+    train2, _ = episodes_split(2)
+    reused = MAML(**params).fit(train2, valid=valid, seed=2)
+    assert reused.meta_train_reused_
+    shorter = MAML(**params).fit(episodes_split(2, valid_support=2)[0], valid=valid, seed=2)
+    assert not shorter.meta_train_reused_
+    assert shorter.history_ != reused.history_  # early stopping judged other adaptations
+    clear_training_cache()
+    fresh = MAML(**params).fit(train2, valid=valid, seed=2)
+    assert not fresh.meta_train_reused_ and fresh.history_ == reused.history_
+    users = np.arange(48, 64)
+    np.testing.assert_array_equal(reused.score(users), fresh.score(users))
+
+
+def test_the_training_memo_keeps_the_most_recently_used_networks(monkeypatch):
+    from metarec_lib.models import meta
+
+    monkeypatch.setattr(meta, "_TRAINED_MAX", 2)
+    train, _ = cold_split()
+    fit = lambda lr: MAML(embedding=4, hidden=8, epochs=1, inner_lr=lr).fit(train, seed=0)  # noqa: E731
+    fit(0.1), fit(0.2)
+    assert fit(0.1).meta_train_reused_  # 0.1 is now the most recent: 0.3 evicts 0.2
+    fit(0.3)
+    assert len(meta._TRAINED) == 2
+    assert fit(0.1).meta_train_reused_ and not fit(0.2).meta_train_reused_
 
 
 def test_a_diverging_adaptation_keeps_the_global_parameters():

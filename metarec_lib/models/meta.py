@@ -58,6 +58,16 @@ users from any support set; any other user is adapted on its rows in `train` whe
 (deterministic, recomputed on each call, not stored); a user without rows gets the global
 parameters.
 
+Training once per seed: the trained network depends on the warm rows, the side information, the
+hyperparameters, the seed, the device and the meta-validation (`valid` and its users' rows in
+`train`), never on the cold users' supports. So a process keeps the trained networks (an
+in-process memo keyed by all of these, `_training_key`) and a fit with the same key loads the
+trained parameters instead of training again; only the adaptation of the cold users runs. With
+`splits.episode_split`'s one meta-validation support size the support sizes k = 1..20 of one
+seed share one training; the results are bitwise those of a fresh fit. Such a fit sets
+`meta_train_reused_` and `reused_seconds_` (the seconds the training it reuses took, 0 for a fit
+that trained), which a cost report adds to the fit's own time.
+
 Defaults: a quick measurement on ML-100K, see the note above `META_DEFAULTS`. Costs there (one
 busy core): an epoch takes 0.2-0.5 s (660 warm users), early stopping ends fits after 10-30
 epochs (5-17 s); adapting 283 cold users takes 0.04 s (MeLU) to 0.14 s (MAML). With `item_ids`
@@ -72,6 +82,7 @@ import hashlib
 import json
 import time
 from abc import abstractmethod
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -131,11 +142,15 @@ EPISODE_DEFAULTS: dict[str, Any] = {
 # ----------------------------------------------------------------------------- data
 
 
-# Trained networks by `_training_key`, so the support sizes of one seed (the same warm users)
-# meta-train once: a cold-start grid runs k = 1, 3, 5, 10, 20 on the same warm data. A fit that
-# reuses one reports `meta_train_reused_` and the original `meta_train_seconds_`.
-_TRAINED: dict[str, tuple] = {}
-_TRAINED_MAX = 16
+# Trained networks by `_training_key`, so the support sizes of one seed meta-train once: a
+# cold-start grid runs k = 1, 3, 5, 10, 20 on the same warm users and, with
+# `splits.episode_split`'s one meta-validation support size, the same meta-valid rows. An entry
+# is the trained parameters (no buffers: those follow from the side information in the key) and
+# the training record: 0.14 MB on ML-100K, 0.68 MB on ml-latest-small (its item id table);
+# least recently used out first. 32 entries hold one notebook's grid, 5 models x 3 seeds on each
+# of two data sets (about 12 MB), with room for the tuning fits in between.
+_TRAINED: OrderedDict[str, tuple] = OrderedDict()
+_TRAINED_MAX = 32
 
 
 def clear_training_cache() -> None:
@@ -143,10 +158,18 @@ def clear_training_cache() -> None:
     _TRAINED.clear()
 
 
+def _recall(key: str) -> tuple | None:
+    """The entry under `key` (now the most recently used), or None."""
+    if key in _TRAINED:
+        _TRAINED.move_to_end(key)
+    return _TRAINED.get(key)
+
+
 def _remember(key: str, value: tuple) -> None:
-    if len(_TRAINED) >= _TRAINED_MAX:
-        _TRAINED.pop(next(iter(_TRAINED)))
     _TRAINED[key] = value
+    _TRAINED.move_to_end(key)
+    while len(_TRAINED) > _TRAINED_MAX:
+        _TRAINED.popitem(last=False)
 
 
 @dataclass(frozen=True)
@@ -313,7 +336,10 @@ class MetaRecommender(Recommender):
     adapts), adapted_ ({name: (n_adapted, ...)}) and slot_ ((n_users,), a user's row in
     adapted_ or -1), rows_ (the training rows by user), mu_, range_, history_ [(epoch, valid
     RMSE)], best_epoch_, train_log_ (epoch, loss, seconds, samples, samples_per_second,
-    valid_score: the validation RMSE).
+    valid_score: the validation RMSE), meta_train_seconds_ (the training's seconds, measured
+    when it ran), meta_train_reused_ (True when the memo served the trained network) and
+    reused_seconds_ (meta_train_seconds_ when reused, else 0.0: the training cost this fit's
+    wall time lacks).
     """
 
     family = "meta"
@@ -410,20 +436,23 @@ class MetaRecommender(Recommender):
                 n for n, _ in module.named_parameters() if n.startswith(prefix)
             )
             self.prepare(warm)
-            key = self._training_key(warm, train, valid, seed)
-            cached = _TRAINED.get(key)
+            key = self._training_key(warm, rows, train, valid, seed)
+            cached = _recall(key)
             start = time.perf_counter()
             if cached is None:
                 self._train(module, valid, np.random.default_rng(int(seed)))
                 self.meta_train_seconds_ = time.perf_counter() - start
-                state = copy.deepcopy(module.state_dict())
+                state = {n: w.detach().clone() for n, w in module.named_parameters()}
                 _remember(key, (state, self.history_, self.best_epoch_, self.train_log_,
                                 self.meta_train_seconds_))  # fmt: skip
-                self.meta_train_reused_ = False
+                self.meta_train_reused_, self.reused_seconds_ = False, 0.0
             else:  # the same warm users, hyperparameters and seed: the same trained network
                 state, self.history_, self.best_epoch_, self.train_log_, seconds = cached
-                module.load_state_dict(state)
+                with torch.no_grad():
+                    for n, w in module.named_parameters():
+                        w.copy_(state[n])
                 self.meta_train_seconds_, self.meta_train_reused_ = seconds, True
+                self.reused_seconds_ = seconds
             self.release()
             self.adapted_: Params = {}
             self.slot_ = np.full(train.n_users, -1, np.int64)
@@ -431,17 +460,26 @@ class MetaRecommender(Recommender):
                 self._store(np.flatnonzero(cold & (rows.count(np.arange(train.n_users)) > 0)),
                             rows)  # fmt: skip
 
-    def _training_key(self, warm: UserRows, train: Interactions, valid: Interactions | None,
-                      seed: int) -> str:  # fmt: skip
+    def _training_key(self, warm: UserRows, rows: UserRows, train: Interactions,
+                      valid: Interactions | None, seed: int) -> str:  # fmt: skip
         """What the trained network depends on: the model and its hyperparameters, the seed,
-        the device, the warm users' rows, the catalogue and side information, and `valid`."""
+        the device, the warm users' rows, the catalogue and side information, `valid` and the
+        rows in `train` of `valid`'s users (early stopping adapts them on those rows). Cold
+        users' supports are not in it: they are adapted after training."""
         digest = hashlib.sha256()
-        for array in (warm.indptr, warm.items, warm.ratings):
-            digest.update(np.ascontiguousarray(array).tobytes())
+
+        def add(data: UserRows) -> None:
+            for array in (data.indptr, data.items, data.ratings):
+                digest.update(np.ascontiguousarray(array).tobytes())
+
+        add(warm)
         if valid is not None:
             f = valid.frame
             for column in ("user", "item", "rating"):
                 digest.update(f[column].to_numpy().tobytes())
+            judged = np.zeros(train.n_users, bool)
+            judged[f["user"].to_numpy(np.int64)] = True
+            add(rows.only(judged))
         for frame in (train.users, train.items):
             if frame is not None:
                 digest.update(pd.util.hash_pandas_object(frame, index=True).to_numpy().tobytes())
