@@ -22,8 +22,9 @@ gives the same metrics under both; timings in `costs.csv` naturally differ. Tuni
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -44,6 +45,9 @@ class CellJob:
     seed: int
     task: str = "topn"
     k: int = 10
+    # Cells with the same affinity run on the same local worker when it can (see
+    # `LocalExecutor`): a training one of them remembered in that worker serves the others.
+    affinity: str = ""
 
 
 def run_job(job: CellJob, *, single_thread: bool = True) -> Any:
@@ -112,13 +116,25 @@ class Executor(Protocol):
 
     def map(self, jobs: Sequence[CellJob]) -> list[Any]: ...
 
+    def completed(self, jobs: Sequence[CellJob]) -> Iterator[tuple[int, Any]]:
+        """(index in `jobs`, result) of each cell as soon as it is done, in any order."""
+        ...
+
     def map_trials(self, jobs: Sequence[TrialJob]) -> list[tuple[float, float]]: ...
 
 
 @dataclass
 class LocalExecutor:
-    """`workers` = 1: in this process, one cell after another; more: a pool of spawned worker
-    processes (kept for the life of the executor)."""
+    """`workers` = 1: in this process, one cell after another; more: that many spawned worker
+    processes (kept for the life of the executor), each fed one job at a time.
+
+    Cells go to whichever worker is free, except that cells sharing an `affinity` prefer the
+    worker that ran the first of them (a meta-learner's training for one seed serves every
+    support size, a source pretraining every transfer method of a fraction and seed: both are
+    remembered in the worker's process). A free worker takes, in order: a waiting cell of its
+    own affinities, a cell of an affinity not yet placed (which becomes its own), and only then
+    one whose worker still has more than one waiting (then the training is repeated there; the
+    numbers are the same either way). Tuning trials have no affinity."""
 
     workers: int = 1
     name: str = "local"
@@ -127,31 +143,79 @@ class LocalExecutor:
         if isinstance(self.workers, bool) or int(self.workers) < 1:
             raise ValueError(f"LocalExecutor: workers={self.workers!r}; expected an integer >= 1")
         self.workers = int(self.workers)
-        self._pool: ProcessPoolExecutor | None = None
+        self._pools: list[ProcessPoolExecutor] = []
+        self._home: dict[str, int] = {}  # affinity -> worker, for the executor's life
 
     @property
     def in_process(self) -> bool:
         return self.workers == 1
 
     def map(self, jobs: Sequence[CellJob]) -> list[Any]:
-        return self._map(run_job, jobs)
+        return _in_order(self.completed(jobs), len(jobs))
+
+    def completed(self, jobs: Sequence[CellJob]) -> Iterator[tuple[int, Any]]:
+        return self._run(run_job, jobs, [j.affinity for j in jobs])
 
     def map_trials(self, jobs: Sequence[TrialJob]) -> list[tuple[float, float]]:
-        return self._map(run_trial, jobs)
+        return _in_order(self._run(run_trial, jobs, [""] * len(jobs)), len(jobs))
 
-    def _map(self, fn: Any, jobs: Sequence[Any]) -> list[Any]:
+    def _run(self, fn: Any, jobs: Sequence[Any], affinities: Sequence[str]
+             ) -> Iterator[tuple[int, Any]]:  # fmt: skip
         if self.in_process or len(jobs) <= 1:
-            return [fn(job, single_thread=not self.in_process) for job in jobs]
-        if self._pool is None:
+            for i, job in enumerate(jobs):
+                yield i, fn(job, single_thread=not self.in_process)
+            return
+        if not self._pools:
             import multiprocessing as mp
 
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
-        return list(self._pool.map(fn, jobs))
+            context = mp.get_context("spawn")
+            self._pools = [ProcessPoolExecutor(1, mp_context=context)
+                           for _ in range(self.workers)]  # fmt: skip
+        waiting = list(range(len(jobs)))
+        running: dict[Future, tuple[int, int]] = {}  # future -> (job, worker)
+        while waiting or running:
+            busy = {w for _, w in running.values()}
+            for worker in range(self.workers):
+                if worker in busy or not waiting:
+                    continue
+                pick = self._pick(worker, waiting, affinities)
+                if pick is None:
+                    continue
+                waiting.remove(pick)
+                future = self._pools[worker].submit(fn, jobs[pick])
+                running[future] = (pick, worker)
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                index, _ = running.pop(future)
+                yield index, future.result()
+
+    def _pick(self, worker: int, waiting: list[int], affinities: Sequence[str]) -> int | None:
+        """The job `worker` takes next (see the class docstring), or None: leave it idle."""
+        for i in waiting:
+            if affinities[i] and self._home.get(affinities[i]) == worker:
+                return i
+        for i in waiting:
+            if not affinities[i] or affinities[i] not in self._home:
+                if affinities[i]:
+                    self._home[affinities[i]] = worker
+                return i
+        load = Counter(self._home[affinities[i]] for i in waiting)
+        fullest, count = max(load.items(), key=lambda kv: (kv[1], -kv[0]))
+        if count <= 1:
+            return None
+        return next(i for i in reversed(waiting) if self._home[affinities[i]] == fullest)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
+        for pool in self._pools:
+            pool.shutdown()
+        self._pools = []
+
+
+def _in_order(pairs: Iterator[tuple[int, Any]], n: int) -> list[Any]:
+    out: list[Any] = [None] * n
+    for i, result in pairs:
+        out[i] = result
+    return out
 
 
 @dataclass
@@ -170,10 +234,25 @@ class RayExecutor:
     def map(self, jobs: Sequence[CellJob]) -> list[Any]:
         return self._map(run_job, jobs)
 
+    def completed(self, jobs: Sequence[CellJob]) -> Iterator[tuple[int, Any]]:
+        ray = self._ray()
+        task = ray.remote(num_cpus=1)(run_job)
+        pending = {task.remote(job): i for i, job in enumerate(jobs)}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                yield pending.pop(ref), ray.get(ref)
+
     def map_trials(self, jobs: Sequence[TrialJob]) -> list[tuple[float, float]]:
         return self._map(run_trial, jobs)
 
     def _map(self, fn: Any, jobs: Sequence[Any]) -> list[Any]:
+        ray = self._ray()
+        task = ray.remote(num_cpus=1)(fn)
+        return ray.get([task.remote(job) for job in jobs])
+
+    def _ray(self) -> Any:
+        """The ray module, connected (to `address`, `RAY_ADDRESS`, or a local instance)."""
         try:
             import ray
         except ImportError as err:
@@ -186,8 +265,7 @@ class RayExecutor:
                 ray.init(address=address, log_to_driver=False)
             else:
                 ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False)
-        task = ray.remote(num_cpus=1)(fn)
-        return ray.get([task.remote(job) for job in jobs])
+        return ray
 
     def close(self) -> None:
         try:

@@ -186,14 +186,23 @@ class Experiment:
                     if seed not in splits:
                         splits[seed] = split(seed)
                     keys.append(key)
-                    jobs.append(CellJob(model, splits[seed], encoder, seed, task, k))
+                    group = model.training_group or label
+                    jobs.append(CellJob(model, splits[seed], encoder, seed, task, k,
+                                        affinity=f"{dataset.name}|{group}|{seed}"))  # fmt: skip
         if not jobs:
             return splits
         if not self.use_cache:
             raise ValueError("Experiment: a parallel executor needs use_cache=True (the cells "
                              "come back through the cell cache)")  # fmt: skip
-        for key, result in zip(keys, executor.map(jobs), strict=True):
-            self._save(key, result)
+        done = executor.completed(jobs)
+        for index, result in tqdm(
+            done,
+            total=len(jobs),
+            disable=not self.progress,
+            leave=False,
+            desc=f"{self.stem} {dataset.name} {protocol} on {executor.name}",
+        ):
+            self._save(keys[index], result)  # cached as each is done: a rerun resumes
         return splits
 
     def record(

@@ -1,6 +1,8 @@
 """Executors: the same grid gives the same metrics in this process, on local workers and as
 Ray tasks; bad settings are clear errors."""
 
+from types import SimpleNamespace
+
 import pandas as pd
 import pytest
 
@@ -100,3 +102,37 @@ def test_tuning_on_workers_chooses_what_tuning_here_chooses(tiny, tmp_path, monk
     assert there.params == here.params and there.score == here.score
     pd.testing.assert_series_equal(there.trials["score"], here.trials["score"])
     assert len(there.trials) == 3 and (there.trials["fit_seconds"] > 0).all()
+
+
+
+def _square_job(job, *, single_thread=True):
+    import os
+
+    return job.value * job.value, os.getpid()
+
+
+def test_a_free_worker_takes_its_own_affinity_then_a_new_one_then_steals():
+    pool = LocalExecutor(2)
+    aff = ["a", "a", "b", "", "c", "a"]
+    assert pool._pick(0, [0, 1, 2], aff) == 0 and pool._home == {"a": 0}
+    assert pool._pick(1, [1, 2], aff) == 2 and pool._home == {"a": 0, "b": 1}
+    assert pool._pick(1, [1, 3, 4], aff) == 3  # no affinity: anyone's
+    assert pool._pick(1, [1, 4], aff) == 4 and pool._home["c"] == 1
+    assert pool._pick(1, [1], aff) is None  # worker 0 has one waiting: wait for it
+    assert pool._pick(1, [1, 5], aff) == 5  # two waiting there: take the last
+    assert pool._pick(0, [1, 5], aff) == 1
+
+
+def test_completed_returns_every_cell_once_from_the_workers(monkeypatch):
+    import metarec_lib.executors as ex
+
+    monkeypatch.setattr(ex, "run_job", _square_job)
+    jobs = [SimpleNamespace(affinity=a, value=v) for v, a in enumerate("aabbab")]
+    pool = LocalExecutor(2)
+    try:
+        got = dict(pool.completed(jobs))
+    finally:
+        pool.close()
+    assert sorted(got) == list(range(6))
+    assert [got[i][0] for i in range(6)] == [0, 1, 4, 9, 16, 25]
+    assert len({pid for _, pid in got.values()}) <= 2 and set(pool._home) == {"a", "b"}

@@ -48,6 +48,9 @@ class Recommender(ABC):
     space: ClassVar[dict[str, Any]] = {}
     predicts_ratings: ClassVar[bool] = False
     ranks: ClassVar[bool] = True  # False for models whose scores are not meant for top-N
+    # Models whose fits at one seed share a training they remember in-process name one group
+    # (a parallel executor then runs them on one worker); "" means the model's own name.
+    training_group: ClassVar[str] = ""
 
     def __init__(self, *, device: str = "cpu", **params: Any) -> None:
         unknown = sorted(set(params) - set(self.defaults))

@@ -421,6 +421,7 @@ class PretrainFinetune(TransferMF):
         "source_epochs": Choice((10, 30)),
     }
     freeze: ClassVar[bool] = False
+    training_group = "source-pretraining"  # see fit_mf: one pretraining per fraction and seed
 
     def network(
         self, train: Interactions, generator: torch.Generator
@@ -518,6 +519,7 @@ class EMCDR(TransferMF):
     """
 
     name = "EMCDR"
+    training_group = "source-pretraining"
     defaults: ClassVar[dict[str, Any]] = {
         **MF_DEFAULTS,
         "source_epochs": 30,
