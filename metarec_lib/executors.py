@@ -85,22 +85,22 @@ class TrialJob:
     seed: int
 
 
-def run_trial(job: TrialJob, *, single_thread: bool = True) -> tuple[float, float]:
-    """(validation score, fit seconds) of one configuration, as `tuning.random_search` computes
-    it in process (`tuning.timed_trial`, `evaluate.score_on`)."""
+def run_trial(job: TrialJob, *, single_thread: bool = True) -> tuple[float, float, dict]:
+    """(validation score, fit seconds, summary) of one configuration, as `study.tune` computes
+    it in process (`tuning.timed_trial`, `evaluate.score_on`, `study.describe_fit`)."""
     from metarec_lib.evaluate import score_on
     from metarec_lib.models.registry import get_model
+    from metarec_lib.study import describe_fit
     from metarec_lib.tuning import timed_trial
 
     if single_thread:
         _one_thread()
-
-    def fit_and_score() -> float:
-        model = get_model(job.name, device=job.device, **job.params)
-        return score_on(model.fit(job.train, valid=job.valid, seed=job.seed), job.valid,
-                        job.metric)  # fmt: skip
-
-    return timed_trial(fit_and_score)
+    return timed_trial(
+        lambda: get_model(job.name, device=job.device, **job.params).fit(
+            job.train, valid=job.valid, seed=job.seed),
+        lambda model: score_on(model, job.valid, job.metric),
+        lambda model: describe_fit(model, higher_is_better=job.metric != "rmse"),
+    )  # fmt: skip
 
 
 class Executor(Protocol):
@@ -120,7 +120,7 @@ class Executor(Protocol):
         """(index in `jobs`, result) of each cell as soon as it is done, in any order."""
         ...
 
-    def map_trials(self, jobs: Sequence[TrialJob]) -> list[tuple[float, float]]: ...
+    def map_trials(self, jobs: Sequence[TrialJob]) -> list[tuple[float, float, dict]]: ...
 
 
 @dataclass
@@ -156,7 +156,7 @@ class LocalExecutor:
     def completed(self, jobs: Sequence[CellJob]) -> Iterator[tuple[int, Any]]:
         return self._run(run_job, jobs, [j.affinity for j in jobs])
 
-    def map_trials(self, jobs: Sequence[TrialJob]) -> list[tuple[float, float]]:
+    def map_trials(self, jobs: Sequence[TrialJob]) -> list[tuple[float, float, dict]]:
         return _in_order(self._run(run_trial, jobs, [""] * len(jobs)), len(jobs))
 
     def _run(self, fn: Any, jobs: Sequence[Any], affinities: Sequence[str]
@@ -243,7 +243,7 @@ class RayExecutor:
             for ref in done:
                 yield pending.pop(ref), ray.get(ref)
 
-    def map_trials(self, jobs: Sequence[TrialJob]) -> list[tuple[float, float]]:
+    def map_trials(self, jobs: Sequence[TrialJob]) -> list[tuple[float, float, dict]]:
         return self._map(run_trial, jobs)
 
     def _map(self, fn: Any, jobs: Sequence[Any]) -> list[Any]:

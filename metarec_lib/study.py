@@ -120,15 +120,14 @@ def tune(
         budget=budget, seed=seed, higher_is_better=not rating, progress=progress,
         desc=f"tune {name} {dataset.name} {protocol}",
         map_trials=_parallel_trials(name, device, fixed, train, valid, kind, seed),
+        describe=lambda model: describe_fit(model, higher_is_better=not rating),
     )  # fmt: skip
     params = {**result.best, **fixed}
-    best_model = get_model(name, device=device, **params).fit(train, valid=valid, seed=seed)
     epoch_param = next((p for p in ("epochs", "iterations") if p in cls.defaults), None)
-    best_epoch = best_epoch_of(best_model, higher_is_better=not rating)
+    best_epoch = result.best_info["best_epoch"]
     if best_epoch is not None and epoch_param is not None:
         params[epoch_param] = int(best_epoch)
-    tuned = Tuned(params, result.best_score, metric, result.trials,
-                  training_curve(best_model))  # fmt: skip
+    tuned = Tuned(params, result.best_score, metric, result.trials, result.best_info["curve"])
     atomic_write_json(path, {"params": params, "score": tuned.score, "metric": tuned.metric,
                              "trials": result.trials.to_dict(orient="list"),
                              "curve": tuned.curve.to_dict(orient="list")})  # fmt: skip
@@ -160,6 +159,13 @@ def tune_for(config: NotebookConfig, dataset: Dataset, protocol: str, name: str,
     return tune(dataset, protocol, name, budget=budget, seed=config.seeds[0],
                 device=config.device, cache_dir=cache_dir(config.results_dir, "tuning"),
                 progress=not config.smoke, fixed=fixed, split=split)  # fmt: skip
+
+
+def describe_fit(model: Recommender, *, higher_is_better: bool) -> dict[str, Any]:
+    """What tuning keeps of a trial's fitted model: its best epoch (`best_epoch_of`) and its
+    validation curve (`training_curve`), so the chosen configuration is not fitted again."""
+    return {"best_epoch": best_epoch_of(model, higher_is_better=higher_is_better),
+            "curve": training_curve(model)}  # fmt: skip
 
 
 def training_curve(model: Recommender) -> pd.DataFrame:

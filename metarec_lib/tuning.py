@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -85,19 +85,29 @@ class SearchResult:
     best: dict
     best_score: float
     trials: pd.DataFrame  # one row per configuration: its values, score, fit seconds
+    # What `describe` said of the best configuration's fitted model (empty without it).
+    best_info: dict = field(default_factory=dict)
 
 
-def timed_trial(fit_and_score: Callable[[], float]) -> tuple[float, float]:
-    """(score, seconds) of one configuration's fit and validation; a configuration whose
-    training diverges (the model raises FloatingPointError) scores NaN: a failed trial."""
+Outcome = tuple[float, float, dict]  # (validation score, fit seconds, what `describe` said)
+
+
+def timed_trial(fit: Callable[[], Any], score: Callable[[Any], float],
+                describe: Callable[[Any], dict] | None = None) -> Outcome:  # fmt: skip
+    """(score, seconds, info) of one configuration: `fit()` gives the fitted model, `score`
+    validates it, `describe` (optional) summarises it (its best epoch, its validation curve),
+    so the chosen configuration need not be fitted again. A configuration whose training
+    diverges (the model raises FloatingPointError) scores NaN: a failed trial."""
     import time
 
     start = time.perf_counter()
     try:
-        value = float(fit_and_score())
+        model = fit()
+        value = float(score(model))
+        info = describe(model) if describe is not None else {}
     except FloatingPointError:
-        value = float("nan")
-    return value, time.perf_counter() - start
+        value, info = float("nan"), {}
+    return value, time.perf_counter() - start, info
 
 
 def random_search(
@@ -112,31 +122,39 @@ def random_search(
     higher_is_better: bool = True,
     progress: bool = True,
     desc: str = "",
-    map_trials: Callable[[list[dict]], list[tuple[float, float]]] | None = None,
+    map_trials: Callable[[list[dict]], list[Outcome]] | None = None,
+    describe: Callable[[Any], dict] | None = None,
 ) -> SearchResult:
     """Fit `make(**config)` on `train` for each configuration and keep the best on `valid`.
 
     A configuration whose training diverges (the model raises FloatingPointError) scores NaN
     and is never chosen; only when every one does is the search an error. `map_trials`, when
-    given, computes every configuration's (score, fit seconds) elsewhere (parallel workers, see
+    given, computes every configuration's `Outcome` elsewhere (parallel workers, see
     `study.tune`) instead of `make` and `score` here; the choice is made the same way.
+    `describe(model)` summarises each fitted model; the best one's is `best_info`.
     """
     configs = configurations(space, budget, seed)
     if map_trials is not None:
         done = map_trials(configs)
     else:
         done = [
-            timed_trial(lambda c=c: score(make(**c).fit(train, valid=valid, seed=seed), valid))
+            timed_trial(
+                lambda c=c: make(**c).fit(train, valid=valid, seed=seed),
+                lambda model: score(model, valid),
+                describe,
+            )  # fmt: skip
             for c in tqdm(configs, desc=desc or "tuning", disable=not progress, leave=False)
         ]
-    rows = [{**c, "score": v, "fit_seconds": t} for c, (v, t) in zip(configs, done, strict=True)]
+    rows = [{**c, "score": v, "fit_seconds": t}
+            for c, (v, t, _) in zip(configs, done, strict=True)]  # fmt: skip
     trials = pd.DataFrame(rows)
     finite = trials[np.isfinite(trials["score"])]
     if finite.empty:
         raise RuntimeError(f"{desc}: every configuration scored NaN on validation")
     idx = finite["score"].idxmax() if higher_is_better else finite["score"].idxmin()
     best = {k: _plain(trials.loc[idx, k]) for k in space}
-    return SearchResult(best=best, best_score=float(trials.loc[idx, "score"]), trials=trials)
+    return SearchResult(best=best, best_score=float(trials.loc[idx, "score"]), trials=trials,
+                        best_info=done[int(idx)][2])  # fmt: skip
 
 
 def _plain(value: Any) -> Any:

@@ -191,3 +191,25 @@ def test_tune_with_a_split_uses_it_and_keeps_fixed_values(tmp_path, tiny):
     # `fixed` is not searched (the trials hold only the space); early stopping keeps <= 3.
     assert 1 <= tuned.params["epochs"] <= 3 and len(tuned.trials) == 2
     assert "epochs" not in tuned.trials
+
+
+def test_tuning_fits_each_configuration_once_and_keeps_the_best_ones_epoch(tmp_path, tiny,
+                                                                         monkeypatch):  # fmt: skip
+    """No refit of the chosen configuration: budget 3 means 3 fits; the tuned epochs are the
+    best validation epoch of the chosen trial's curve, which is the one written."""
+    from metarec_lib.models.bpr import BPR
+    from metarec_lib.study import tune
+
+    fits = []
+    original = BPR._fit
+
+    def counting(self, train, *, valid, seed):
+        fits.append(dict(self.params))
+        return original(self, train, valid=valid, seed=seed)
+
+    monkeypatch.setattr(BPR, "_fit", counting)
+    t = tune(tiny, "topn-75-25", "BPR", budget=3, seed=4, device="cpu", cache_dir=tmp_path,
+             progress=False, fixed={"epochs": 6, "eval_every": 1})  # fmt: skip
+    assert len(fits) == 3
+    best = t.curve.loc[t.curve["valid"].idxmax(), "epoch"]
+    assert t.params["epochs"] == best and t.score == t.curve["valid"].max()
