@@ -47,7 +47,12 @@ a multi-task model comes from sharing, not from the selection rule.
 
 Scoring every item is vectorised: every first layer over [x_u; x_i] is split into its user and
 item halves (`SplitLinear`), so it runs once per user and once per item and the per-pair work
-starts at the sum; `score_users` scores blocks of users against the whole catalogue.
+starts at the sum; `score_users` scores blocks of users against the whole catalogue. In
+training the same split saves work: a side with no more rows than the batch (ML-100K's users
+and items) is multiplied once per step as a whole table and gathered (`PairEncoder.sides`), and
+first layers that read the same input (experts' and gates', ESMM's three bottoms') run as one
+matmul (`FirstLayers`), initialised from the separate layers so a seed gives the network it did.
+Adam runs fused.
 """
 
 from __future__ import annotations
@@ -76,6 +81,7 @@ from metarec_lib.tuning import Choice, LogUniform
 TASKS = ("interest", "rating")
 WEIGHTINGS = ("equal", "uncertainty")
 Inputs = tuple[torch.Tensor, ...]
+Side = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # features, or (table, row index)
 
 # ----------------------------------------------------------------------------- features
 
@@ -163,12 +169,21 @@ class SplitLinear(nn.Module):
         self.dims = tuple(int(d) for d in dims)
         self.layer = _linear(sum(self.dims), n_out, generator)
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+    def forward(self, *inputs: Side) -> torch.Tensor:
         weights = torch.split(self.layer.weight, self.dims, dim=1)
         out = self.layer.bias
         for x, w in zip(inputs, weights, strict=True):
-            out = out + F.linear(x, w)
+            out = out + half(x, w)
         return out
+
+
+def half(x: Side, weight: torch.Tensor) -> torch.Tensor:
+    """W_k x_k of one input: a tensor, or a `(table, index)` pair whose table rows are
+    multiplied once and then gathered (fewer rows than the batch when the batch repeats them)."""
+    if isinstance(x, tuple):
+        table, index = x
+        return F.embedding(index, F.linear(table, weight))
+    return F.linear(x, weight)
 
 
 class MLP(nn.Module):
@@ -183,7 +198,7 @@ class MLP(nn.Module):
         self.rest = nn.Sequential(*rest)
         self.width = int(sum(widths))  # activations per sample, for memory budgets
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+    def forward(self, *inputs: Side) -> torch.Tensor:
         return self.rest(self.first(*inputs))
 
 
@@ -245,6 +260,21 @@ class PairEncoder(nn.Module):
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> Inputs:
         return self.users(users), self.items(items)
 
+    def sides(self, users: torch.Tensor, items: torch.Tensor) -> tuple[Side, Side]:
+        """(x_u, x_i) as first layers (`SplitLinear`) take them: for a 1-D batch holding at
+        least as many rows as there are users (items), that side comes as (its whole table,
+        the batch's index), so the layer multiplies each user (item) once, not once a row."""
+        n_users, n_items = self.user_ids.num_embeddings, self.item_ids.num_embeddings
+        if users.dim() == 1 and n_users <= len(users):
+            x_u: Side = (self.users(torch.arange(n_users, device=users.device)), users)
+        else:
+            x_u = self.users(users)
+        if items.dim() == 1 and n_items <= len(items):
+            x_i: Side = (self.items(torch.arange(n_items, device=items.device)), items)
+        else:
+            x_i = self.items(items)
+        return x_u, x_i
+
 
 # ----------------------------------------------------------------------------- networks
 
@@ -297,7 +327,7 @@ class SharedBottomNet(MultiTaskNet):
         self.pair_width = self.bottom.width + 2 * widths[-1]
 
     def forward(self, users, items, tasks=None, gates=False):
-        h = self.bottom(*self.encoder(users, items))
+        h = self.bottom(*self.encoder.sides(users, items))
         return {t: self.towers[t](h) for t in (tasks or self.towers)}
 
 
@@ -318,12 +348,49 @@ class SingleTaskNet(MultiTaskNet):
 def _mix(gate_logits: torch.Tensor, experts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     """(softmax weights (..., E), sum_e w_e expert_e (..., d))."""
     weights = torch.softmax(gate_logits, dim=-1)
-    return weights, (weights.unsqueeze(-1) * torch.stack(list(experts), -2)).sum(-2)
+    mixed = weights[..., :1] * experts[0]  # a sum of products: no (..., E, d) stack to build
+    for k in range(1, len(experts)):
+        mixed = mixed + weights[..., k : k + 1] * experts[k]
+    return weights, mixed
+
+
+class FirstLayers(nn.Module):
+    """Named `SplitLinear` layers over the same inputs run as one: their weights stacked along
+    the outputs (initialised by the layers given, so a network starts as it did with separate
+    layers), one matmul per input instead of one per layer and input. `forward(*inputs,
+    names)` -> {name: that layer's output}; `names` (default all) skips the others."""
+
+    def __init__(self, layers: Mapping[str, SplitLinear]) -> None:
+        super().__init__()
+        [dims] = {layer.dims for layer in layers.values()}
+        self.dims = dims
+        self.names = tuple(layers)
+        self.sizes = tuple(layer.layer.out_features for layer in layers.values())
+        self.weight = nn.Parameter(torch.cat([m.layer.weight.detach() for m in layers.values()]))
+        self.bias = nn.Parameter(torch.cat([m.layer.bias.detach() for m in layers.values()]))
+
+    def forward(self, *inputs: Side, names: Sequence[str] | None = None) -> dict[str, Any]:
+        weight, bias, keep = self.weight, self.bias, self.names
+        if names is not None and set(self.names) - set(names):
+            keep = tuple(n for n in self.names if n in names)
+            starts = np.cumsum(self.sizes) - np.asarray(self.sizes)
+            rows = torch.cat([
+                torch.arange(int(s), int(s) + size)
+                for n, s, size in zip(self.names, starts, self.sizes, strict=True)
+                if n in keep
+            ])  # fmt: skip
+            weight, bias = weight[rows.to(weight.device)], bias[rows.to(weight.device)]
+        out = bias
+        for x, w in zip(inputs, torch.split(weight, self.dims, dim=1), strict=True):
+            out = out + half(x, w)
+        sizes = [s for n, s in zip(self.names, self.sizes, strict=True) if n in keep]
+        return dict(zip(keep, out.split(sizes, -1), strict=True))
 
 
 class MMoENet(MultiTaskNet):
     """Encoder -> `n_experts` expert MLPs -> per task: softmax gate (linear in the input) over
-    the experts, then the task's tower."""
+    the experts, then the task's tower. The experts' first layers and the gates run as one
+    `FirstLayers`."""
 
     def __init__(
         self,
@@ -337,19 +404,28 @@ class MMoENet(MultiTaskNet):
         super().__init__(loss_terms, weighting)
         dims = (encoder.user_dim, encoder.item_dim)
         self.encoder = encoder
-        self.experts = nn.ModuleList([MLP(dims, widths, generator) for _ in range(n_experts)])
-        self.gates = nn.ModuleDict({t: SplitLinear(dims, n_experts, generator) for t in TASKS})
-        self.towers = nn.ModuleDict({t: Tower(widths[-1], generator) for t in TASKS})
+        mlps = [MLP(dims, widths, generator) for _ in range(n_experts)]
+        gates = {t: SplitLinear(dims, n_experts, generator) for t in TASKS}
         self.expert_names = tuple(f"expert {k}" for k in range(n_experts))
-        self.pair_width = n_experts * (self.experts[0].width + widths[-1]) + 2 * widths[-1]
+        self.first = FirstLayers(
+            {
+                **dict(zip(self.expert_names, [m.first for m in mlps], strict=True)),
+                **{f"gate {t}": g for t, g in gates.items()},
+            }  # fmt: skip
+        )
+        self.experts = nn.ModuleList([m.rest for m in mlps])  # the layers after the first
+        self.towers = nn.ModuleDict({t: Tower(widths[-1], generator) for t in TASKS})
+        self.pair_width = n_experts * (mlps[0].width + widths[-1]) + 2 * widths[-1]
 
     def forward(self, users, items, tasks=None, gates=False):
-        x = self.encoder(users, items)
-        experts = [e(*x) for e in self.experts]
+        wanted = tuple(tasks or TASKS)
+        names = self.expert_names + tuple(f"gate {t}" for t in wanted)
+        first = self.first(*self.encoder.sides(users, items), names=names)
+        experts = [e(first[n]) for e, n in zip(self.experts, self.expert_names, strict=True)]
         out: dict[str, Any] = {}
         used = {}
-        for t in tasks or TASKS:
-            used[t], mixed = _mix(self.gates[t](*x), experts)
+        for t in wanted:
+            used[t], mixed = _mix(first[f"gate {t}"], experts)
             out[t] = self.towers[t](mixed)
         if gates:
             out["gates"] = used
@@ -364,7 +440,10 @@ class PLENet(MultiTaskNet):
     feeds the next layer's shared experts, and each task's mixture feeds its own experts and
     gate. The MLP widths are split over the layers (levels=2 with widths (64, 32): one
     64-unit layer per expert in layer 1, one 32-unit layer in layer 2), so depth stays that of
-    the other models. Experts are named "shared k" and "<task> k" (`expert_names`).
+    the other models. Experts are named "shared k" and "<task> k" (`expert_names`). The first
+    layers (experts' and gates') that read the same input run as one `FirstLayers`: in layer 1
+    all read the encoder's output; above, the shared ones read the shared mixture and each
+    task's read its own.
     """
 
     def __init__(
@@ -384,37 +463,51 @@ class PLENet(MultiTaskNet):
         chunks = [list(c) for c in np.array_split(np.asarray(widths), levels)]
         self.encoder = encoder
         self.n_shared, self.n_task = shared_experts, task_experts
+        self.expert_names = tuple(
+            [f"shared {k}" for k in range(shared_experts)]
+            + [f"{t} {k}" for t in TASKS for k in range(task_experts)]
+        )
         layers = []
         dims: tuple[int, ...] = (encoder.user_dim, encoder.item_dim)
         width = 0
         for level, chunk in enumerate(chunks):
             chunk = [int(w) for w in chunk]
-            layer = nn.Module()
-            layer.shared = nn.ModuleList(
-                [MLP(dims, chunk, generator) for _ in range(shared_experts)]
-            )
-            layer.task = nn.ModuleDict(
-                {
-                    t: nn.ModuleList([MLP(dims, chunk, generator) for _ in range(task_experts)])
-                    for t in TASKS
-                }
-            )
-            layer.gates = nn.ModuleDict(
-                {t: SplitLinear(dims, task_experts + shared_experts, generator) for t in TASKS}
-            )
+            firsts: dict[str, SplitLinear] = {}  # in the order the layers are initialised
+            rests: dict[str, nn.Module] = {}
+            for name in self.expert_names:
+                mlp = MLP(dims, chunk, generator)
+                firsts[name], rests[name] = mlp.first, mlp.rest
+            n_gate = task_experts + shared_experts
+            for t in TASKS:
+                firsts[f"gate {t}"] = SplitLinear(dims, n_gate, generator)
             if level < levels - 1:
                 n_all = shared_experts + len(TASKS) * task_experts
-                layer.shared_gate = SplitLinear(dims, n_all, generator)
+                firsts["gate shared"] = SplitLinear(dims, n_all, generator)
+            layer = nn.Module()
+            layer.rest = nn.ModuleList([rests[n] for n in self.expert_names])
+            layer.first = nn.ModuleDict(
+                {
+                    key: FirstLayers(
+                        {n: m for n, m in firsts.items() if self._reads(n, level) == key}
+                    )
+                    for key in dict.fromkeys(self._reads(n, level) for n in firsts)
+                }  # fmt: skip
+            )
             width += (shared_experts + len(TASKS) * task_experts) * (sum(chunk) + chunk[-1])
             layers.append(layer)
             dims = (chunk[-1],)
         self.layers = nn.ModuleList(layers)
         self.towers = nn.ModuleDict({t: Tower(widths[-1], generator) for t in TASKS})
-        self.expert_names = tuple(
-            [f"shared {k}" for k in range(shared_experts)]
-            + [f"{t} {k}" for t in TASKS for k in range(task_experts)]
-        )
         self.pair_width = width + 2 * widths[-1]
+
+    @staticmethod
+    def _reads(name: str, level: int) -> str:
+        """The input a first layer reads: "x" (the encoder's) in layer 1, else "shared" or
+        its task's mixture."""
+        if level == 0:
+            return "x"
+        owner = name.removeprefix("gate ").split(" ")[0]
+        return owner
 
     def expert_slots(self, task: str) -> list[int]:
         """Positions in `expert_names` of task's gate inputs (own experts, then shared)."""
@@ -423,24 +516,34 @@ class PLENet(MultiTaskNet):
 
     def forward(self, users, items, tasks=None, gates=False):
         wanted = tuple(tasks or TASKS)
-        x = self.encoder(users, items)
-        task_in = {t: x for t in TASKS}
-        shared_in = x
+        inputs: dict[str, tuple[Side, ...]] = {"x": self.encoder.sides(users, items)}
         used: dict[str, torch.Tensor] = {}
+        shared_names = self.expert_names[: self.n_shared]
         for level, layer in enumerate(self.layers):
             last = level == len(self.layers) - 1
-            shared = [e(*shared_in) for e in layer.shared]
             need = wanted if last else TASKS  # lower layers feed both tasks' next layer
-            own = {t: [e(*task_in[t]) for e in layer.task[t]] for t in need}
-            nxt = {}
+            names = [*shared_names, *(n for n in self.expert_names if n.split(" ")[0] in need),
+                     *(f"gate {t}" for t in need), *([] if last else ["gate shared"])]  # fmt: skip
+            first: dict[str, torch.Tensor] = {}
+            for key, fused in layer.first.items():
+                if key in inputs and set(fused.names) & set(names):
+                    first.update(fused(*inputs[key], names=names))
+            experts = {
+                n: rest(first[n])
+                for n, rest in zip(self.expert_names, layer.rest, strict=True)
+                if n in first
+            }
+            shared = [experts[n] for n in shared_names]
+            nxt: dict[str, tuple[Side, ...]] = {}
             for t in need:
-                used[t], mixed = _mix(layer.gates[t](*task_in[t]), own[t] + shared)
+                own = [experts[f"{t} {k}"] for k in range(self.n_task)]
+                used[t], mixed = _mix(first[f"gate {t}"], own + shared)
                 nxt[t] = (mixed,)
             if not last:
-                every = shared + [e for t in TASKS for e in own[t]]
-                shared_in = (_mix(layer.shared_gate(*shared_in), every)[1],)
-            task_in = nxt
-        out: dict[str, Any] = {t: self.towers[t](task_in[t][0]) for t in wanted}
+                every = [experts[n] for n in self.expert_names]
+                nxt["shared"] = (_mix(first["gate shared"], every)[1],)
+            inputs = nxt
+        out: dict[str, Any] = {t: self.towers[t](inputs[t][0]) for t in wanted}
         if gates:
             out["gates"] = used
         return out
@@ -448,7 +551,8 @@ class PLENet(MultiTaskNet):
 
 class ESMMNet(MultiTaskNet):
     """Shared encoder -> three separate MLP + tower stacks: "interest" (CTR: p(rate) logit),
-    "like" (CVR: p(like | rate) logit) and "rating"."""
+    "like" (CVR: p(like | rate) logit) and "rating"; the MLPs' first layers run as one
+    `FirstLayers`."""
 
     outputs = ("interest", "like", "rating")
 
@@ -463,13 +567,16 @@ class ESMMNet(MultiTaskNet):
         super().__init__(loss_terms, weighting)
         dims = (encoder.user_dim, encoder.item_dim)
         self.encoder = encoder
-        self.bottoms = nn.ModuleDict({t: MLP(dims, widths, generator) for t in self.outputs})
+        mlps = {t: MLP(dims, widths, generator) for t in self.outputs}
+        self.first = FirstLayers({t: m.first for t, m in mlps.items()})
+        self.bottoms = nn.ModuleDict({t: m.rest for t, m in mlps.items()})  # after the first
         self.towers = nn.ModuleDict({t: Tower(widths[-1], generator) for t in self.outputs})
-        self.pair_width = self.bottoms["interest"].width + 2 * widths[-1]
+        self.pair_width = mlps["interest"].width + 2 * widths[-1]
 
     def forward(self, users, items, tasks=None, gates=False):
-        x = self.encoder(users, items)
-        return {t: self.towers[t](self.bottoms[t](*x)) for t in (tasks or self.outputs)}
+        wanted = tuple(tasks or self.outputs)
+        first = self.first(*self.encoder.sides(users, items), names=wanted)
+        return {t: self.towers[t](self.bottoms[t](first[t])) for t in wanted}
 
 
 def esmm_log_probs(
@@ -638,6 +745,19 @@ class MultiTaskRecommender(TorchRecommender):
         _, reference_ndcg, reference_rmse = self._references
         ndcg, rmse = ndcg_on(self, valid), rmse_on(self, valid)
         return joint_score(ndcg, rmse, reference_ndcg, reference_rmse)
+
+    def optimiser(self, module: nn.Module) -> Any:
+        """Adam as in `TorchRecommender`, its update fused into one kernel on CPU and CUDA
+        (the per-parameter loop cost about a tenth of a step)."""
+        p = self.params
+        trainable = [w for w in module.parameters() if w.requires_grad]
+        fused = self.device_ == "cpu" or self.device_.startswith("cuda")
+        return torch.optim.Adam(
+            trainable,
+            lr=float(p["learning_rate"]),
+            weight_decay=float(p["weight_decay"]),
+            fused=fused or None,
+        )
 
     def loss(self, module: nn.Module, batch: Batch) -> torch.Tensor:
         return combine_losses(self.task_losses(module, batch), self.loss_kinds, module.log_vars)
