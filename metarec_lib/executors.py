@@ -169,7 +169,7 @@ class LocalExecutor:
             import multiprocessing as mp
 
             context = mp.get_context("spawn")
-            self._pools = [ProcessPoolExecutor(1, mp_context=context)
+            self._pools = [ProcessPoolExecutor(1, mp_context=context, initializer=_quiet_worker)
                            for _ in range(self.workers)]  # fmt: skip
         waiting = list(range(len(jobs)))
         running: dict[Future, tuple[int, int]] = {}  # future -> (job, worker)
@@ -209,6 +209,14 @@ class LocalExecutor:
         for pool in self._pools:
             pool.shutdown()
         self._pools = []
+
+
+def _quiet_worker() -> None:
+    """A worker ignores Ctrl-C (a notebook kernel's shutdown interrupts its process group):
+    the pool stops it when the parent goes, without a traceback per worker."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _in_order(pairs: Iterator[tuple[int, Any]], n: int) -> list[Any]:
