@@ -173,3 +173,43 @@ def test_beats_most_popular_on_ml100k(ml100k_holdout):
     pop = ndcg_on(MostPop().fit(train), test)
     cfgan = ndcg_on(CFGAN(epochs=25).fit(train, seed=0), test)  # 0.349 vs 0.252 measured
     assert cfgan > pop + 0.05, (cfgan, pop)
+
+
+def test_masks_match_the_sorted_definition():
+    """The partial-sort threshold marks exactly the count smallest noise values per row."""
+    purchases = _purchases(n_users=30, n_items=40, seed=5)
+    for ratio in (0.1, 0.5, 0.9):
+        mask = sample_unpurchased(purchases, ratio, torch.Generator().manual_seed(3))
+        noise = torch.rand(purchases.shape, generator=torch.Generator().manual_seed(3))
+        for row, bought, m in zip(noise, purchases > 0, mask, strict=True):
+            count = round(ratio * int((~bought).sum()))
+            free = torch.nonzero(~bought)[:, 0]
+            chosen = free[row[free].argsort()[:count]]
+            assert torch.equal(torch.nonzero(m)[:, 0], chosen.sort().values)
+
+
+def test_step_equals_a_discriminator_then_a_generator_update_by_hand():
+    """`step` reuses G's output across D's update and G's: the same numbers as recomputing."""
+    real = _purchases(n_users=5, n_items=8, seed=2)
+    generator = torch.Generator().manual_seed(0)
+    batch = (real, sample_unpurchased(real, 0.5, generator),
+             sample_unpurchased(real, 0.5, generator))  # fmt: skip
+    model = CFGAN(learning_rate=0.01)
+    a = CFGANModule(8, 16, 8, 1, torch.Generator().manual_seed(1))
+    b = CFGANModule(8, 16, 8, 1, torch.Generator().manual_seed(1))
+    opt_a, opt_b = model.optimiser(a), model.optimiser(b)
+    for _ in range(2):
+        logged = model.step(a, batch, opt_a)
+        d_loss = model.discriminator_loss(b, batch)
+        opt_b[1].zero_grad()
+        d_loss.backward()
+        opt_b[1].step()
+        b.discriminator.requires_grad_(False)
+        g_loss = model.loss(b, batch)
+        opt_b[0].zero_grad()
+        g_loss.backward()
+        opt_b[0].step()
+        b.discriminator.requires_grad_(True)
+        assert torch.equal(logged, g_loss.detach())
+    for wa, wb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(wa, wb)
