@@ -104,7 +104,6 @@ def test_tuning_on_workers_chooses_what_tuning_here_chooses(tiny, tmp_path, monk
     assert len(there.trials) == 3 and (there.trials["fit_seconds"] > 0).all()
 
 
-
 def _square_job(job, *, single_thread=True):
     import os
 
