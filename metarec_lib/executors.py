@@ -240,24 +240,22 @@ class RayExecutor:
         return False
 
     def map(self, jobs: Sequence[CellJob]) -> list[Any]:
-        return self._map(run_job, jobs)
+        return _in_order(self.completed(jobs), len(jobs))
 
     def completed(self, jobs: Sequence[CellJob]) -> Iterator[tuple[int, Any]]:
+        return self._run(run_job, jobs)
+
+    def map_trials(self, jobs: Sequence[TrialJob]) -> list[tuple[float, float, dict]]:
+        return _in_order(self._run(run_trial, jobs), len(jobs))
+
+    def _run(self, fn: Any, jobs: Sequence[Any]) -> Iterator[tuple[int, Any]]:
         ray = self._ray()
-        task = ray.remote(num_cpus=1)(run_job)
+        task = ray.remote(num_cpus=1)(fn)
         pending = {task.remote(job): i for i, job in enumerate(jobs)}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
                 yield pending.pop(ref), ray.get(ref)
-
-    def map_trials(self, jobs: Sequence[TrialJob]) -> list[tuple[float, float, dict]]:
-        return self._map(run_trial, jobs)
-
-    def _map(self, fn: Any, jobs: Sequence[Any]) -> list[Any]:
-        ray = self._ray()
-        task = ray.remote(num_cpus=1)(fn)
-        return ray.get([task.remote(job) for job in jobs])
 
     def _ray(self) -> Any:
         """The ray module, connected (to `address`, `RAY_ADDRESS`, or a local instance)."""

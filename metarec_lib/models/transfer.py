@@ -184,10 +184,10 @@ class TransferMF(TorchRecommender):
             identity_domain(self.seen_)
         ]
 
-    def pretrain(self) -> TargetOnly:
-        """The base model fitted on the source for `source_epochs` (kept as source_model_)."""
-        self.source_model_ = fit_mf(self._source.interactions, self.params, seed=self._seed,
-                                    epochs=int(self.params["source_epochs"]),
+    def pretrain(self, source: SourceDomain, seed: int, epochs: int | None) -> TargetOnly:
+        """The base model fitted on the source for `epochs` (None: the base `epochs`), kept as
+        source_model_; `reused_seconds_` says what a remembered pretraining cost (`fit_mf`)."""
+        self.source_model_ = fit_mf(source.interactions, self.params, seed=seed, epochs=epochs,
                                     device=self.device)  # fmt: skip
         self.reused_seconds_ = self.source_model_.reused_seconds_
         return self.source_model_
@@ -395,9 +395,7 @@ class SourceOnly(TransferMF):
     def _fit(self, train: Interactions, *, valid: Interactions | None, seed: int) -> None:
         source = require_source(train, self.name)
         self.device_ = resolve_device(self.device)
-        self.source_model_ = fit_mf(source.interactions, self.params, seed=seed,
-                                    device=self.device)  # fmt: skip
-        self.reused_seconds_ = self.source_model_.reused_seconds_
+        self.pretrain(source, seed, None)
         module = self.new_module(train.n_users, train.n_items, torch.Generator().manual_seed(0))
         with torch.no_grad():  # no random start: unshared entities get zeros
             module.users.zero_()
@@ -426,7 +424,7 @@ class PretrainFinetune(TransferMF):
     def network(
         self, train: Interactions, generator: torch.Generator
     ) -> tuple[MFModule, list[Domain]]:
-        source_model = self.pretrain()
+        source_model = self.pretrain(self._source, self._seed, int(self.params["source_epochs"]))
         module = self.new_module(train.n_users, train.n_items, generator)
         transfer_start(module, source_model.module_, self._source, freeze=self.freeze)
         return module, [identity_domain(self.seen_)]
@@ -540,9 +538,7 @@ class EMCDR(TransferMF):
         if p["mapping"] not in MAPPINGS:
             raise ValueError(f"EMCDR: mapping={p['mapping']!r}; expected one of {list(MAPPINGS)}")
         self.device_ = resolve_device(self.device)
-        self.source_model_ = fit_mf(source.interactions, p, seed=seed,
-                                    epochs=int(p["source_epochs"]), device=self.device)  # fmt: skip
-        self.reused_seconds_ = self.source_model_.reused_seconds_
+        self.pretrain(source, seed, int(p["source_epochs"]))
         target = fit_mf(train, p, seed=seed, valid=valid, device=self.device)
         self.history_, self.best_epoch_ = target.history_, target.best_epoch_
         self.train_log_ = target.train_log_
