@@ -712,7 +712,7 @@ def run_selection(
 
     from metarec_lib.models.registry import get_model
     from metarec_lib.runner import Experiment
-    from metarec_lib.study import tune_for
+    from metarec_lib.study import tune_for_data
 
     exp = Experiment(config.stem, config.results_dir, progress=not config.smoke)
     summaries = []
@@ -720,8 +720,8 @@ def run_selection(
         models = {}
         for name in base_names:
             tune_ds = data.get((tune_data or {}).get(name, ds.name), ds)
-            tuned = tune_for(config, tune_ds, "topn-75-25", name, budgets[name])
-            models[name] = get_model(name, device=config.device, **tuned.params)
+            tuned, own = tune_for_data(config, ds, tune_ds, "topn-75-25", name, budgets[name])
+            models[name] = get_model(name, device=config.device, **(own or tuned).params)
         family_of = {name: m.family for name, m in models.items()}
         for seed in config.seeds:
             start = time.perf_counter()
