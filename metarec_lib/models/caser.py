@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from metarec_lib.data.dataset import Interactions
+from metarec_lib.models.losses import full_softmax_cross_entropy
 from metarec_lib.models.registry import register
 from metarec_lib.models.sequences import PAD, IntArray, last_window, sliding_windows, user_sequences
 from metarec_lib.models.torch_base import TORCH_DEFAULTS, Batch, TorchRecommender
@@ -216,8 +217,7 @@ class Caser(TorchRecommender):
         users, windows, targets = batch[:3]
         features = module.features(users, windows)
         if self.params["loss"] == "ce":
-            logits = features @ module.out.weight.T + module.bias  # (n, n_items)
-            return -F.log_softmax(logits, dim=1).gather(1, targets - 1).mean()
+            return full_softmax_cross_entropy(features, module.out.weight, targets - 1, module.bias)
         positives = targets - 1
         pos = (module.out(positives) * features[:, None]).sum(-1) + module.bias[positives]
         neg = (module.out(batch[3]) * features[:, None]).sum(-1) + module.bias[batch[3]]

@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from metarec_lib.data.dataset import Interactions
+from metarec_lib.models.losses import full_softmax_cross_entropy
 from metarec_lib.models.registry import register
 from metarec_lib.models.sequences import (
     PAD,
@@ -79,8 +79,8 @@ def cross_entropy_loss(
 ) -> torch.Tensor:
     """Mean full-softmax cross-entropy over the positions whose target is not PAD."""
     valid = targets != PAD
-    logits = hidden[valid] @ module.out.weight.T + module.bias
-    return F.cross_entropy(logits, targets[valid] - 1)
+    return full_softmax_cross_entropy(hidden[valid], module.out.weight, targets[valid] - 1,
+                                      module.bias)  # fmt: skip
 
 
 def bpr_max_loss(
