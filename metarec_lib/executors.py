@@ -74,7 +74,8 @@ def _one_thread() -> None:
 class TrialJob:
     """One tuning configuration: fit model `name` with `params` on `train` (early stopping on
     `valid`) and score it on `valid` by `metric` ("rmse", "ndcg@10", or "joint": the model's
-    own `validation_score`)."""
+    own `validation_score`); `higher_is_better` says which way that score and the model's
+    early-stopping curve point."""
 
     name: str
     params: dict
@@ -83,6 +84,7 @@ class TrialJob:
     valid: Any
     metric: str
     seed: int
+    higher_is_better: bool = True
 
 
 def run_trial(job: TrialJob, *, single_thread: bool = True) -> tuple[float, float, dict]:
@@ -99,7 +101,7 @@ def run_trial(job: TrialJob, *, single_thread: bool = True) -> tuple[float, floa
         lambda: get_model(job.name, device=job.device, **job.params).fit(
             job.train, valid=job.valid, seed=job.seed),
         lambda model: score_on(model, job.valid, job.metric),
-        lambda model: describe_fit(model, higher_is_better=job.metric != "rmse"),
+        lambda model: describe_fit(model, higher_is_better=job.higher_is_better),
     )  # fmt: skip
 
 

@@ -75,6 +75,20 @@ class CellResult:
     extras: dict[str, pd.DataFrame] | None = None
 
 
+@dataclass(frozen=True)
+class Run:
+    """One board of cells: every model of `models` (column `model` -> unfitted model) on
+    `split(seed)` for every seed, evaluated as `task` at cut-off `k` (`Experiment.run`)."""
+
+    dataset: Dataset
+    protocol: str
+    split: Callable[[int], Split]
+    models: Mapping[str, Recommender]
+    seeds: Sequence[int]
+    task: Task = "topn"
+    k: int = 10
+
+
 @dataclass
 class Experiment:
     """Runs cells for one notebook (`stem`) and keeps its result files up to date.
@@ -93,6 +107,8 @@ class Experiment:
     executor: Any = None
     _metrics: list[dict[str, Any]] = field(default_factory=list, repr=False)
     _costs: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    # Splits `prefetch` made, by (data set, protocol) and seed, for `run` to reuse.
+    _splits: dict[tuple[str, str], dict[int, Split]] = field(default_factory=dict, repr=False)
 
     @property
     def out(self) -> Path:
@@ -127,14 +143,10 @@ class Experiment:
             named = dict(models)
         else:
             named = {m.name: m for m in models}
-        for label, model in named.items():
-            if model.family not in FAMILIES:
-                raise ValueError(f"model {label}: unknown family {model.family!r}")
-            if task == "rating" and not model.predicts_ratings:
-                raise ValueError(f"model {label} does not predict ratings; task={task!r} needs it")
         seeds = list(seeds)
+        self.prefetch([Run(dataset, protocol, split, named, seeds, task, k)])
+        splits = self._splits.pop((dataset.name, protocol), {})
         encoder = dataset.encoder()
-        splits = self._compute_parallel(dataset, protocol, split, named, seeds, encoder, task, k)
         rows: list[dict[str, Any]] = []
         bar = tqdm(
             total=len(seeds) * len(named),
@@ -167,43 +179,54 @@ class Experiment:
         self.write_tables()
         return pd.DataFrame(rows, columns=METRIC_COLUMNS)
 
-    def _compute_parallel(self, dataset: Dataset, protocol: str, split: Callable[[int], Split],
-                          named: Mapping[str, Recommender], seeds: list[int], encoder: Encoder,
-                          task: str, k: int) -> dict[int, Split]:  # fmt: skip
-        """With a parallel executor, compute every uncached cell there first and cache it; the
-        assembly loop of `run` then reads them back in its fixed order. Returns the splits it
-        made, by seed, for that loop to reuse."""
+    def prefetch(self, runs: Sequence[Run]) -> None:
+        """With a parallel executor, compute every uncached cell of `runs` there, as one batch,
+        and cache each as it is done (an interrupted run resumes); `run` then reads them back
+        in its fixed order. One batch for a notebook's boards keeps every worker busy until the
+        last cell, where a batch per board would leave workers idle at each board's end. The
+        splits it makes are kept for `run`. In process it only checks the models."""
         from metarec_lib.executors import CellJob, default_executor
 
+        for r in runs:
+            for label, model in r.models.items():
+                if model.family not in FAMILIES:
+                    raise ValueError(f"model {label}: unknown family {model.family!r}")
+                if r.task == "rating" and not model.predicts_ratings:
+                    raise ValueError(f"model {label} does not predict ratings; "
+                                     f"task={r.task!r} needs it")  # fmt: skip
         executor = self.executor or default_executor()
         if executor.in_process:
-            return {}  # one after another, inside `run`'s loop
-        keys, jobs, splits = [], [], {}
-        for seed in seeds:
-            for label, model in named.items():
-                key = self._key(dataset, protocol, label, model, seed, task, k)
-                if not (self.use_cache and self._path(key).exists()):
+            return  # one after another, inside `run`'s loop
+        keys, jobs = [], []
+        for r in runs:
+            encoder = r.dataset.encoder()
+            splits = self._splits.setdefault((r.dataset.name, r.protocol), {})
+            for seed in r.seeds:
+                for label, model in r.models.items():
+                    key = self._key(r.dataset, r.protocol, label, model, seed, r.task, r.k)
+                    if self.use_cache and self._path(key).exists():
+                        continue
                     if seed not in splits:
-                        splits[seed] = split(seed)
+                        splits[seed] = r.split(seed)
                     keys.append(key)
                     group = model.training_group or label
-                    jobs.append(CellJob(model, splits[seed], encoder, seed, task, k,
-                                        affinity=f"{dataset.name}|{group}|{seed}"))  # fmt: skip
+                    jobs.append(CellJob(model, splits[seed], encoder, seed, r.task, r.k,
+                                        affinity=f"{r.dataset.name}|{group}|{seed}"))  # fmt: skip
         if not jobs:
-            return splits
+            return
         if not self.use_cache:
             raise ValueError("Experiment: a parallel executor needs use_cache=True (the cells "
                              "come back through the cell cache)")  # fmt: skip
-        done = executor.completed(jobs)
+        boards = sorted({(r.dataset.name, r.protocol) for r in runs})
+        desc = f"{self.stem} {' '.join(boards[0])}" if len(boards) == 1 else f"{self.stem} cells"
         for index, result in tqdm(
-            done,
+            executor.completed(jobs),
             total=len(jobs),
             disable=not self.progress,
             leave=False,
-            desc=f"{self.stem} {dataset.name} {protocol} on {executor.name}",
+            desc=f"{desc} on {executor.name}",
         ):
-            self._save(keys[index], result)  # cached as each is done: a rerun resumes
-        return splits
+            self._save(keys[index], result)
 
     def record(
         self,

@@ -717,11 +717,11 @@ def run_selection(
     exp = Experiment(config.stem, config.results_dir, progress=not config.smoke)
     summaries = []
     for ds in data.values():
-        models = {}
-        for name in base_names:
-            tune_ds = data.get((tune_data or {}).get(name, ds.name), ds)
-            tuned, own = tune_for_data(config, ds, tune_ds, "topn-75-25", name, budgets[name])
-            models[name] = get_model(name, device=config.device, **(own or tuned).params)
+        wanted = [(ds, data.get((tune_data or {}).get(name, ds.name), ds), "topn-75-25", name,
+                   budgets[name]) for name in base_names]  # fmt: skip
+        models = {name: get_model(name, device=config.device, **(own or tuned).params)
+                  for name, (tuned, own) in zip(base_names, tune_for_data(config, wanted),
+                                                strict=True)}  # fmt: skip
         family_of = {name: m.family for name, m in models.items()}
         for seed in config.seeds:
             start = time.perf_counter()

@@ -21,18 +21,18 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from metarec_lib import __version__
 from metarec_lib.data.dataset import Dataset
-from metarec_lib.evaluate import score_on
 from metarec_lib.io import atomic_write_csv, atomic_write_json
 from metarec_lib.models.base import Recommender
 from metarec_lib.models.registry import get_model, model_class
 from metarec_lib.notebook import NotebookConfig
 from metarec_lib.protocols import carveout_how, seeds_for, split_factory, task_of
-from metarec_lib.runner import Experiment, cache_dir
+from metarec_lib.runner import Experiment, Run, cache_dir
 from metarec_lib.splits import Split, validation_carveout
-from metarec_lib.tuning import random_search
+from metarec_lib.tuning import choose, configurations
 
 VALID_FRACTION = 0.1
 SMOKE_EPOCHS = 2  # smoke runs check the plumbing, not the models: iterative fits stop here
@@ -65,6 +65,20 @@ class Tuned:
     curve: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
+@dataclass(frozen=True)
+class TuneRequest:
+    """One search: `budget` configurations of model `name` on `dataset` under `protocol`,
+    with `fixed` values over every configuration and `split` (seed -> Split) standing in for
+    the protocol's registered split factory (see `tune`)."""
+
+    dataset: Dataset
+    protocol: str
+    name: str
+    budget: int
+    fixed: dict[str, Any] = field(default_factory=dict)
+    split: Callable[[int], Split] | None = None
+
+
 def tune(
     dataset: Dataset,
     protocol: str,
@@ -85,65 +99,104 @@ def tune(
     built outside `protocols` (the transfer settings' target fractions); `protocol` must then
     name it uniquely for `dataset`, since it keys the cache.
     """
-    cls = model_class(name)
-    task = task_of(protocol)
-    fixed = dict(fixed or {})
-    key = _key(dataset.digest, protocol, name, cls, budget, seed, fixed)
-    path = cache_dir / f"tune-{key}.json"
-    if path.exists():
-        cached = json.loads(path.read_text())
-        curve = pd.DataFrame(cached.get("curve", {}))
-        return Tuned(cached["params"], cached["score"], cached["metric"],
-                     pd.DataFrame(cached["trials"]), curve)  # fmt: skip
-    first = seeds_for(protocol, [seed])[0]
-    split = (split or split_factory(protocol, dataset))(first)
-    if split.valid is not None:  # the protocol's own validation part (leave-last-one-out)
-        fit_part, valid_part = split.train, split.valid
-    else:
-        fit_part, valid_part = validation_carveout(
-            split.train, fraction=VALID_FRACTION, seed=first, how=carveout_how(protocol)
-        )
-    encoder = dataset.encoder()
-    train, valid = encoder.encode(fit_part), encoder.encode(valid_part)
-    if split.cold_users is not None:  # cold start: meta-valid and meta-test rows are supports
-        new = np.concatenate([split.cold_users, split.valid_users])
-        train = dataclasses.replace(train, cold_users=np.sort(encoder.user_index(new)))
-    # Rating models are tuned on RMSE (a cold-start rating model on its query RMSE).
-    rating = task == "rating" or (task == "coldstart" and cls.predicts_ratings)
-    kind = "rmse" if rating else "ndcg@10"
-    if task == "multitask" and hasattr(cls, "validation_score"):  # both tasks at once
-        kind = "joint"
-    metric = cls.validation_metric if kind == "joint" else kind
-    result = random_search(
-        lambda **config: get_model(name, device=device, **{**config, **fixed}),
-        cls.space, train, valid, lambda model, part: score_on(model, part, kind),
-        budget=budget, seed=seed, higher_is_better=not rating, progress=progress,
-        desc=f"tune {name} {dataset.name} {protocol}",
-        map_trials=_parallel_trials(name, device, fixed, train, valid, kind, seed),
-        describe=lambda model: describe_fit(model, higher_is_better=not rating),
-    )  # fmt: skip
-    params = {**result.best, **fixed}
-    param = epoch_param(cls)
-    best_epoch = result.best_info["best_epoch"]
-    if best_epoch is not None and param is not None:
-        params[param] = int(best_epoch)
-    tuned = Tuned(params, result.best_score, metric, result.trials, result.best_info["curve"])
-    atomic_write_json(path, {"params": params, "score": tuned.score, "metric": tuned.metric,
-                             "trials": result.trials.to_dict(orient="list"),
-                             "curve": tuned.curve.to_dict(orient="list")})  # fmt: skip
+    request = TuneRequest(dataset, protocol, name, budget, dict(fixed or {}), split)
+    [tuned] = tune_many([request], seed=seed, device=device, cache_dir=cache_dir,
+                        progress=progress)  # fmt: skip
     return tuned
 
 
-def _parallel_trials(name, device, fixed, train, valid, kind, seed):
-    """`random_search`'s map_trials on a parallel executor (None: tune here, one by one)."""
-    from metarec_lib.executors import TrialJob, default_executor
+def tune_many(
+    requests: Sequence[TuneRequest],
+    *,
+    seed: int,
+    device: str,
+    cache_dir: Path,
+    progress: bool = True,
+) -> list[Tuned]:
+    """`tune` for every request, in order. The trials of all the requests the cache does not
+    hold run as one batch on the parallel executor (`executors.default_executor`), so no worker
+    waits for one model's slowest trial before the next model's first."""
+    from metarec_lib.executors import TrialJob, default_executor, run_trial
 
+    out: list[Tuned | None] = [None] * len(requests)
+    searches = []  # (index, request, cache path, configurations, first job, metric kind)
+    jobs: list[TrialJob] = []
+    same: dict[int, int] = {}  # a request asked again -> the first one that asked it
+    first_of: dict[str, int] = {}
+    for i, req in enumerate(requests):
+        cls = model_class(req.name)
+        key = _key(req.dataset.digest, req.protocol, req.name, cls, req.budget, seed, req.fixed)
+        if req.split is None and key in first_of:
+            same[i] = first_of[key]
+            continue
+        first_of[key] = i
+        path = cache_dir / f"tune-{key}.json"
+        if path.exists():
+            cached = json.loads(path.read_text())
+            out[i] = Tuned(cached["params"], cached["score"], cached["metric"],
+                           pd.DataFrame(cached["trials"]),
+                           pd.DataFrame(cached.get("curve", {})))  # fmt: skip
+            continue
+        train, valid, kind = _validation_data(req, seed)
+        configs = configurations(cls.space, req.budget, seed)
+        searches.append((i, req, path, configs, len(jobs), kind))
+        jobs += [TrialJob(req.name, {**c, **req.fixed}, device, train, valid, kind, seed,
+                          higher_is_better=kind != "rmse") for c in configs]  # fmt: skip
     executor = default_executor()
-    if executor.in_process:
-        return None
-    return lambda configs: executor.map_trials(
-        [TrialJob(name, {**c, **fixed}, device, train, valid, kind, seed) for c in configs]
-    )
+    if executor.in_process or not jobs:
+        first = searches[0][1] if searches else None
+        desc = f"tune {first.name} {first.dataset.name} {first.protocol}" if first else "tune"
+        bar = tqdm(jobs, desc=desc, disable=not progress, leave=False)
+        outcomes = [run_trial(job, single_thread=False) for job in bar]
+    else:
+        outcomes = executor.map_trials(jobs)
+    for i, req, path, configs, first_job, kind in searches:
+        cls = model_class(req.name)
+        result = choose(configs, outcomes[first_job : first_job + len(configs)], cls.space,
+                        higher_is_better=kind != "rmse",
+                        desc=f"tune {req.name} {req.dataset.name} {req.protocol}")  # fmt: skip
+        params = {**result.best, **req.fixed}
+        param = epoch_param(cls)
+        best_epoch = result.best_info["best_epoch"]
+        if best_epoch is not None and param is not None:
+            params[param] = int(best_epoch)
+        metric = cls.validation_metric if kind == "joint" else kind
+        tuned = Tuned(params, result.best_score, metric, result.trials, result.best_info["curve"])
+        atomic_write_json(path, {"params": params, "score": tuned.score, "metric": tuned.metric,
+                                 "trials": result.trials.to_dict(orient="list"),
+                                 "curve": tuned.curve.to_dict(orient="list")})  # fmt: skip
+        out[i] = tuned
+    for i, j in same.items():
+        out[i] = out[j]
+    return out  # type: ignore[return-value]
+
+
+def _validation_data(req: TuneRequest, seed: int) -> tuple[Any, Any, str]:
+    """(train, valid, metric kind) of a request: the protocol's own validation part when it
+    has one (leave-last-one-out), else a carve-out of the first split's training data (cold
+    start: meta-valid and meta-test rows are supports). Rating models are tuned on RMSE (a
+    cold-start rating model on its query RMSE), multi-task models on their joint score of both
+    tasks ("joint"), the others on NDCG@10."""
+    cls = model_class(req.name)
+    task = task_of(req.protocol)
+    first = seeds_for(req.protocol, [seed])[0]
+    split = (req.split or split_factory(req.protocol, req.dataset))(first)
+    if split.valid is not None:
+        fit_part, valid_part = split.train, split.valid
+    else:
+        fit_part, valid_part = validation_carveout(
+            split.train, fraction=VALID_FRACTION, seed=first, how=carveout_how(req.protocol)
+        )
+    encoder = req.dataset.encoder()
+    train, valid = encoder.encode(fit_part), encoder.encode(valid_part)
+    if split.cold_users is not None:
+        new = np.concatenate([split.cold_users, split.valid_users])
+        train = dataclasses.replace(train, cold_users=np.sort(encoder.user_index(new)))
+    rating = task == "rating" or (task == "coldstart" and cls.predicts_ratings)
+    kind = "rmse" if rating else "ndcg@10"
+    if task == "multitask" and hasattr(cls, "validation_score"):
+        kind = "joint"
+    return train, valid, kind
 
 
 def tune_for(config: NotebookConfig, dataset: Dataset, protocol: str, name: str,
@@ -152,13 +205,26 @@ def tune_for(config: NotebookConfig, dataset: Dataset, protocol: str, name: str,
     """`tune` as a notebook runs it: the first seed, the notebook's device, the shared tuning
     cache, and in smoke runs every epoch parameter (EPOCH_PARAMS) capped at SMOKE_EPOCHS
     (over `fixed`, which `tune` passes on, as it does `split`)."""
-    cls = model_class(name)
+    [tuned] = tune_all(config, [request_for(config, dataset, protocol, name, budget, fixed, split)])
+    return tuned
+
+
+def request_for(config: NotebookConfig, dataset: Dataset, protocol: str, name: str, budget: int,
+                fixed: dict[str, Any] | None = None,
+                split: Callable[[int], Split] | None = None) -> TuneRequest:  # fmt: skip
+    """A `TuneRequest` as the notebook asks it (smoke runs cap every epoch parameter)."""
     fixed = dict(fixed or {})
     if config.smoke:
+        cls = model_class(name)
         fixed.update({p: SMOKE_EPOCHS for p in EPOCH_PARAMS if p in cls.defaults})
-    return tune(dataset, protocol, name, budget=budget, seed=config.seeds[0],
-                device=config.device, cache_dir=cache_dir(config.results_dir, "tuning"),
-                progress=not config.smoke, fixed=fixed, split=split)  # fmt: skip
+    return TuneRequest(dataset, protocol, name, budget, fixed, split)
+
+
+def tune_all(config: NotebookConfig, requests: Sequence[TuneRequest]) -> list[Tuned]:
+    """`tune_many` with the notebook's first seed, device and shared tuning cache."""
+    return tune_many(requests, seed=config.seeds[0], device=config.device,
+                     cache_dir=cache_dir(config.results_dir, "tuning"),
+                     progress=not config.smoke)  # fmt: skip
 
 
 def epoch_param(cls: type[Recommender]) -> str | None:
@@ -166,21 +232,30 @@ def epoch_param(cls: type[Recommender]) -> str | None:
     return next((p for p in ("epochs", "iterations") if p in cls.defaults), None)
 
 
-def tune_for_data(config: NotebookConfig, dataset: Dataset, tune_ds: Dataset, protocol: str,
-                  name: str, budget: int) -> tuple[Tuned, Tuned | None]:  # fmt: skip
-    """`tune_for` on `tune_ds` for use on `dataset`, and, when those differ and the model is
-    iterative, its own epochs: the carried values fixed, one configuration trained on
-    `dataset`'s own validation data with early stopping, whose best epoch is the count the
-    cells train (returned second; None when not recalibrated). The number of passes depends
-    on the data (SASRec's validation on ml-latest-small peaks near epoch 7 where ML-100K's
-    took 27), so it is never carried from another data set."""
-    tuned = tune_for(config, tune_ds, protocol, name, budget)
-    param = epoch_param(model_class(name))
-    if tune_ds is dataset or param is None:
-        return tuned, None
-    carried = {k: v for k, v in tuned.params.items() if k != param}
-    own = tune_for(config, dataset, protocol, name, 1, fixed=carried)
-    return tuned, own if param in own.params else None
+def tune_for_data(config: NotebookConfig, wanted: Sequence[tuple[Dataset, Dataset, str, str, int]],
+                  ) -> list[tuple[Tuned, Tuned | None]]:  # fmt: skip
+    """For each (dataset, tune_ds, protocol, name, budget): the values tuned on `tune_ds`, and,
+    when it is another data set and the model is iterative, its own epochs: the carried values
+    fixed, one configuration trained on `dataset`'s own validation data with early stopping,
+    whose best epoch is the count the cells train (second; None when not recalibrated). The
+    number of passes depends on the data (SASRec's validation on ml-latest-small peaks near
+    epoch 7 where ML-100K's took 27), so it is never carried from another data set. All
+    searches run as one batch (`tune_many`), then all recalibrations as another."""
+    tuned = tune_all(config, [request_for(config, tune_ds, protocol, name, budget)
+                              for _, tune_ds, protocol, name, budget in wanted])  # fmt: skip
+    recalibrate = {}
+    for i, ((dataset, tune_ds, protocol, name, _), t) in enumerate(zip(wanted, tuned, strict=True)):
+        param = epoch_param(model_class(name))
+        if tune_ds is not dataset and param is not None:
+            carried = {k: v for k, v in t.params.items() if k != param}
+            recalibrate[i] = request_for(config, dataset, protocol, name, 1, carried)
+    own = dict(zip(recalibrate, tune_all(config, list(recalibrate.values())), strict=True))
+    out = []
+    for i, t in enumerate(tuned):
+        mine = own.get(i)
+        param = epoch_param(model_class(wanted[i][3]))
+        out.append((t, mine if mine is not None and param in mine.params else None))
+    return out
 
 
 def describe_fit(model: Recommender, *, higher_is_better: bool) -> dict[str, Any]:
@@ -247,42 +322,43 @@ def run_plans(
     through `Experiment`.
     """
     exp = Experiment(config.stem, config.results_dir, progress=not config.smoke)
-    tuned_rows, trial_frames, metric_frames, curves = [], [], [], []
-    for ds in data.values():
-        for plan in plans:
-            if plan.datasets is not None and ds.name not in plan.datasets:
-                continue
-            models: dict[str, Recommender] = {}
-            for name in plan.models:
-                source = plan.tune_on.get(name, plan.protocol)
-                n_configs = (budgets or {}).get(name, budget)
-                tune_ds = data.get(plan.tune_data.get(name, ds.name), ds)
-                cls = model_class(name)
-                t, own = tune_for_data(config, ds, tune_ds, source, name, n_configs)
-                params = (own or t).params
-                models[name] = get_model(name, device=config.device, **params)
-                tuned_rows.append({
-                    "dataset": ds.name, "protocol": plan.protocol, "model": name,
-                    "family": cls.family, "tuned_on": source,
-                    "tuned_on_data": tune_ds.name,
-                    "validation_metric": t.metric, "validation_score": t.score,
-                    "configurations": len(t.trials), "params": json.dumps(params, sort_keys=True),
-                    "epochs_on_data": ds.name if own else tune_ds.name,
-                    "epochs_validation_score": (own or t).score,
-                })  # fmt: skip
-                if own is not None and source == plan.protocol and len(own.curve):
-                    curves.append(own.curve.assign(dataset=ds.name, protocol=source,
-                                                   model=name))  # fmt: skip
-                if source == plan.protocol and tune_ds is ds:
-                    trial_frames.append(t.trials.assign(dataset=ds.name, protocol=source,
-                                                        model=name))  # fmt: skip
-                    if len(t.curve):
-                        curves.append(t.curve.assign(dataset=ds.name, protocol=source,
-                                                     model=name))  # fmt: skip
-            split = split_factory(plan.protocol, ds)
-            seeds = seeds_for(plan.protocol, config.seeds)
-            metric_frames.append(exp.run(ds, plan.protocol, split, models, seeds,
-                                         task=task_of(plan.protocol)))  # fmt: skip
+    tuned_rows, trial_frames, curves = [], [], []
+    boards = [(ds, plan) for ds in data.values() for plan in plans
+              if plan.datasets is None or ds.name in plan.datasets]  # fmt: skip
+    wanted = [(ds, data.get(plan.tune_data.get(name, ds.name), ds),
+               plan.tune_on.get(name, plan.protocol), name, (budgets or {}).get(name, budget))
+              for ds, plan in boards for name in plan.models]  # fmt: skip
+    searches = iter(tune_for_data(config, wanted))  # every search first, as one batch
+    runs = []
+    for ds, plan in boards:
+        models: dict[str, Recommender] = {}
+        for name in plan.models:
+            _, tune_ds, source, _, _ = wanted[len(tuned_rows)]
+            t, own = next(searches)
+            params = (own or t).params
+            models[name] = get_model(name, device=config.device, **params)
+            tuned_rows.append({
+                "dataset": ds.name, "protocol": plan.protocol, "model": name,
+                "family": model_class(name).family, "tuned_on": source,
+                "tuned_on_data": tune_ds.name,
+                "validation_metric": t.metric, "validation_score": t.score,
+                "configurations": len(t.trials), "params": json.dumps(params, sort_keys=True),
+                "epochs_on_data": ds.name if own else tune_ds.name,
+                "epochs_validation_score": (own or t).score,
+            })  # fmt: skip
+            if own is not None and source == plan.protocol and len(own.curve):
+                curves.append(own.curve.assign(dataset=ds.name, protocol=source, model=name))
+            if source == plan.protocol and tune_ds is ds:
+                trial_frames.append(t.trials.assign(dataset=ds.name, protocol=source,
+                                                    model=name))  # fmt: skip
+                if len(t.curve):
+                    curves.append(t.curve.assign(dataset=ds.name, protocol=source, model=name))
+        protocol = plan.protocol
+        runs.append(Run(ds, protocol, split_factory(protocol, ds), models,
+                        seeds_for(protocol, config.seeds), task_of(protocol)))  # fmt: skip
+    exp.prefetch(runs)  # every cell of every board as one batch on a parallel executor
+    metric_frames = [exp.run(r.dataset, r.protocol, r.split, r.models, r.seeds, task=r.task)
+                     for r in runs]  # fmt: skip
     tuned = pd.DataFrame(tuned_rows)
     atomic_write_csv(config.out / "tables" / "hyperparameters.csv", tuned)
     if trial_frames:

@@ -145,16 +145,29 @@ def random_search(
             )  # fmt: skip
             for c in tqdm(configs, desc=desc or "tuning", disable=not progress, leave=False)
         ]
+    return choose(configs, done, space, higher_is_better=higher_is_better, desc=desc)
+
+
+def choose(
+    configs: list[dict],
+    outcomes: list[Outcome],
+    space: Mapping[str, Distribution],
+    *,
+    higher_is_better: bool = True,
+    desc: str = "",
+) -> SearchResult:
+    """The search's result from each configuration's `Outcome`: the best finite score wins
+    (the first of equal ones); an error when every configuration scored NaN."""
     rows = [{**c, "score": v, "fit_seconds": t}
-            for c, (v, t, _) in zip(configs, done, strict=True)]  # fmt: skip
+            for c, (v, t, _) in zip(configs, outcomes, strict=True)]  # fmt: skip
     trials = pd.DataFrame(rows)
     finite = trials[np.isfinite(trials["score"])]
     if finite.empty:
-        raise RuntimeError(f"{desc}: every configuration scored NaN on validation")
+        raise RuntimeError(f"{desc or 'tuning'}: every configuration scored NaN on validation")
     idx = finite["score"].idxmax() if higher_is_better else finite["score"].idxmin()
     best = {k: _plain(trials.loc[idx, k]) for k in space}
     return SearchResult(best=best, best_score=float(trials.loc[idx, "score"]), trials=trials,
-                        best_info=done[int(idx)][2])  # fmt: skip
+                        best_info=outcomes[int(idx)][2])  # fmt: skip
 
 
 def _plain(value: Any) -> Any:

@@ -135,3 +135,63 @@ def test_completed_returns_every_cell_once_from_the_workers(monkeypatch):
     assert sorted(got) == list(range(6))
     assert [got[i][0] for i in range(6)] == [0, 1, 4, 9, 16, 25]
     assert len({pid for _, pid in got.values()}) <= 2 and set(pool._home) == {"a", "b"}
+
+
+class _Recording:
+    """A parallel executor in name that runs its jobs here and records each batch's size."""
+
+    name, workers, in_process = "recording", 2, False
+
+    def __init__(self):
+        self.cell_batches, self.trial_batches = [], []
+
+    def completed(self, jobs):
+        from metarec_lib.executors import run_job
+
+        self.cell_batches.append(len(jobs))
+        return ((i, run_job(job, single_thread=False)) for i, job in enumerate(jobs))
+
+    def map_trials(self, jobs):
+        from metarec_lib.executors import run_trial
+
+        self.trial_batches.append(len(jobs))
+        return [run_trial(job, single_thread=False) for job in jobs]
+
+
+def test_prefetch_sends_every_board_as_one_batch_and_run_reads_them_back(tiny, tmp_path):
+    from metarec_lib.runner import Run
+
+    recording = _Recording()
+    exp = Experiment("x", tmp_path / "p", progress=False, executor=recording)
+    models = {"MostPop": get_model("MostPop"), "EASE": get_model("EASE", reg=50.0)}
+    runs = [Run(tiny, "topn-75-25", _split(tiny), models, [1, 2]),
+            Run(tiny, "other", _split(tiny), {"MostPop": get_model("MostPop")}, [3])]  # fmt: skip
+    exp.prefetch(runs)
+    assert recording.cell_batches == [2 * 2 + 1]
+    rows = [exp.run(r.dataset, r.protocol, r.split, r.models, r.seeds) for r in runs]
+    assert recording.cell_batches == [5]  # run found every cell cached
+    serial = Experiment("x", tmp_path / "s", progress=False, executor=LocalExecutor(1))
+    for r, got in zip(runs, rows, strict=True):
+        want = serial.run(r.dataset, r.protocol, r.split, r.models, r.seeds)
+        pd.testing.assert_frame_equal(got, want)
+
+
+def test_tune_many_batches_every_trial_and_asks_a_repeated_search_once(tiny, tmp_path,
+                                                                       monkeypatch):  # fmt: skip
+    from metarec_lib import executors
+    from metarec_lib.study import TuneRequest, tune, tune_many
+
+    recording = _Recording()
+    monkeypatch.setattr(executors, "_DEFAULT", recording)
+    bpr = TuneRequest(tiny, "topn-75-25", "BPR", 2, {"epochs": 2})
+    knn = TuneRequest(tiny, "topn-75-25", "ItemKNN", 3)
+    got = tune_many([bpr, knn, bpr], seed=4, device="cpu", cache_dir=tmp_path / "many",
+                    progress=False)  # fmt: skip
+    assert recording.trial_batches == [2 + 3]  # one batch; the repeated BPR search not again
+    assert got[2] is got[0]
+    monkeypatch.setattr(executors, "_DEFAULT", LocalExecutor(1))
+    for request, tuned in zip([bpr, knn], got[:2], strict=True):
+        alone = tune(tiny, request.protocol, request.name, budget=request.budget, seed=4,
+                     device="cpu", cache_dir=tmp_path / "alone", progress=False,
+                     fixed=request.fixed)  # fmt: skip
+        assert alone.params == tuned.params and alone.score == tuned.score
