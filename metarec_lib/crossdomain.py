@@ -27,9 +27,9 @@ from metarec_lib.io import atomic_write_csv
 from metarec_lib.leaderboard import leaderboard, versus_reference
 from metarec_lib.models.registry import get_model, model_class
 from metarec_lib.notebook import NotebookConfig
-from metarec_lib.runner import Experiment
+from metarec_lib.runner import Experiment, Run
 from metarec_lib.stats import aggregate_frame
-from metarec_lib.study import SMOKE_EPOCHS, tune_for
+from metarec_lib.study import SMOKE_EPOCHS, request_for, tune_all
 from metarec_lib.transfer import (
     FRACTIONS,
     SYNTHETIC,
@@ -88,38 +88,44 @@ def run_transfer(
     every fraction and seed; returns (metric rows, chosen hyperparameters) and writes the results
     contract plus `tables/hyperparameters.csv` through the runner."""
     exp = Experiment(config.stem, config.results_dir, progress=not config.smoke)
-    frames, tuned_rows = [], []
     epochs = int(model_class(BASELINE).defaults["epochs"])
+    # Every (setting, fraction) and what is tuned there; 1.0 first: the UNSCALED methods' epochs.
+    boards, requests = [], []
     for setting in settings:
-        grid = sorted({*map(float, fractions), 1.0}, reverse=True)  # 1.0 first: UNSCALED epochs
-        full_epochs = None
-        for fraction in grid:
+        for fraction in sorted({*map(float, fractions), 1.0}, reverse=True):
             protocol = protocol_name(setting.name, fraction, setting.relatedness)
             split = lambda seed, s=setting, f=fraction: target_fraction_split(s, f, seed)  # noqa: E731
-            chosen = {}
+            boards.append((setting, fraction, protocol, split))
             for name, n_configs, fixed in (
                 (BASELINE, budget, {"epochs": epochs_for(epochs, fraction)}),
                 *((ref, reference_budget, {}) for ref in references),
             ):
-                t = tune_for(config, setting.target, protocol, name, n_configs, fixed=fixed,
-                             split=split)  # fmt: skip
-                chosen[name] = t.params
-                tuned_rows.append({"setting": setting.name, "relatedness": setting.relatedness,
-                                   "fraction": fraction, "dataset": setting.target.name,
-                                   "model": name, "validation_metric": t.metric,
-                                   "validation_score": t.score, "configurations": len(t.trials),
-                                   "params": str(sorted(t.params.items()))})  # fmt: skip
-            if full_epochs is None:
-                full_epochs = int(chosen[BASELINE]["epochs"])
-            if not any(np.isclose(fraction, f) for f in fractions):
-                continue  # tuned only for the UNSCALED methods' epochs
-            models = {ref: get_model(ref, device=config.device, **chosen[ref])
-                      for ref in references}  # fmt: skip
-            smoke_caps = {"source_epochs": SMOKE_EPOCHS} if config.smoke else {}
-            for name in methods:
-                models[name] = method_at(name, chosen[BASELINE], full_epochs, config.device,
-                                         **smoke_caps)  # fmt: skip
-            frames.append(exp.run(setting.target, protocol, split, models, config.seeds))
+                requests.append(request_for(config, setting.target, protocol, name, n_configs,
+                                            fixed, split))  # fmt: skip
+    searches = iter(tune_all(config, requests))  # every search as one batch
+    tuned_rows, runs, full_epochs = [], [], {}
+    for setting, fraction, protocol, split in boards:
+        chosen = {}
+        for name in (BASELINE, *references):
+            t = next(searches)
+            chosen[name] = t.params
+            tuned_rows.append({"setting": setting.name, "relatedness": setting.relatedness,
+                               "fraction": fraction, "dataset": setting.target.name,
+                               "model": name, "validation_metric": t.metric,
+                               "validation_score": t.score, "configurations": len(t.trials),
+                               "params": str(sorted(t.params.items()))})  # fmt: skip
+        full_epochs.setdefault(id(setting), int(chosen[BASELINE]["epochs"]))
+        if not any(np.isclose(fraction, f) for f in fractions):
+            continue  # tuned only for the UNSCALED methods' epochs
+        models = {ref: get_model(ref, device=config.device, **chosen[ref])
+                  for ref in references}  # fmt: skip
+        smoke_caps = {"source_epochs": SMOKE_EPOCHS} if config.smoke else {}
+        for name in methods:
+            models[name] = method_at(name, chosen[BASELINE], full_epochs[id(setting)],
+                                     config.device, **smoke_caps)  # fmt: skip
+        runs.append(Run(setting.target, protocol, split, models, list(config.seeds)))
+    exp.prefetch(runs)  # every cell of every setting and fraction as one batch
+    frames = [exp.run(r.dataset, r.protocol, r.split, r.models, r.seeds) for r in runs]
     tuned = pd.DataFrame(tuned_rows)
     atomic_write_csv(config.out / "tables" / "hyperparameters.csv", tuned)
     return pd.concat(frames, ignore_index=True), tuned
