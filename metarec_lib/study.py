@@ -30,7 +30,7 @@ from metarec_lib.models.base import Recommender
 from metarec_lib.models.registry import get_model, model_class
 from metarec_lib.notebook import NotebookConfig
 from metarec_lib.protocols import carveout_how, seeds_for, split_factory, task_of
-from metarec_lib.runner import Experiment, Run, cache_dir
+from metarec_lib.runner import LONG_FAMILIES, Experiment, Run, cache_dir
 from metarec_lib.splits import Split, validation_carveout
 from metarec_lib.tuning import choose, configurations
 
@@ -148,8 +148,13 @@ def tune_many(
         desc = f"tune {first.name} {first.dataset.name} {first.protocol}" if first else "tune"
         bar = tqdm(jobs, desc=desc, disable=not progress, leave=False)
         outcomes = [run_trial(job, single_thread=False) for job in bar]
-    else:
-        outcomes = executor.map_trials(jobs)
+    else:  # likely-long trials first (see `runner.Experiment.prefetch`); same outcomes
+        long = [model_class(job.name).family in LONG_FAMILIES for job in jobs]
+        order = sorted(range(len(jobs)), key=lambda i: (not long[i], -len(jobs[i].train)))
+        done = executor.map_trials([jobs[i] for i in order])
+        outcomes = [None] * len(jobs)
+        for position, i in enumerate(order):
+            outcomes[i] = done[position]
     for i, req, path, configs, first_job, kind in searches:
         cls = model_class(req.name)
         result = choose(configs, outcomes[first_job : first_job + len(configs)], cls.space,

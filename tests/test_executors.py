@@ -163,13 +163,14 @@ def test_prefetch_sends_every_board_as_one_batch_and_run_reads_them_back(tiny, t
 
     recording = _Recording()
     exp = Experiment("x", tmp_path / "p", progress=False, executor=recording)
-    models = {"MostPop": get_model("MostPop"), "EASE": get_model("EASE", reg=50.0)}
+    models = {"MostPop": get_model("MostPop"), "EASE": get_model("EASE", reg=50.0),
+              "NeuMF": get_model("NeuMF", epochs=1)}  # deep: computed first  # fmt: skip
     runs = [Run(tiny, "topn-75-25", _split(tiny), models, [1, 2]),
             Run(tiny, "other", _split(tiny), {"MostPop": get_model("MostPop")}, [3])]  # fmt: skip
     exp.prefetch(runs)
-    assert recording.cell_batches == [2 * 2 + 1]
+    assert recording.cell_batches == [3 * 2 + 1]
     rows = [exp.run(r.dataset, r.protocol, r.split, r.models, r.seeds) for r in runs]
-    assert recording.cell_batches == [5]  # run found every cell cached
+    assert recording.cell_batches == [7]  # run found every cell cached
     serial = Experiment("x", tmp_path / "s", progress=False, executor=LocalExecutor(1))
     for r, got in zip(runs, rows, strict=True):
         want = serial.run(r.dataset, r.protocol, r.split, r.models, r.seeds)
@@ -185,13 +186,15 @@ def test_tune_many_batches_every_trial_and_asks_a_repeated_search_once(tiny, tmp
     monkeypatch.setattr(executors, "_DEFAULT", recording)
     bpr = TuneRequest(tiny, "topn-75-25", "BPR", 2, {"epochs": 2})
     knn = TuneRequest(tiny, "topn-75-25", "ItemKNN", 3)
-    got = tune_many([bpr, knn, bpr], seed=4, device="cpu", cache_dir=tmp_path / "many",
+    neumf = TuneRequest(tiny, "topn-75-25", "NeuMF", 2, {"epochs": 1})  # deep: sent first
+    got = tune_many([bpr, knn, bpr, neumf], seed=4, device="cpu", cache_dir=tmp_path / "many",
                     progress=False)  # fmt: skip
-    assert recording.trial_batches == [2 + 3]  # one batch; the repeated BPR search not again
+    assert recording.trial_batches == [2 + 3 + 2]  # one batch; the repeated search not again
     assert got[2] is got[0]
     monkeypatch.setattr(executors, "_DEFAULT", LocalExecutor(1))
-    for request, tuned in zip([bpr, knn], got[:2], strict=True):
+    for request, tuned in zip([bpr, knn, neumf], [got[0], got[1], got[3]], strict=True):
         alone = tune(tiny, request.protocol, request.name, budget=request.budget, seed=4,
                      device="cpu", cache_dir=tmp_path / "alone", progress=False,
                      fixed=request.fixed)  # fmt: skip
         assert alone.params == tuned.params and alone.score == tuned.score
+        pd.testing.assert_series_equal(alone.trials["score"], tuned.trials["score"])
