@@ -238,14 +238,16 @@ def epoch_param(cls: type[Recommender]) -> str | None:
 
 
 def tune_for_data(config: NotebookConfig, wanted: Sequence[tuple[Dataset, Dataset, str, str, int]],
-                  ) -> list[tuple[Tuned, Tuned | None]]:  # fmt: skip
+                  ) -> list[tuple[Tuned, Tuned | None, bool]]:  # fmt: skip
     """For each (dataset, tune_ds, protocol, name, budget): the values tuned on `tune_ds`, and,
     when it is another data set and the model is iterative, its own epochs: the carried values
-    fixed, one configuration trained on `dataset`'s own validation data with early stopping,
-    whose best epoch is the count the cells train (second; None when not recalibrated). The
-    number of passes depends on the data (SASRec's validation on ml-latest-small peaks near
-    epoch 7 where ML-100K's took 27), so it is never carried from another data set. All
-    searches run as one batch (`tune_many`), then all recalibrations as another."""
+    fixed, one configuration trained on `dataset`'s own validation data with early stopping
+    (second; None when not recalibrated), whose best epoch is the count the cells train when
+    the third is True. The
+    number of passes depends on the data (CL4SRec's best on ml-latest-small is 21 epochs where
+    ML-100K's was 7), so it is not carried from another data set, unless the recalibration
+    found no count (`informative`). All searches run as one batch (`tune_many`), then all
+    recalibrations as another."""
     tuned = tune_all(config, [request_for(config, tune_ds, protocol, name, budget)
                               for _, tune_ds, protocol, name, budget in wanted])  # fmt: skip
     recalibrate = {}
@@ -259,8 +261,20 @@ def tune_for_data(config: NotebookConfig, wanted: Sequence[tuple[Dataset, Datase
     for i, t in enumerate(tuned):
         mine = own.get(i)
         param = epoch_param(model_class(wanted[i][3]))
-        out.append((t, mine if mine is not None and param in mine.params else None))
+        out.append((t, mine, mine is not None and informative(mine, param)))
     return out
+
+
+def informative(own: Tuned, param: str | None) -> bool:
+    """Whether an epoch recalibration chose a count: its validation improved after the first
+    evaluation. When early stopping keeps the first evaluation, the curve never rose within
+    the model's patience: the model is still on a plateau (SASRec's validation on
+    ml-latest-small stays near MostPop's for about 7 epochs, then climbs), which says nothing
+    about how long it should train, so the count tuned on the other data set stays."""
+    if param is None or param not in own.params or own.curve.empty:
+        return False
+    evaluated = own.curve.dropna(subset=["valid"])
+    return len(evaluated) > 0 and int(own.params[param]) > int(evaluated["epoch"].min())
 
 
 def describe_fit(model: Recommender, *, higher_is_better: bool) -> dict[str, Any]:
@@ -339,7 +353,8 @@ def run_plans(
         models: dict[str, Recommender] = {}
         for name in plan.models:
             _, tune_ds, source, _, _ = wanted[len(tuned_rows)]
-            t, own = next(searches)
+            t, recalibration, accepted = next(searches)
+            own = recalibration if accepted else None
             params = (own or t).params
             models[name] = get_model(name, device=config.device, **params)
             tuned_rows.append({
@@ -351,8 +366,9 @@ def run_plans(
                 "epochs_on_data": ds.name if own else tune_ds.name,
                 "epochs_validation_score": (own or t).score,
             })  # fmt: skip
-            if own is not None and source == plan.protocol and len(own.curve):
-                curves.append(own.curve.assign(dataset=ds.name, protocol=source, model=name))
+            if recalibration is not None and source == plan.protocol and len(recalibration.curve):
+                curves.append(recalibration.curve.assign(dataset=ds.name, protocol=source,
+                                                         model=name))  # fmt: skip
             if source == plan.protocol and tune_ds is ds:
                 trial_frames.append(t.trials.assign(dataset=ds.name, protocol=source,
                                                     model=name))  # fmt: skip
