@@ -259,3 +259,21 @@ def test_scale_growth_lists_each_models_exponent_and_family(tmp_path):
         "; fit time grows as n^e with the interactions (95_scale): EASE 1.80 (collaborative), "
         "SASRec 1.63 (deep)"
     )
+
+
+def test_q3_leaves_out_boards_whose_memory_median_is_below_the_floor():
+    """A board where the other families' peak memory is 0.2 MB (noise of the RSS sampler)
+    gives no ratio: Q3 reads the four boards above 1 MB (meta a fifth: not supported) and says
+    how many it left out; without the floor that board's ratio (1 / 0.2 = 5) would count."""
+    boards = _boards()
+    noisy = pd.DataFrame([
+        _row("coldstart-users@k=20", "collaborative", 0.6, np.nan, 1.0, memory=0.2),
+        _row("coldstart-users@k=20", "meta", 0.2, 0.001, 10.0, memory=1.0),
+        _row("coldstart-users@k=20", "content", 0.05, 0.001, 2.0, memory=0.2),
+    ]).assign(is_best=[True, False, False], tied=[True, False, False])  # fmt: skip
+    boards = pd.concat([boards, noisy], ignore_index=True)
+    evidence = summary.CLAIM_RULES["Q3"][1](boards)
+    assert evidence.verdict == "not supported"
+    assert "> 1 on 0 of 4 boards" in evidence.numbers and "1 board(s) left out" in evidence.numbers
+    unfloored = summary.cost_ratio(boards, "meta", "peak_memory_mb", summary._coldstart)
+    assert len(unfloored) == 5 and unfloored["ratio"].max() == pytest.approx(5.0)
