@@ -13,8 +13,9 @@ split's training part, evaluates it on the test part and records costs. It write
   for paired tests across users.
 
 Finished cells are cached in `results/.cache/cells/` under a key of configuration + data digest +
-library version (not the notebook), so an interrupted run resumes, an unchanged cell is not
-recomputed, and a baseline one notebook fitted is reused by the next one that lists it. Every
+library version + a digest of the library's source (`code_fingerprint`; not the notebook), so an
+interrupted run resumes, an unchanged cell is not recomputed, a baseline one notebook fitted is
+reused by the next one that lists it, and a cell computed by other code is never reused. Every
 file is written atomically (see `metarec_lib.io`).
 """
 
@@ -34,7 +35,7 @@ import pandas as pd
 import scipy.sparse as sp
 from tqdm import tqdm
 
-from metarec_lib import __version__
+from metarec_lib import __version__, code_fingerprint
 from metarec_lib.costs import measure
 from metarec_lib.data.dataset import Dataset, Encoder, Interactions, encode_source
 from metarec_lib.io import atomic_write_bytes, atomic_write_csv
@@ -305,7 +306,7 @@ class Experiment:
             "dataset": dataset.name, "digest": dataset.digest, "protocol": protocol,
             "label": label, "family": model.family, "config": model.get_config(),
             "device": resolve_device(model.device), "seed": seed, "task": task, "k": k,
-            "version": __version__,
+            "version": __version__, "code": code_fingerprint(),
         }  # fmt: skip
         blob = json.dumps(config, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:32]

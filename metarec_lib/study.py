@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from metarec_lib import __version__
+from metarec_lib import __version__, code_fingerprint
 from metarec_lib.data.dataset import Dataset
 from metarec_lib.io import atomic_write_csv, atomic_write_json
 from metarec_lib.models.base import Recommender
@@ -314,6 +314,7 @@ def _key(digest: str, protocol: str, name: str, cls: type[Recommender], budget: 
          seed: int, fixed: dict[str, Any]) -> str:  # fmt: skip
     config = {"digest": digest, "protocol": protocol, "model": name, "defaults": cls.defaults,
               "space": repr(cls.space), "budget": budget, "seed": seed, "version": __version__,
+              "code": code_fingerprint(),
               "valid": VALID_FRACTION}  # fmt: skip
     if fixed:  # absent when empty, so existing cache keys stay valid
         config["fixed"] = fixed
