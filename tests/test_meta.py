@@ -461,7 +461,7 @@ def test_meta_validation_fits_reuse_across_k_but_not_when_the_meta_valid_support
 def test_the_training_memo_keeps_the_most_recently_used_networks(monkeypatch):
     from metarec_lib.models import meta
 
-    monkeypatch.setattr(meta, "_TRAINED_MAX", 2)
+    monkeypatch.setattr(meta, "_TRAINED", meta.TrainingMemo(2))
     train, _ = cold_split()
     fit = lambda lr: MAML(embedding=4, hidden=8, epochs=1, inner_lr=lr).fit(train, seed=0)  # noqa: E731
     fit(0.1), fit(0.2)

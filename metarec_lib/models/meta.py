@@ -82,7 +82,6 @@ import hashlib
 import json
 import time
 from abc import abstractmethod
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -96,6 +95,7 @@ from torch.func import functional_call, grad, vmap
 
 from metarec_lib.data.dataset import Interactions
 from metarec_lib.models.base import Recommender, resolve_device
+from metarec_lib.models.memo import TrainingMemo
 from metarec_lib.models.multitask import MLP, Features, PairEncoder, _linear, encode_features
 from metarec_lib.models.registry import register
 from metarec_lib.models.training import LOG_COLUMNS, EarlyStopping, cpu_threads, epoch_record
@@ -149,27 +149,12 @@ EPISODE_DEFAULTS: dict[str, Any] = {
 # the training record: 0.14 MB on ML-100K, 0.68 MB on ml-latest-small (its item id table);
 # least recently used out first. 32 entries hold one notebook's grid, 5 models x 3 seeds on each
 # of two data sets (about 12 MB), with room for the tuning fits in between.
-_TRAINED: OrderedDict[str, tuple] = OrderedDict()
-_TRAINED_MAX = 32
+_TRAINED = TrainingMemo(32)
 
 
 def clear_training_cache() -> None:
     """Forget every trained network (tests that compare two trainings call this)."""
     _TRAINED.clear()
-
-
-def _recall(key: str) -> tuple | None:
-    """The entry under `key` (now the most recently used), or None."""
-    if key in _TRAINED:
-        _TRAINED.move_to_end(key)
-    return _TRAINED.get(key)
-
-
-def _remember(key: str, value: tuple) -> None:
-    _TRAINED[key] = value
-    _TRAINED.move_to_end(key)
-    while len(_TRAINED) > _TRAINED_MAX:
-        _TRAINED.popitem(last=False)
 
 
 @dataclass(frozen=True)
@@ -437,13 +422,13 @@ class MetaRecommender(Recommender):
             )
             self.prepare(warm)
             key = self._training_key(warm, rows, train, valid, seed)
-            cached = _recall(key)
+            cached = _TRAINED.get(key)
             start = time.perf_counter()
             if cached is None:
                 self._train(module, valid, np.random.default_rng(int(seed)))
                 self.meta_train_seconds_ = time.perf_counter() - start
                 state = {n: w.detach().clone() for n, w in module.named_parameters()}
-                _remember(key, (state, self.history_, self.best_epoch_, self.train_log_,
+                _TRAINED.put(key, (state, self.history_, self.best_epoch_, self.train_log_,
                                 self.meta_train_seconds_))  # fmt: skip
                 self.meta_train_reused_, self.reused_seconds_ = False, 0.0
             else:  # the same warm users, hyperparameters and seed: the same trained network

@@ -67,6 +67,7 @@ from torch import nn
 from metarec_lib.data.dataset import Interactions, SourceDomain
 from metarec_lib.models.base import resolve_device
 from metarec_lib.models.bpr import sample_triples
+from metarec_lib.models.memo import TrainingMemo
 from metarec_lib.models.registry import register
 from metarec_lib.models.torch_base import TORCH_DEFAULTS, Batch, TorchRecommender
 from metarec_lib.models.training import cpu_threads
@@ -256,8 +257,8 @@ def fit_mf(
     if valid is not None:
         return TargetOnly(device=device, **config).fit(data, valid=valid, seed=seed)
     key = _pretraining_key(data, config, seed, device)
-    if key in _PRETRAINED:
-        model, seconds = _PRETRAINED[key]
+    if (hit := _PRETRAINED.get(key)) is not None:
+        model, seconds = hit
         reused = object.__new__(type(model))  # shares the (read-only) network, not this
         reused.__dict__.update(model.__dict__)  # attribute (copy.copy would pickle the network)
         reused.reused_seconds_ = seconds
@@ -265,15 +266,12 @@ def fit_mf(
     start = time.perf_counter()
     model = TargetOnly(device=device, **config).fit(data, seed=seed)
     model.reused_seconds_ = 0.0
-    if len(_PRETRAINED) >= _PRETRAINED_MAX:
-        _PRETRAINED.pop(next(iter(_PRETRAINED)))
-    _PRETRAINED[key] = (model, time.perf_counter() - start)
+    _PRETRAINED.put(key, (model, time.perf_counter() - start))
     return model
 
 
 # Source pretrainings by `_pretraining_key` (see `fit_mf`); a handful per target fraction.
-_PRETRAINED: dict[str, tuple[TargetOnly, float]] = {}
-_PRETRAINED_MAX = 8
+_PRETRAINED = TrainingMemo(8)
 
 
 def clear_pretraining_cache() -> None:
