@@ -57,8 +57,17 @@ COST_COLUMNS = [
     "dataset", "protocol", "family", "model", "seed", "fit_seconds", "predict_seconds",
     "peak_memory_mb", "n_parameters", "device",
 ]  # fmt: skip
-# Families whose cells usually train longest (`Experiment.prefetch` starts them first).
+# Families whose fits usually take longest (`longest_first` starts them first).
 LONG_FAMILIES = frozenset({"deep", "multitask", "meta", "transfer"})
+
+
+def longest_first(families: Sequence[str], sizes: Sequence[int]) -> list[int]:
+    """Job indices, likely-long first (a neural family, then more training rows; ties keep
+    their order), so a batch does not end with one worker on a long fit while the others
+    idle. Results never depend on the order."""
+    return sorted(range(len(sizes)), key=lambda i: (families[i] not in LONG_FAMILIES, -sizes[i]))
+
+
 RANKING_NAMES = ("precision", "recall", "ndcg", "map", "hr", "mrr")
 Task = Literal["topn", "rating", "multitask", "coldstart"]
 QUERY_KS = (3, 10)  # query_ndcg@k of the cold-start task
@@ -220,11 +229,7 @@ class Experiment:
         if not self.use_cache:
             raise ValueError("Experiment: a parallel executor needs use_cache=True (the cells "
                              "come back through the cell cache)")  # fmt: skip
-        # Likely-long cells first (neural families, larger training data), so the batch does
-        # not end with one worker on a long fit while the others idle; results do not depend
-        # on the order.
-        order = sorted(range(len(jobs)), key=lambda i: (
-            jobs[i].model.family not in LONG_FAMILIES, -len(jobs[i].split.train)))  # fmt: skip
+        order = longest_first([j.model.family for j in jobs], [len(j.split.train) for j in jobs])
         keys, jobs = [keys[i] for i in order], [jobs[i] for i in order]
         boards = sorted({(r.dataset.name, r.protocol) for r in runs})
         desc = f"{self.stem} {' '.join(boards[0])}" if len(boards) == 1 else f"{self.stem} cells"

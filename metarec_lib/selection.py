@@ -719,10 +719,9 @@ def run_selection(
     for ds in data.values():
         wanted = [(ds, data.get((tune_data or {}).get(name, ds.name), ds), "topn-75-25", name,
                    budgets[name]) for name in base_names]  # fmt: skip
-        models = {name: get_model(name, device=config.device,
-                                  **(own.params if accepted else tuned.params))
-                  for name, (tuned, own, accepted) in zip(base_names, tune_for_data(config, wanted),
-                                                          strict=True)}  # fmt: skip
+        chosen = tune_for_data(config, wanted)
+        models = {name: get_model(name, device=config.device, **(own or tuned).params)
+                  for name, (tuned, _, own) in zip(base_names, chosen, strict=True)}  # fmt: skip
         family_of = {name: m.family for name, m in models.items()}
         for seed in config.seeds:
             start = time.perf_counter()

@@ -30,7 +30,7 @@ from metarec_lib.models.base import Recommender
 from metarec_lib.models.registry import get_model, model_class
 from metarec_lib.notebook import NotebookConfig
 from metarec_lib.protocols import carveout_how, seeds_for, split_factory, task_of
-from metarec_lib.runner import LONG_FAMILIES, Experiment, Run, cache_dir
+from metarec_lib.runner import Experiment, Run, cache_dir, longest_first
 from metarec_lib.splits import Split, validation_carveout
 from metarec_lib.tuning import choose, configurations
 
@@ -148,9 +148,9 @@ def tune_many(
         desc = f"tune {first.name} {first.dataset.name} {first.protocol}" if first else "tune"
         bar = tqdm(jobs, desc=desc, disable=not progress, leave=False)
         outcomes = [run_trial(job, single_thread=False) for job in bar]
-    else:  # likely-long trials first (see `runner.Experiment.prefetch`); same outcomes
-        long = [model_class(job.name).family in LONG_FAMILIES for job in jobs]
-        order = sorted(range(len(jobs)), key=lambda i: (not long[i], -len(jobs[i].train)))
+    else:
+        order = longest_first([model_class(j.name).family for j in jobs],
+                              [len(j.train) for j in jobs])  # fmt: skip
         done = executor.map_trials([jobs[i] for i in order])
         outcomes = [None] * len(jobs)
         for position, i in enumerate(order):
@@ -238,31 +238,28 @@ def epoch_param(cls: type[Recommender]) -> str | None:
 
 
 def tune_for_data(config: NotebookConfig, wanted: Sequence[tuple[Dataset, Dataset, str, str, int]],
-                  ) -> list[tuple[Tuned, Tuned | None, bool]]:  # fmt: skip
-    """For each (dataset, tune_ds, protocol, name, budget): the values tuned on `tune_ds`, and,
-    when it is another data set and the model is iterative, its own epochs: the carried values
-    fixed, one configuration trained on `dataset`'s own validation data with early stopping
-    (second; None when not recalibrated), whose best epoch is the count the cells train when
-    the third is True. The
-    number of passes depends on the data (CL4SRec's best on ml-latest-small is 21 epochs where
+                  ) -> list[tuple[Tuned, Tuned | None, Tuned | None]]:  # fmt: skip
+    """For each (dataset, tune_ds, protocol, name, budget): (the values tuned on `tune_ds`,
+    the recalibration, the recalibration when it is used). When `tune_ds` is another data set
+    and the model is iterative, the recalibration keeps the carried values and trains one
+    configuration on `dataset`'s own validation data with early stopping; its best epoch is
+    the count the cells train (the third is then the recalibration, else None). The number of
+    passes depends on the data (CL4SRec's best on ml-latest-small is 21 epochs where
     ML-100K's was 7), so it is not carried from another data set, unless the recalibration
     found no count (`informative`). All searches run as one batch (`tune_many`), then all
     recalibrations as another."""
     tuned = tune_all(config, [request_for(config, tune_ds, protocol, name, budget)
                               for _, tune_ds, protocol, name, budget in wanted])  # fmt: skip
-    recalibrate = {}
+    recalibrate, params = {}, {}
     for i, ((dataset, tune_ds, protocol, name, _), t) in enumerate(zip(wanted, tuned, strict=True)):
         param = epoch_param(model_class(name))
         if tune_ds is not dataset and param is not None:
             carried = {k: v for k, v in t.params.items() if k != param}
             recalibrate[i] = request_for(config, dataset, protocol, name, 1, carried)
+            params[i] = param
     own = dict(zip(recalibrate, tune_all(config, list(recalibrate.values())), strict=True))
-    out = []
-    for i, t in enumerate(tuned):
-        mine = own.get(i)
-        param = epoch_param(model_class(wanted[i][3]))
-        out.append((t, mine, mine is not None and informative(mine, param)))
-    return out
+    return [(t, own.get(i), own[i] if i in own and informative(own[i], params[i]) else None)
+            for i, t in enumerate(tuned)]  # fmt: skip
 
 
 def informative(own: Tuned, param: str | None) -> bool:
@@ -348,14 +345,13 @@ def run_plans(
     wanted = [(ds, data.get(plan.tune_data.get(name, ds.name), ds),
                plan.tune_on.get(name, plan.protocol), name, (budgets or {}).get(name, budget))
               for ds, plan in boards for name in plan.models]  # fmt: skip
-    searches = iter(tune_for_data(config, wanted))  # every search first, as one batch
+    # every search first, as one batch
+    searches = iter(zip(wanted, tune_for_data(config, wanted), strict=True))
     runs = []
     for ds, plan in boards:
         models: dict[str, Recommender] = {}
         for name in plan.models:
-            _, tune_ds, source, _, _ = wanted[len(tuned_rows)]
-            t, recalibration, accepted = next(searches)
-            own = recalibration if accepted else None
+            (_, tune_ds, source, _, _), (t, recalibration, own) = next(searches)
             params = (own or t).params
             models[name] = get_model(name, device=config.device, **params)
             tuned_rows.append({

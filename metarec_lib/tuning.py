@@ -122,29 +122,24 @@ def random_search(
     higher_is_better: bool = True,
     progress: bool = True,
     desc: str = "",
-    map_trials: Callable[[list[dict]], list[Outcome]] | None = None,
     describe: Callable[[Any], dict] | None = None,
 ) -> SearchResult:
     """Fit `make(**config)` on `train` for each configuration and keep the best on `valid`.
 
     A configuration whose training diverges (the model raises FloatingPointError) scores NaN
-    and is never chosen; only when every one does is the search an error. `map_trials`, when
-    given, computes every configuration's `Outcome` elsewhere (parallel workers, see
-    `study.tune`) instead of `make` and `score` here; the choice is made the same way.
+    and is never chosen; only when every one does is the search an error (`choose`; the
+    study's own searches send their configurations to workers through `study.tune_many`).
     `describe(model)` summarises each fitted model; the best one's is `best_info`.
     """
     configs = configurations(space, budget, seed)
-    if map_trials is not None:
-        done = map_trials(configs)
-    else:
-        done = [
-            timed_trial(
-                lambda c=c: make(**c).fit(train, valid=valid, seed=seed),
-                lambda model: score(model, valid),
-                describe,
-            )  # fmt: skip
-            for c in tqdm(configs, desc=desc or "tuning", disable=not progress, leave=False)
-        ]
+    done = [
+        timed_trial(
+            lambda c=c: make(**c).fit(train, valid=valid, seed=seed),
+            lambda model: score(model, valid),
+            describe,
+        )  # fmt: skip
+        for c in tqdm(configs, desc=desc or "tuning", disable=not progress, leave=False)
+    ]
     return choose(configs, done, space, higher_is_better=higher_is_better, desc=desc)
 
 
