@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from metarec_lib.models import losses
 from metarec_lib.models.losses import full_softmax_cross_entropy
 
 
@@ -46,3 +47,43 @@ def test_gradcheck():
     assert torch.autograd.gradcheck(
         lambda h, w, b: full_softmax_cross_entropy(h, w, targets, b), (h, w, b)
     )
+
+
+@pytest.mark.parametrize("per_row", [1, 3])
+def test_chunks_give_the_same_loss_and_gradients(monkeypatch, per_row):
+    """With 25 items and a 75-element budget a chunk holds 3 rows: 40 rows are 14 chunks, the
+    last one partial; loss and gradients equal one chunk's."""
+    gen = torch.Generator().manual_seed(2)
+    h = torch.randn(40, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(25, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(25, generator=gen, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(25, (40, per_row), generator=gen)
+    whole = full_softmax_cross_entropy(h, w, targets, b)
+    expected = torch.autograd.grad(whole, (h, w, b))
+    monkeypatch.setitem(losses.CHUNK_ELEMENTS, "cpu", 75)
+    assert losses.chunk_rows(25, h.device) == 3
+    chunked = full_softmax_cross_entropy(h, w, targets, b)
+    assert chunked.item() == pytest.approx(whole.item(), rel=1e-12)
+    for got, want in zip(torch.autograd.grad(chunked, (h, w, b)), expected, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_a_target_whose_probability_underflows_keeps_a_finite_loss():
+    """Logits (0, 200): p(item 0) = e^-200 is 0 in float32, yet -log p = 200 + log(1 + e^-200)
+    = 200; the gradient is still p - onehot = (-1, 1)."""
+    h = torch.tensor([[1.0]], requires_grad=True)
+    w = torch.tensor([[0.0], [200.0]], requires_grad=True)
+    loss = full_softmax_cross_entropy(h, w, torch.tensor([0]))
+    assert loss.item() == pytest.approx(200.0)
+    loss.backward()
+    assert w.grad[:, 0].tolist() == pytest.approx([-1.0, 1.0])
+    assert h.grad.item() == pytest.approx(200.0)
+
+
+def test_without_gradients_only_the_loss():
+    h = torch.tensor([[1.0]], requires_grad=True)
+    w = torch.tensor([[0.0], [math.log(3.0)]], requires_grad=True)
+    with torch.no_grad():
+        loss = full_softmax_cross_entropy(h, w, torch.tensor([1]))
+    assert loss.item() == pytest.approx(-math.log(0.75))
+    assert not loss.requires_grad
