@@ -204,20 +204,12 @@ def _validation_data(req: TuneRequest, seed: int) -> tuple[Any, Any, str]:
     return train, valid, kind
 
 
-def tune_for(config: NotebookConfig, dataset: Dataset, protocol: str, name: str,
-             budget: int, *, fixed: dict[str, Any] | None = None,
-             split: Callable[[int], Split] | None = None) -> Tuned:  # fmt: skip
-    """`tune` as a notebook runs it: the first seed, the notebook's device, the shared tuning
-    cache, and in smoke runs every epoch parameter (EPOCH_PARAMS) capped at SMOKE_EPOCHS
-    (over `fixed`, which `tune` passes on, as it does `split`)."""
-    [tuned] = tune_all(config, [request_for(config, dataset, protocol, name, budget, fixed, split)])
-    return tuned
-
-
 def request_for(config: NotebookConfig, dataset: Dataset, protocol: str, name: str, budget: int,
                 fixed: dict[str, Any] | None = None,
                 split: Callable[[int], Split] | None = None) -> TuneRequest:  # fmt: skip
-    """A `TuneRequest` as the notebook asks it (smoke runs cap every epoch parameter)."""
+    """A `TuneRequest` as the notebook asks it (`tune_all` runs it with the notebook's first
+    seed, device and shared tuning cache): in smoke runs every epoch parameter (EPOCH_PARAMS)
+    is capped at SMOKE_EPOCHS, over `fixed`."""
     fixed = dict(fixed or {})
     if config.smoke:
         cls = model_class(name)
