@@ -87,3 +87,99 @@ def test_without_gradients_only_the_loss():
         loss = full_softmax_cross_entropy(h, w, torch.tensor([1]))
     assert loss.item() == pytest.approx(-math.log(0.75))
     assert not loss.requires_grad
+
+
+# ----------------------------------------------------------------------------- BPR triples
+
+
+def _bpr_reference(users, items, bias, u, i, j, reg, top=None, weight=None, frozen=None):
+    """The BPR triple loss written with autograd on gathered rows (frozen rows detached)."""
+
+    def rows(table, mask, idx):
+        r = table[idx]
+        return r if mask is None else torch.where(mask[idx, None], r.detach(), r)
+
+    p = rows(users, None if frozen is None else frozen[0], u)
+    qi, qj = (rows(items, None if frozen is None else frozen[1], x) for x in (i, j))
+    pw = p if top is None else p @ top.T
+    diff = (pw * (qi - qj)).sum(1) + bias[i] - bias[j]
+    penalty = (p**2).sum(1) + (qi**2).sum(1) + (qj**2).sum(1) + bias[i] ** 2 + bias[j] ** 2
+    per = -F.logsigmoid(diff) + reg * penalty
+    return (per if weight is None else weight * per).mean()
+
+
+def test_bpr_hand_worked_value_and_gradient():
+    """One triple, p = 1, q_i = 2, q_j = 0, no biases, reg 0.1: x_ui - x_uj = 2, loss =
+    log(1 + e^-2) + 0.1 * (1 + 4) and d loss / d p = -sigmoid(-2) * 2 + 0.2 * 1."""
+    users = torch.tensor([[1.0]], requires_grad=True)
+    items = torch.tensor([[2.0], [0.0]], requires_grad=True)
+    bias = torch.zeros(2, requires_grad=True)
+    idx = torch.tensor([0]), torch.tensor([0]), torch.tensor([1])
+    loss = losses.bpr_triple_loss(users, items, bias, *idx, reg=0.1)
+    assert loss.item() == pytest.approx(math.log1p(math.exp(-2.0)) + 0.5)
+    loss.backward()
+    sig = 1.0 / (1.0 + math.exp(2.0))
+    assert users.grad.item() == pytest.approx(-sig * 2.0 + 0.2)
+    assert items.grad[:, 0].tolist() == pytest.approx([-sig + 0.4, sig])
+    assert bias.grad.tolist() == pytest.approx([-sig, sig])
+
+
+@pytest.mark.parametrize("transfer", [False, True])
+def test_bpr_triples_match_autograd(transfer):
+    """Repeated rows, a top matrix, weights and frozen rows (whose gradient is 0 while they
+    still count in the loss): the same loss and gradients as autograd, scaled by upstream."""
+    gen = torch.Generator().manual_seed(3)
+    dt = torch.float64
+    users = torch.randn(7, 4, generator=gen, dtype=dt, requires_grad=True)
+    items = torch.randn(9, 4, generator=gen, dtype=dt, requires_grad=True)
+    bias = torch.randn(9, generator=gen, dtype=dt, requires_grad=True)
+    u, i, j = (torch.randint(n, (30,), generator=gen) for n in (7, 9, 9))
+    tensors, extra, ours = [users, items, bias], {}, {}
+    if transfer:
+        top = torch.randn(4, 4, generator=gen, dtype=dt, requires_grad=True)
+        weight = torch.rand(30, generator=gen, dtype=dt)
+        frozen_u = torch.zeros(7, dtype=torch.bool)
+        frozen_i = torch.zeros(9, dtype=torch.bool)
+        frozen_u[int(u[0])], frozen_i[int(i[0])] = True, True
+        tensors.append(top)
+        extra = {"top": top, "weight": weight}
+        ours = dict(extra, frozen_users=frozen_u, frozen_items=frozen_i)
+        extra["frozen"] = (frozen_u, frozen_i)
+    want = _bpr_reference(users, items, bias, u, i, j, 0.03, **extra)
+    got = losses.bpr_triple_loss(users, items, bias, u, i, j, reg=0.03, **ours)
+    assert got.item() == pytest.approx(want.item())
+    expected = torch.autograd.grad(2.5 * want, tensors)
+    for g, e in zip(torch.autograd.grad(2.5 * got, tensors), expected, strict=True):
+        torch.testing.assert_close(g, e)
+    if transfer:
+        grads = torch.autograd.grad(
+            losses.bpr_triple_loss(users, items, bias, u, i, j, reg=0.03, **ours), tensors
+        )
+        assert not grads[0][int(u[0])].any() and not grads[1][int(i[0])].any()
+
+
+def test_bpr_triples_gradcheck():
+    gen = torch.Generator().manual_seed(4)
+    dt = torch.float64
+    tables = [torch.randn(n, 3, generator=gen, dtype=dt, requires_grad=True) for n in (4, 5)]
+    bias = torch.randn(5, generator=gen, dtype=dt, requires_grad=True)
+    top = torch.randn(3, 3, generator=gen, dtype=dt, requires_grad=True)
+    u, i, j = (torch.randint(n, (8,), generator=gen) for n in (4, 5, 5))
+    weight = torch.rand(8, generator=gen, dtype=dt)
+    assert torch.autograd.gradcheck(
+        lambda p, q, b, w: losses.bpr_triple_loss(p, q, b, u, i, j, reg=0.1, top=w, weight=weight),
+        (*tables, bias, top),
+    )
+
+
+def test_bpr_triples_without_gradients():
+    """Under no_grad (or with no table requiring one) only the loss is computed."""
+    users, items, bias = torch.ones(2, 2), torch.ones(3, 2), torch.zeros(3)
+    idx = torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([2, 2])
+    loss = losses.bpr_triple_loss(users, items, bias, *idx, reg=0.0)
+    assert loss.item() == pytest.approx(math.log(2.0)) and not loss.requires_grad
+    users.requires_grad_()
+    with torch.no_grad():
+        assert losses.bpr_triple_loss(users, items, bias, *idx, reg=0.0).item() == pytest.approx(
+            math.log(2.0)
+        )

@@ -27,6 +27,7 @@ from torch import nn
 
 from metarec_lib.data.dataset import Interactions
 from metarec_lib.models.base import Recommender, resolve_device
+from metarec_lib.models.losses import bpr_triple_loss
 from metarec_lib.models.registry import register
 from metarec_lib.models.training import EarlyStopping, cpu_threads
 from metarec_lib.tuning import Choice, LogUniform
@@ -94,11 +95,8 @@ class BPRModule(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n_items), requires_grad=item_bias)
 
     def forward(self, u: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-        p, qi, qj = self.users[u], self.items[i], self.items[j]
-        bi, bj = self.bias[i], self.bias[j]
-        diff = (p * (qi - qj)).sum(dim=1) + bi - bj
-        penalty = (p**2).sum(1) + (qi**2).sum(1) + (qj**2).sum(1) + bi**2 + bj**2
-        return (-nn.functional.logsigmoid(diff) + self.reg * penalty).mean()
+        """The loss with its gradients written out (`losses.bpr_triple_loss`)."""
+        return bpr_triple_loss(self.users, self.items, self.bias, u, i, j, reg=self.reg)
 
 
 @register

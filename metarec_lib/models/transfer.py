@@ -67,6 +67,7 @@ from torch import nn
 from metarec_lib.data.dataset import Interactions, SourceDomain
 from metarec_lib.models.base import resolve_device
 from metarec_lib.models.bpr import sample_triples
+from metarec_lib.models.losses import bpr_triple_loss
 from metarec_lib.models.memo import TrainingMemo
 from metarec_lib.models.registry import register
 from metarec_lib.models.torch_base import TORCH_DEFAULTS, Batch, TorchRecommender
@@ -118,24 +119,16 @@ class MFModule(nn.Module):
         self.register_buffer("frozen_users", torch.zeros(n_users, dtype=torch.bool))
         self.register_buffer("frozen_items", torch.zeros(n_items, dtype=torch.bool))
 
-    def _rows(self, table: torch.Tensor, frozen: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        rows = table[idx]
-        return torch.where(frozen[idx, None], rows.detach(), rows)
-
     def bpr_loss(
         self, u: torch.Tensor, i: torch.Tensor, j: torch.Tensor, w: torch.Tensor, reg: float
     ) -> torch.Tensor:
         """Mean of w * (-log sigmoid(x_ui - x_uj) + reg * squared norms) over the triples,
-        plus reg * |W - I|^2."""
-        p = self._rows(self.users, self.frozen_users, u)
-        qi = self._rows(self.items, self.frozen_items, i)
-        qj = self._rows(self.items, self.frozen_items, j)
-        bi, bj = self.bias[i], self.bias[j]
-        diff = ((p @ self.top.T) * (qi - qj)).sum(1) + bi - bj
-        penalty = (p**2).sum(1) + (qi**2).sum(1) + (qj**2).sum(1) + bi**2 + bj**2
-        per_triple = -nn.functional.logsigmoid(diff) + reg * penalty
+        plus reg * |W - I|^2; frozen rows get no gradient (`losses.bpr_triple_loss`)."""
+        loss = bpr_triple_loss(self.users, self.items, self.bias, u, i, j, reg=reg, top=self.top,
+                               weight=w, frozen_users=self.frozen_users,
+                               frozen_items=self.frozen_items)  # fmt: skip
         eye = torch.eye(self.top.shape[0], device=self.top.device)
-        return (w * per_triple).mean() + reg * ((self.top - eye) ** 2).sum()
+        return loss + reg * ((self.top - eye) ** 2).sum()
 
     def score_all(self, users: torch.Tensor, n_items: int) -> torch.Tensor:
         """Scores of the first `n_items` items (the target's) for each user: (len(users), n)."""
