@@ -364,3 +364,32 @@ def test_whole_table_sides_give_the_per_row_outputs(cls):
         per_row = torch.cat([r[task] for r in rows])
         torch.testing.assert_close(whole[task], per_row, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(interest_only["interest"], whole["interest"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", MODELS_, ids=lambda c: c.name)
+def test_scoring_blocks_reuse_the_item_side_and_give_the_same_scores(cls, monkeypatch):
+    """`score` in blocks of one user computes each first layer's item half once (not once a
+    block), and gives bitwise the scores of one block per user computed without the memo."""
+    from metarec_lib.models import multitask
+
+    train = shared_signal()
+    model = fitted(cls)
+    monkeypatch.setattr(model, "score_floats", 1)  # one user a block
+    calls = []
+    real_half = multitask.half
+    monkeypatch.setattr(multitask, "half", lambda x, w: calls.append(x) or real_half(x, w))
+    with torch.no_grad():
+        items = torch.arange(train.n_items)[None, :]
+        one_by_one = torch.cat([model.module_(torch.tensor([[u]]), items, ("interest",))["interest"]
+                                for u in range(train.n_users)])  # fmt: skip
+
+    def broadcast_halves() -> int:  # first-layer halves of a (1, n_items, d) input
+        return sum(isinstance(x, torch.Tensor) and x.shape[:2] == (1, train.n_items) for x in calls)
+
+    without = broadcast_halves()  # per block: the item side, and (PLE) upper layers' inputs
+    calls.clear()
+    scores = model.score(np.arange(train.n_users))
+    np.testing.assert_array_equal(scores, one_by_one.numpy())
+    saved, blocks = without - broadcast_halves(), train.n_users
+    assert saved > 0 and saved % (blocks - 1) == 0  # the item halves, once instead of per block
+    assert all(m.memo is None for m in model.module_.modules() if hasattr(m, "memo"))

@@ -47,7 +47,9 @@ a multi-task model comes from sharing, not from the selection rule.
 
 Scoring every item is vectorised: every first layer over [x_u; x_i] is split into its user and
 item halves (`SplitLinear`), so it runs once per user and once per item and the per-pair work
-starts at the sum; `score_users` scores blocks of users against the whole catalogue. In
+starts at the sum; `score_users` scores blocks of users against the whole catalogue, each
+first layer's item half computed once for all blocks (`item_side_reused`: validation on
+ml-latest-small's 9,742 items, one user a block, went from 15 s to 4 s for MMoE). In
 training the same split saves work: a side with no more rows than the batch (ML-100K's users
 and items) is multiplied once per step as a whole table and gathered (`PairEncoder.sides`), and
 first layers that read the same input (experts' and gates', ESMM's three bottoms') run as one
@@ -57,7 +59,8 @@ Adam runs fused.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -164,6 +167,8 @@ class SplitLinear(nn.Module):
     W [x_1; x_2] + b = W_1 x_1 + W_2 x_2 + b, so the inputs only need to broadcast: a user part
     (n, 1, d_u) and an item part (1, m, d_i) give all n x m pairs without building them."""
 
+    memo: dict | None = None  # see `item_side_reused`
+
     def __init__(self, dims: Sequence[int], n_out: int, generator: torch.Generator) -> None:
         super().__init__()
         self.dims = tuple(int(d) for d in dims)
@@ -172,9 +177,45 @@ class SplitLinear(nn.Module):
     def forward(self, *inputs: Side) -> torch.Tensor:
         weights = torch.split(self.layer.weight, self.dims, dim=1)
         out = self.layer.bias
-        for x, w in zip(inputs, weights, strict=True):
-            out = out + half(x, w)
+        for k, (x, w) in enumerate(zip(inputs, weights, strict=True)):
+            out = out + reused(self.memo, k, x, lambda: half(x, w))  # noqa: B023 (called now)
         return out
+
+
+def reused(
+    memo: dict | None, key: Any, x: Side, compute: Callable[[], torch.Tensor]
+) -> torch.Tensor:
+    """`compute()`, or its value from `memo` when it was computed there under `key` for this
+    very `x` (the same object: the entry keeps it alive, so its identity is not reused). Only
+    inputs that broadcast over users (first dimension 1: the item side when scoring blocks of
+    users) are kept, the last one per key, so the memo never holds a block of many users."""
+    if memo is None or not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[0] != 1:
+        return compute()
+    hit = memo.get(key)
+    if hit is not None and hit[0] is x:
+        return hit[1]
+    value = compute()
+    memo[key] = (x, value)
+    return value
+
+
+@contextmanager
+def item_side_reused(module: nn.Module) -> Iterator[None]:
+    """Within: the item side of the encoder and of every first layer in `module` is computed
+    once per item index tensor and reused, for scoring blocks of users against the same items
+    (`MultiTaskRecommender.score_users`); without it a block of users recomputed the item
+    half of every first layer (on ml-latest-small, 9,742 items x the layer's width, for each
+    user). The same tensors, so the same scores; the weights must not change within."""
+    holders = [
+        m for m in module.modules() if isinstance(m, (PairEncoder, SplitLinear, FirstLayers))
+    ]
+    for m in holders:
+        m.memo = {}
+    try:
+        yield
+    finally:
+        for m in holders:
+            m.memo = None
 
 
 def half(x: Side, weight: torch.Tensor) -> torch.Tensor:
@@ -224,6 +265,8 @@ class PairEncoder(nn.Module):
     features). Indices of any shape broadcast: users (n, 1) and items (1, m) give all pairs.
     """
 
+    memo: dict | None = None  # see `item_side_reused`
+
     def __init__(
         self, n_users: int, n_items: int, dim: int, features: Features, generator: torch.Generator
     ) -> None:
@@ -272,7 +315,7 @@ class PairEncoder(nn.Module):
         if items.dim() == 1 and n_items <= len(items):
             x_i: Side = (self.items(torch.arange(n_items, device=items.device)), items)
         else:
-            x_i = self.items(items)
+            x_i = reused(self.memo, "items", items, lambda: self.items(items))
         return x_u, x_i
 
 
@@ -360,6 +403,8 @@ class FirstLayers(nn.Module):
     layers), one matmul per input instead of one per layer and input. `forward(*inputs,
     names)` -> {name: that layer's output}; `names` (default all) skips the others."""
 
+    memo: dict | None = None  # see `item_side_reused`
+
     def __init__(self, layers: Mapping[str, SplitLinear]) -> None:
         super().__init__()
         [dims] = {layer.dims for layer in layers.values()}
@@ -381,8 +426,8 @@ class FirstLayers(nn.Module):
             ])  # fmt: skip
             weight, bias = weight[rows.to(weight.device)], bias[rows.to(weight.device)]
         out = bias
-        for x, w in zip(inputs, torch.split(weight, self.dims, dim=1), strict=True):
-            out = out + half(x, w)
+        for k, (x, w) in enumerate(zip(inputs, torch.split(weight, self.dims, dim=1), strict=True)):
+            out = out + reused(self.memo, (k, keep), x, lambda: half(x, w))  # noqa: B023
         sizes = [s for n, s in zip(self.names, self.sizes, strict=True) if n in keep]
         return dict(zip(keep, out.split(sizes, -1), strict=True))
 
@@ -767,12 +812,13 @@ class MultiTaskRecommender(TorchRecommender):
         `score_floats` floats (32 MiB) whatever the catalogue size."""
         items = torch.arange(self.n_items_, device=users.device)[None, :]
         step = max(1, self.score_floats // (self.n_items_ * module.pair_width))
-        return torch.cat(
-            [
-                module(users[s : s + step, None], items, ("interest",))["interest"]
-                for s in range(0, len(users), step)
-            ]
-        )
+        with item_side_reused(module):
+            return torch.cat(
+                [
+                    module(users[s : s + step, None], items, ("interest",))["interest"]
+                    for s in range(0, len(users), step)
+                ]
+            )
 
     def outputs(
         self, users: npt.ArrayLike, items: npt.ArrayLike, tasks: Sequence[str], gates: bool = False
