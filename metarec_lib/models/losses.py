@@ -3,7 +3,7 @@
 `bpr_triple_loss` is the pairwise BPR loss of BPR and of the transfer models' matrix
 factorisation: autograd would gather the three embedding rows of every triple, keep a dozen
 (batch, f) intermediates and scatter their gradients back with `index_put_`; here the loss
-and the gradients of the tables come out of one pass (a step at batch 4,096 and 128 factors:
+and the per-triple gradients come out of one pass (a step at batch 4,096 and 128 factors:
 3.5 ms instead of 7-9 ms on one CPU thread, `benchmarks/bench_bpr_loss.py`).
 
 `full_softmax_cross_entropy` is the full-softmax cross-entropy of the sequence models, fused
@@ -118,10 +118,13 @@ class _BPRTripleLoss(torch.autograd.Function):
         if weight is not None:
             per_triple = per_triple * weight
         loss = per_triple.sum() / n
+        ctx.shapes = (users.shape, items.shape, bias.shape)
         need = [grad_enabled and flag for flag in ctx.needs_input_grad[:4]]
         if not any(need):
-            ctx.save_for_backward(None, None, None, None)
+            ctx.save_for_backward(None, None, None, None, None, None, None, None, None)
             return loss
+        # Per-triple gradients now (batch-sized); the table-sized ones are assembled in the
+        # backward, so that they are fresh tensors autograd can take as .grad without a copy.
         s = torch.sigmoid(-diff).mul_(-1.0 / n)  # d loss / d diff
         c: torch.Tensor | float = 2.0 * reg / n  # d loss / d (a squared norm)
         s_col, c_col = s[:, None], c
@@ -129,35 +132,40 @@ class _BPRTripleLoss(torch.autograd.Function):
             s, c = s * weight, c * weight
             s_col, c_col = s[:, None], c[:, None]
         g_pw = s_col * d  # d loss / d pw
-        g_users = g_items = g_bias = g_top = None
+        g_p = g_qi = g_qj = g_bi = g_bj = g_top = None
         if need[0]:
             g_p = c_col * p
             g_p += g_pw if top is None else g_pw @ top
             if frozen is not None:
                 g_p.masked_fill_(frozen[0].index_select(0, u)[:, None], 0.0)
-            g_users = torch.zeros_like(users).index_add_(0, u, g_p)
         if need[1]:
-            g_qi, g_qj = (
-                torch.addcmul(c_col * qi, s_col, pw),
-                torch.addcmul(c_col * qj, s_col, pw, value=-1.0),
-            )
+            g_qi = torch.addcmul(c_col * qi, s_col, pw)
+            g_qj = torch.addcmul(c_col * qj, s_col, pw, value=-1.0)
             if frozen is not None:
                 g_qi.masked_fill_(frozen[1].index_select(0, i)[:, None], 0.0)
                 g_qj.masked_fill_(frozen[1].index_select(0, j)[:, None], 0.0)
-            g_items = torch.zeros_like(items).index_add_(0, i, g_qi).index_add_(0, j, g_qj)
         if need[2]:
-            g_bias = (
-                torch.zeros_like(bias).index_add_(0, i, s + c * bi).index_add_(0, j, c * bj - s)
-            )
+            g_bi, g_bj = s + c * bi, c * bj - s
         if need[3]:
             g_top = g_pw.T @ p  # pw = p @ top.T
-        ctx.save_for_backward(g_users, g_items, g_bias, g_top)
+        ctx.save_for_backward(u, i, j, g_p, g_qi, g_qj, g_bi, g_bj, g_top)
         return loss
 
     @staticmethod
     def backward(ctx, upstream):  # type: ignore[override]
-        grads = tuple(None if g is None else g * upstream for g in ctx.saved_tensors)
-        return *grads, *([None] * 7)
+        u, i, j, g_p, g_qi, g_qj, g_bi, g_bj, g_top = ctx.saved_tensors
+        users_shape, items_shape, bias_shape = ctx.shapes
+        g_users = g_items = g_bias = None
+        if g_p is not None:
+            g_users = g_p.new_zeros(users_shape).index_add_(0, u, g_p * upstream)
+        if g_qi is not None:
+            g_items = g_qi.new_zeros(items_shape).index_add_(0, i, g_qi * upstream)
+            g_items.index_add_(0, j, g_qj * upstream)
+        if g_bi is not None:
+            g_bias = g_bi.new_zeros(bias_shape).index_add_(0, i, g_bi * upstream)
+            g_bias.index_add_(0, j, g_bj * upstream)
+        g_top = None if g_top is None else g_top * upstream
+        return g_users, g_items, g_bias, g_top, *([None] * 7)
 
 
 def bpr_triple_loss(
@@ -181,8 +189,8 @@ def bpr_triple_loss(
     indices of equal length; top (f, f) or None (the identity); weight (len(u),) or None (1);
     frozen_users / frozen_items: bool (n_users,) / (n_items,) rows that get no gradient (they
     still count in the loss). Equals the same expression written with autograd up to float
-    rounding; the gradients of the tables (and of top) are computed with the loss, dense
-    (`index_add_`), so calling it under `torch.no_grad` costs only the loss.
+    rounding; the per-triple gradients are computed with the loss and added into dense table
+    gradients (`index_add_`) by the backward; under `torch.no_grad` only the loss is computed.
     """
     frozen = None
     if frozen_users is not None or frozen_items is not None:
