@@ -15,25 +15,9 @@ from __future__ import annotations
 import time
 
 import torch
-import torch.nn.functional as F
 
 from metarec_lib.models.losses import bpr_triple_loss
-
-
-def autograd_loss(users, items, bias, u, i, j, reg, top=None, weight=None, frozen=None):
-    """The loss as the models wrote it before: gathered rows, autograd's backward."""
-
-    def rows(table, mask, idx):
-        r = table[idx]
-        return r if mask is None else torch.where(mask[idx, None], r.detach(), r)
-
-    p = rows(users, None if frozen is None else frozen[0], u)
-    qi, qj = (rows(items, None if frozen is None else frozen[1], x) for x in (i, j))
-    pw = p if top is None else p @ top.T
-    diff = (pw * (qi - qj)).sum(1) + bias[i] - bias[j]
-    penalty = (p**2).sum(1) + (qi**2).sum(1) + (qj**2).sum(1) + bias[i] ** 2 + bias[j] ** 2
-    per = -F.logsigmoid(diff) + reg * penalty
-    return (per if weight is None else weight * per).mean()
+from metarec_lib.testing import bpr_loss_by_autograd
 
 
 def case(name: str, n_users: int, n_items: int, factors: int, batch: int, transfer: bool):
@@ -53,7 +37,7 @@ def case(name: str, n_users: int, n_items: int, factors: int, batch: int, transf
         ours = theirs = {}
     tensors = [users, items, bias] + ([extra["top"]] if transfer else [])
     runs = {
-        "autograd": lambda: autograd_loss(users, items, bias, u, i, j, 0.01, **theirs),
+        "autograd": lambda: bpr_loss_by_autograd(users, items, bias, u, i, j, 0.01, **theirs),
         "bpr_triple_loss": lambda: bpr_triple_loss(users, items, bias, u, i, j, reg=0.01, **ours),
     }
     best = dict.fromkeys(runs, float("inf"))

@@ -185,3 +185,23 @@ def write_results_tree(
                           "peak_memory_mb": 10.0, "n_parameters": 5, "device": "cpu"})  # fmt: skip
     pd.DataFrame(metrics).to_csv(out / "metrics.csv", index=False)
     pd.DataFrame(costs).to_csv(out / "costs.csv", index=False)
+
+
+def bpr_loss_by_autograd(users, items, bias, u, i, j, reg, top=None, weight=None, frozen=None):
+    """`models.losses.bpr_triple_loss` as the models wrote it before, for tests and benchmarks
+    to compare with: gathered rows, autograd's backward; frozen = (user mask, item mask) or
+    None, frozen rows detached."""
+    import torch
+    import torch.nn.functional as F
+
+    def rows(table, mask, idx):
+        r = table[idx]
+        return r if mask is None else torch.where(mask[idx, None], r.detach(), r)
+
+    p = rows(users, None if frozen is None else frozen[0], u)
+    qi, qj = (rows(items, None if frozen is None else frozen[1], x) for x in (i, j))
+    pw = p if top is None else p @ top.T
+    diff = (pw * (qi - qj)).sum(1) + bias[i] - bias[j]
+    penalty = (p**2).sum(1) + (qi**2).sum(1) + (qj**2).sum(1) + bias[i] ** 2 + bias[j] ** 2
+    per = -F.logsigmoid(diff) + reg * penalty
+    return (per if weight is None else weight * per).mean()

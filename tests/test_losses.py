@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from metarec_lib.models import losses
 from metarec_lib.models.losses import full_softmax_cross_entropy
+from metarec_lib.testing import bpr_loss_by_autograd
 
 
 def test_hand_worked_value_and_gradient():
@@ -92,22 +93,6 @@ def test_without_gradients_only_the_loss():
 # ----------------------------------------------------------------------------- BPR triples
 
 
-def _bpr_reference(users, items, bias, u, i, j, reg, top=None, weight=None, frozen=None):
-    """The BPR triple loss written with autograd on gathered rows (frozen rows detached)."""
-
-    def rows(table, mask, idx):
-        r = table[idx]
-        return r if mask is None else torch.where(mask[idx, None], r.detach(), r)
-
-    p = rows(users, None if frozen is None else frozen[0], u)
-    qi, qj = (rows(items, None if frozen is None else frozen[1], x) for x in (i, j))
-    pw = p if top is None else p @ top.T
-    diff = (pw * (qi - qj)).sum(1) + bias[i] - bias[j]
-    penalty = (p**2).sum(1) + (qi**2).sum(1) + (qj**2).sum(1) + bias[i] ** 2 + bias[j] ** 2
-    per = -F.logsigmoid(diff) + reg * penalty
-    return (per if weight is None else weight * per).mean()
-
-
 def test_bpr_hand_worked_value_and_gradient():
     """One triple, p = 1, q_i = 2, q_j = 0, no biases, reg 0.1: x_ui - x_uj = 2, loss =
     log(1 + e^-2) + 0.1 * (1 + 4) and d loss / d p = -sigmoid(-2) * 2 + 0.2 * 1."""
@@ -145,7 +130,7 @@ def test_bpr_triples_match_autograd(transfer):
         extra = {"top": top, "weight": weight}
         ours = dict(extra, frozen_users=frozen_u, frozen_items=frozen_i)
         extra["frozen"] = (frozen_u, frozen_i)
-    want = _bpr_reference(users, items, bias, u, i, j, 0.03, **extra)
+    want = bpr_loss_by_autograd(users, items, bias, u, i, j, 0.03, **extra)
     got = losses.bpr_triple_loss(users, items, bias, u, i, j, reg=0.03, **ours)
     assert got.item() == pytest.approx(want.item())
     expected = torch.autograd.grad(2.5 * want, tensors)
