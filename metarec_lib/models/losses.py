@@ -3,8 +3,9 @@
 `bpr_triple_loss` is the pairwise BPR loss of BPR and of the transfer models' matrix
 factorisation: autograd would gather the three embedding rows of every triple, keep a dozen
 (batch, f) intermediates and scatter their gradients back with `index_put_`; here the loss
-and the per-triple gradients come out of one pass (a step at batch 4,096 and 128 factors:
-3.5 ms instead of 7-9 ms on one CPU thread, `benchmarks/bench_bpr_loss.py`).
+and the per-triple gradients come out of one pass, and the backward adds them into the table
+gradients (loss and gradients at batch 4,096 and 128 factors on ml-latest-small's tables:
+4.2 ms instead of 7.6 ms on one CPU thread; figures in `benchmarks/README.md`).
 
 `full_softmax_cross_entropy` is the full-softmax cross-entropy of the sequence models, fused
 and chunked:
@@ -106,7 +107,7 @@ def full_softmax_cross_entropy(
 
 class _BPRTripleLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, users, items, bias, top, u, i, j, weight, reg, frozen, grad_enabled):  # type: ignore[override]
+    def forward(ctx, users, items, bias, top, u, i, j, weight, reg, frozen_u, frozen_i, grad):  # type: ignore[override]
         n = max(len(u), 1)
         p, qi, qj = users.index_select(0, u), items.index_select(0, i), items.index_select(0, j)
         bi, bj = bias.index_select(0, i), bias.index_select(0, j)
@@ -119,7 +120,7 @@ class _BPRTripleLoss(torch.autograd.Function):
             per_triple = per_triple * weight
         loss = per_triple.sum() / n
         ctx.shapes = (users.shape, items.shape, bias.shape)
-        need = [grad_enabled and flag for flag in ctx.needs_input_grad[:4]]
+        need = [grad and flag for flag in ctx.needs_input_grad[:4]]
         if not any(need):
             ctx.save_for_backward(None, None, None, None, None, None, None, None, None)
             return loss
@@ -136,14 +137,14 @@ class _BPRTripleLoss(torch.autograd.Function):
         if need[0]:
             g_p = c_col * p
             g_p += g_pw if top is None else g_pw @ top
-            if frozen is not None:
-                g_p.masked_fill_(frozen[0].index_select(0, u)[:, None], 0.0)
+            if frozen_u is not None:
+                g_p.masked_fill_(frozen_u.index_select(0, u)[:, None], 0.0)
         if need[1]:
             g_qi = torch.addcmul(c_col * qi, s_col, pw)
             g_qj = torch.addcmul(c_col * qj, s_col, pw, value=-1.0)
-            if frozen is not None:
-                g_qi.masked_fill_(frozen[1].index_select(0, i)[:, None], 0.0)
-                g_qj.masked_fill_(frozen[1].index_select(0, j)[:, None], 0.0)
+            if frozen_i is not None:
+                g_qi.masked_fill_(frozen_i.index_select(0, i)[:, None], 0.0)
+                g_qj.masked_fill_(frozen_i.index_select(0, j)[:, None], 0.0)
         if need[2]:
             g_bi, g_bj = s + c * bi, c * bj - s
         if need[3]:
@@ -165,7 +166,7 @@ class _BPRTripleLoss(torch.autograd.Function):
             g_bias = g_bi.new_zeros(bias_shape).index_add_(0, i, g_bi * upstream)
             g_bias.index_add_(0, j, g_bj * upstream)
         g_top = None if g_top is None else g_top * upstream
-        return g_users, g_items, g_bias, g_top, *([None] * 7)
+        return g_users, g_items, g_bias, g_top, *([None] * 8)
 
 
 def bpr_triple_loss(
@@ -192,11 +193,5 @@ def bpr_triple_loss(
     rounding; the per-triple gradients are computed with the loss and added into dense table
     gradients (`index_add_`) by the backward; under `torch.no_grad` only the loss is computed.
     """
-    frozen = None
-    if frozen_users is not None or frozen_items is not None:
-        none_u = torch.zeros(users.shape[0], dtype=torch.bool, device=users.device)
-        none_i = torch.zeros(items.shape[0], dtype=torch.bool, device=items.device)
-        frozen = (none_u if frozen_users is None else frozen_users,
-                  none_i if frozen_items is None else frozen_items)  # fmt: skip
-    return _BPRTripleLoss.apply(users, items, bias, top, u, i, j, weight, float(reg), frozen,
-                                torch.is_grad_enabled())  # fmt: skip
+    return _BPRTripleLoss.apply(users, items, bias, top, u, i, j, weight, float(reg),
+                                frozen_users, frozen_items, torch.is_grad_enabled())  # fmt: skip
