@@ -54,19 +54,21 @@ def sample_unpurchased(
     drawn uniformly without replacement; purchased items (purchases > 0) are never marked.
 
     An item is drawn when its uniform noise is at most the row's count-th smallest among the
-    unpurchased items. That value is found as the (#unpurchased - count + 1)-th largest, by a
-    partial `topk` instead of sorting whole rows (2-3x faster at PM/ZR ratios of 0.7-0.9, the
-    same mask)."""
+    unpurchased items (purchased ones get noise 2, above any draw), found by a linear-time
+    selection per row (`np.partition`). On ml-latest-small (610 x 9,742) a mask takes 0.09 s
+    where a partial `topk` over all rows took 0.11-0.29 s (more for smaller ratios): two masks
+    an epoch were about 45% of a CFGAN epoch there."""
     bought = purchases > 0
     noise = torch.rand(purchases.shape, generator=generator)
     noise.masked_fill_(bought, 2.0)  # never at most a threshold drawn from unpurchased items
     unbought = (~bought).sum(1)
     count = torch.round(ratio * unbought).long()  # (n,)
-    rank = (unbought - count).masked_fill(count == 0, 0)  # 0-based, from the largest
-    top = min(int(rank.max()) + 1 if len(rank) else 1, purchases.shape[1])
-    largest = noise.masked_fill(bought, -1.0).topk(top, dim=1).values
-    threshold = largest.gather(1, rank[:, None])
-    return (noise <= threshold) & (count[:, None] > 0) & ~bought
+    values = noise.numpy()  # the noise is drawn on the CPU (the generator's device)
+    threshold = np.full((len(values), 1), -1.0, dtype=np.float32)  # no draw: nothing marked
+    for row, c in enumerate(count.tolist()):
+        if c > 0:
+            threshold[row, 0] = np.partition(values[row], c - 1)[c - 1]
+    return (noise <= torch.from_numpy(threshold)) & (count[:, None] > 0) & ~bought
 
 
 def _mlp(sizes: list[int], generator: torch.Generator) -> nn.Sequential:
