@@ -24,7 +24,10 @@ ReLU; mu: the warm training mean. The "decision layers" are the MLP and the outp
 Inner loop (adaptation to a user, the local update): `inner_steps` plain SGD steps of size
 `inner_lr` on the mean squared error over the user's rows, starting from the global parameters;
 written with `torch.func` (`functional_call` + `grad`) and vectorised over users with `vmap`
-(users padded to the same number of rows, padding masked out of the loss).
+(users padded to the same number of rows, padding masked out of the loss). Where the item id
+table adapts, a task's inner loop works on the table's rows of its own items only
+(`task_view`): the same gradients and adapted rows as the whole table, at a cost per row
+instead of per catalogue item (3 epochs of MAML on ml-latest-small: 5.5 s instead of 12.6 s).
 
 Meta-training (outer loop): Adam (`learning_rate`) over all parameters. An epoch visits every
 warm user with at least two ratings once, in a seeded order, in meta-batches of
@@ -102,6 +105,8 @@ from metarec_lib.models.training import LOG_COLUMNS, EarlyStopping, cpu_threads,
 from metarec_lib.tuning import Choice, LogUniform
 
 Params = dict[str, torch.Tensor]
+ITEM_TABLE = "encoder.item_ids.weight"  # the item id embedding (n_items, embedding)
+ITEM_FEATURES = "encoder.item_features"  # the items' multi-hot features (a buffer)
 MAX_SUPPORT = 20  # the protocol's largest support; "uniform" draws warm supports in 1..20
 LOCAL = ("all", "decision")
 
@@ -543,10 +548,12 @@ class MetaRecommender(Recommender):
         items: torch.Tensor,
         ratings: torch.Tensor,
         mask: torch.Tensor,
+        fixed: Params | None = None,
     ) -> torch.Tensor:
-        """Mean squared error of one user's (masked) rows with `params` in place of the
-        module's own (the others stay the module's)."""
-        pred = functional_call(module, params, (user[None], items)) + self.mu_
+        """Mean squared error of one user's (masked) rows with `params` (and the buffers in
+        `fixed`) in place of the module's own (the others stay the module's)."""
+        given = params if not fixed else {**params, **fixed}
+        pred = functional_call(module, given, (user[None], items)) + self.mu_
         return ((pred - ratings) ** 2 * mask).sum() / mask.sum().clamp(min=1.0)
 
     def inner_loop(
@@ -559,13 +566,15 @@ class MetaRecommender(Recommender):
         mask: torch.Tensor,
         *,
         first_order: bool = False,
+        fixed: Params | None = None,
     ) -> Params:
-        """`inner_steps` SGD steps of size `inner_lr` on one user's rows from `params`. The
-        gradients stay differentiable (second order) unless `first_order`."""
+        """`inner_steps` SGD steps of size `inner_lr` on one user's rows from `params` (the
+        buffers in `fixed` stay as given). The gradients stay differentiable (second order)
+        unless `first_order`."""
         steps, lr = int(self.params["inner_steps"]), float(self.params["inner_lr"])
 
         def loss(q: Params) -> torch.Tensor:
-            return self.task_mse(module, q, user, items, ratings, mask)
+            return self.task_mse(module, q, user, items, ratings, mask, fixed)
 
         for _ in range(steps):
             g = grad(loss)(params)
@@ -573,6 +582,22 @@ class MetaRecommender(Recommender):
                 g = {n: v.detach() for n, v in g.items()}
             params = {n: w - lr * g[n] for n, w in params.items()}
         return params
+
+    def task_view(
+        self, module: MetaNet, params: Params, items: torch.Tensor
+    ) -> tuple[Params, Params, torch.Tensor]:
+        """(params, fixed buffers, items) for a task whose rows are `items` (1-D, padding
+        included). When the inner loop adapts the item id table, the task gets only that
+        table's rows at `items`, with the item features' rows beside them, and its rows are
+        addressed 0..len(items)-1: the loss reads no other row, so its gradient and the
+        adapted rows are those of the whole table (a user rates an item once, so no real row
+        repeats; padding rows get no gradient), while a step costs one row a position instead
+        of the whole catalogue (9,742 rows on ml-latest-small). Otherwise all is unchanged."""
+        if ITEM_TABLE not in params:
+            return params, {}, items
+        view = {**params, ITEM_TABLE: params[ITEM_TABLE][items]}
+        fixed = {ITEM_FEATURES: module.encoder.item_features[items]}
+        return view, fixed, torch.arange(items.shape[-1], device=items.device)
 
     def _dtype(self, module: MetaNet) -> torch.dtype:
         return next(module.parameters()).dtype
@@ -597,12 +622,24 @@ class MetaRecommender(Recommender):
                 end += 1
             block = order[start:end]
             items, ratings, mask = pad_rows([rows.rows(u) for u in users[block]], rows)
-            fn = vmap(lambda u, i, r, m: self.inner_loop(module, local, u, i, r, m))
-            fast = fn(torch.from_numpy(users[block]).to(device), items.to(device),
-                      ratings.to(device, dtype), mask.to(device, dtype))  # fmt: skip
+            items = items.to(device)
+
+            def adapt(u: torch.Tensor, i: torch.Tensor, r: torch.Tensor, m: torch.Tensor):
+                view, fixed, at = self.task_view(module, local, i)
+                return self.inner_loop(module, view, u, at, r, m, fixed=fixed)
+
+            fast = vmap(adapt)(torch.from_numpy(users[block]).to(device), items,
+                               ratings.to(device, dtype), mask.to(device, dtype))  # fmt: skip
             index = torch.from_numpy(block).to(device)
             for n in out:
-                out[n][index] = fast[n].detach()
+                if n == ITEM_TABLE:  # the global table with each user's adapted rows
+                    table = local[n].detach().expand(len(block), *local[n].shape).clone()
+                    real = mask > 0
+                    who = torch.arange(len(block), device=device)[:, None].expand_as(items)
+                    table[who[real], items[real]] = fast[n].detach()[real]
+                    out[n][index] = table
+                else:
+                    out[n][index] = fast[n].detach()
             start = end
         return out
 
@@ -798,8 +835,11 @@ class EpisodicRecommender(MetaRecommender):
         local = self.local_params(module)
 
         def task(u, si, sr, sm, qi, qr, qm):
-            fast = self.inner_loop(module, local, u, si, sr, sm, first_order=self.first_order)
-            return self.task_mse(module, fast, u, qi, qr, qm)
+            view, fixed, at = self.task_view(module, local, torch.cat([si, qi]))
+            k = si.shape[-1]
+            fast = self.inner_loop(module, view, u, at[:k], sr, sm, first_order=self.first_order,
+                                   fixed=fixed)  # fmt: skip
+            return self.task_mse(module, fast, u, at[k:], qr, qm, fixed)
 
         e = episodes
         losses = vmap(task)(e.users, e.support_items, e.support_ratings, e.support_mask,
@@ -869,7 +909,11 @@ class Reptile(EpisodicRecommender):
     space = {**_SPACE_LR, "inner_steps": Choice((1, 3, 5))}
 
     def meta_gradient(self, module: MetaNet, episodes: Episodes) -> tuple[torch.Tensor, Params]:
-        """(mean task loss after adaptation, {name: theta - mean over tasks of phi})."""
+        """(mean task loss after adaptation, {name: theta - mean over tasks of phi}), computed
+        as the mean of the moves theta - phi_t: a row no task moves (an item or a user level
+        absent from the meta-batch) gets exactly 0. theta - mean(phi) computed as written gave
+        such rows rounding noise (up to 2e-8), which Adam, invariant to a gradient's scale,
+        turned into steps of up to the learning rate."""
         e = episodes
         items = torch.cat([e.support_items, e.query_items], 1)
         ratings = torch.cat([e.support_ratings, e.query_ratings], 1)
@@ -877,15 +921,21 @@ class Reptile(EpisodicRecommender):
         local = self.local_params(module)
 
         def task(u, i, r, m):
-            fast = self.inner_loop(module, local, u, i, r, m, first_order=True)
-            return fast, self.task_mse(module, fast, u, i, r, m)
+            view, fixed, at = self.task_view(module, local, i)
+            fast = self.inner_loop(module, view, u, at, r, m, first_order=True, fixed=fixed)
+            return fast, self.task_mse(module, fast, u, at, r, m, fixed)
 
         with torch.no_grad():
             fast, losses = vmap(task)(e.users, items, ratings, mask)
-            return losses.mean(), {
-                n: w.detach() - fast[n].mean(0) if n in fast else torch.zeros_like(w)
-                for n, w in module.named_parameters()
-            }
+            out = {}
+            for n, w in module.named_parameters():
+                if n == ITEM_TABLE and n in local:  # a task moved its rows only (`task_view`)
+                    moved = (fast[n] - w.detach()[items]).flatten(0, 1)
+                    out[n] = torch.zeros_like(w).index_add_(0, items.flatten(), moved,
+                                                            alpha=-1.0 / len(e))  # fmt: skip
+                else:  # the mean move, not theta - mean(phi) (see `meta_gradient`)
+                    out[n] = (w.detach() - fast[n]).mean(0) if n in fast else torch.zeros_like(w)
+            return losses.mean(), out
 
 
 # ----------------------------------------------------------------------------- transfer
