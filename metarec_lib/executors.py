@@ -17,16 +17,25 @@ Local workers and Ray tasks run the same function with the same thread setting, 
 gives the same metrics under both; timings in `costs.csv` naturally differ. Tuning configurations
 (`TrialJob`, `run_trial`) go to the same executor, so a parallel one tunes in parallel too.
 `METAREC_EXECUTOR` (local, ray) and `METAREC_WORKERS` choose the default executor.
+
+With `METAREC_TRACE=<file>` a local executor appends one JSON line per job to that file (what
+ran, on which worker, from when to when, in seconds since the epoch), so that a run's idle
+workers show up: `trace_summary` reads it back (`benchmarks/utilization.py` prints it).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
+
+import pandas as pd
 
 from metarec_lib.data.dataset import Encoder
 from metarec_lib.models.base import Recommender
@@ -140,6 +149,7 @@ class LocalExecutor:
 
     workers: int = 1
     name: str = "local"
+    trace: str | None = None  # a file to append one JSON line per job to (`trace_summary`)
 
     def __post_init__(self) -> None:
         if isinstance(self.workers, bool) or int(self.workers) < 1:
@@ -165,7 +175,10 @@ class LocalExecutor:
              ) -> Iterator[tuple[int, Any]]:  # fmt: skip
         if self.in_process or len(jobs) <= 1:
             for i, job in enumerate(jobs):
-                yield i, fn(job, single_thread=not self.in_process)
+                start = time.time()
+                result = fn(job, single_thread=not self.in_process)
+                self._log(job, 0, start)
+                yield i, result
             return
         if not self._pools:
             import multiprocessing as mp
@@ -174,9 +187,9 @@ class LocalExecutor:
             self._pools = [ProcessPoolExecutor(1, mp_context=context, initializer=_quiet_worker)
                            for _ in range(self.workers)]  # fmt: skip
         waiting = list(range(len(jobs)))
-        running: dict[Future, tuple[int, int]] = {}  # future -> (job, worker)
+        running: dict[Future, tuple[int, int, float]] = {}  # future -> (job, worker, start)
         while waiting or running:
-            busy = {w for _, w in running.values()}
+            busy = {w for _, w, _ in running.values()}
             for worker in range(self.workers):
                 if worker in busy or not waiting:
                     continue
@@ -184,12 +197,30 @@ class LocalExecutor:
                 if pick is None:
                     continue
                 waiting.remove(pick)
+                start = time.time()
                 future = self._pools[worker].submit(fn, jobs[pick])
-                running[future] = (pick, worker)
+                running[future] = (pick, worker, start)
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                index, _ = running.pop(future)
-                yield index, future.result()
+                index, worker, start = running.pop(future)
+                result = future.result()
+                self._log(jobs[index], worker, start)
+                yield index, result
+
+    def _log(self, job: Any, worker: int, start: float) -> None:
+        """Append the job's line to `trace` (when set): kind, label, worker, start, end."""
+        if not self.trace:
+            return
+        if isinstance(job, CellJob):
+            kind, label = "cell", f"{job.model.name} seed={job.seed} n={len(job.split.train)}"
+        elif isinstance(job, TrialJob):
+            kind, label = "trial", f"{job.name} n={len(job.train)}"
+        else:
+            kind, label = "job", type(job).__name__
+        line = {"kind": kind, "label": label, "worker": worker, "start": start,
+                "end": time.time()}  # fmt: skip
+        with open(self.trace, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
 
     def _pick(self, worker: int, waiting: list[int], affinities: Sequence[str]) -> int | None:
         """The job `worker` takes next (see the class docstring), or None: leave it idle."""
@@ -299,7 +330,27 @@ def get_executor(
         raise ValueError(f"METAREC_WORKERS={raw!r}: expected an integer >= 1") from None
     if n < 1:
         raise ValueError(f"workers={n}: expected an integer >= 1 (METAREC_WORKERS)")
-    return LocalExecutor(n) if name == "local" else RayExecutor(n)
+    if name == "local":
+        return LocalExecutor(n, trace=os.environ.get("METAREC_TRACE") or None)
+    return RayExecutor(n)
+
+
+def trace_summary(path: str | Path, workers: int | None = None) -> pd.DataFrame:
+    """Per worker of a `METAREC_TRACE` file: jobs, busy seconds, and the share of the span
+    (first start to last end over all workers) it was busy; `workers` counts workers that
+    never ran a job too. A share below 1 is time a worker waited (for the notebook between
+    its batches, or for the other workers' last jobs)."""
+    lines = [json.loads(x) for x in Path(path).read_text(encoding="utf-8").splitlines() if x]
+    if not lines:
+        raise ValueError(f"{path}: the trace holds no job")
+    jobs = pd.DataFrame(lines)
+    span = float(jobs["end"].max() - jobs["start"].min())
+    jobs["seconds"] = jobs["end"] - jobs["start"]
+    out = jobs.groupby("worker").agg(jobs=("seconds", "size"), busy_seconds=("seconds", "sum"))
+    if workers is not None:
+        out = out.reindex(range(workers), fill_value=0)
+    out["busy_share"] = out["busy_seconds"] / span if span > 0 else 1.0
+    return out.reset_index()
 
 
 _DEFAULT: LocalExecutor | RayExecutor | None = None

@@ -137,6 +137,49 @@ def test_completed_returns_every_cell_once_from_the_workers(monkeypatch):
     assert len({pid for _, pid in got.values()}) <= 2 and set(pool._home) == {"a", "b"}
 
 
+def test_a_trace_has_a_line_per_job_and_a_worker_runs_one_at_a_time(monkeypatch, tmp_path):
+    import json
+
+    import metarec_lib.executors as ex
+
+    monkeypatch.setattr(ex, "run_job", _square_job)
+    monkeypatch.setenv("METAREC_TRACE", str(tmp_path / "trace.jsonl"))
+    pool = get_executor("local", 2)
+    try:
+        got = dict(pool.completed([SimpleNamespace(affinity="", value=v) for v in range(5)]))
+    finally:
+        pool.close()
+    assert sorted(got) == list(range(5))
+    lines = [json.loads(x) for x in (tmp_path / "trace.jsonl").read_text().splitlines()]
+    assert len(lines) == 5 and {x["kind"] for x in lines} == {"job"}
+    assert {x["worker"] for x in lines} <= {0, 1}
+    for w in (0, 1):
+        spans = sorted((x["start"], x["end"]) for x in lines if x["worker"] == w)
+        assert all(a <= b for a, b in spans)
+        assert all(prev[1] <= nxt[0] for prev, nxt in zip(spans, spans[1:], strict=False))
+
+
+def test_trace_summary_by_hand(tmp_path):
+    """Worker 0 busy 0-4 and 5-6, worker 1 busy 0-2: a span of 6 s; busy 5 s and 2 s."""
+    import json
+
+    from metarec_lib.executors import trace_summary
+
+    rows = [(0, 0.0, 4.0), (1, 0.0, 2.0), (0, 5.0, 6.0)]
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps({"kind": "cell", "label": "x", "worker": w,
+                                        "start": 100 + a, "end": 100 + b}) + "\n"
+                            for w, a, b in rows))  # fmt: skip
+    out = trace_summary(path, workers=3)
+    assert out["worker"].tolist() == [0, 1, 2]
+    assert out["jobs"].tolist() == [2, 1, 0]
+    assert out["busy_seconds"].tolist() == pytest.approx([5.0, 2.0, 0.0])
+    assert out["busy_share"].tolist() == pytest.approx([5 / 6, 2 / 6, 0.0])
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ValueError, match="empty.jsonl: the trace holds no job"):
+        trace_summary(tmp_path / "empty.jsonl")
+
+
 class _Recording:
     """A parallel executor in name that runs its jobs here and records each batch's size."""
 

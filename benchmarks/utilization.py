@@ -1,0 +1,40 @@
+"""How busy the workers of a run were, from a `METAREC_TRACE` file.
+
+    METAREC_TRACE=/tmp/trace.jsonl make reproduce
+    python benchmarks/utilization.py /tmp/trace.jsonl --workers 2
+
+Prints per worker the jobs it ran, its busy seconds and the share of the run's span (first job
+start to last job end) it was busy, then the slowest jobs. Idle shares are what a perfect
+schedule of the same jobs could still win; the busy seconds are what only faster jobs can.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from metarec_lib.executors import trace_summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("trace", type=Path)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--top", type=int, default=15, help="slowest jobs to list")
+    args = parser.parse_args()
+    summary = trace_summary(args.trace, args.workers)
+    print(summary.round(3).to_string(index=False))
+    jobs = pd.DataFrame(json.loads(x) for x in args.trace.read_text().splitlines() if x)
+    jobs["seconds"] = jobs["end"] - jobs["start"]
+    span = jobs["end"].max() - jobs["start"].min()
+    print(f"\nspan {span:.0f} s; busy {jobs['seconds'].sum():.0f} worker-seconds "
+          f"({jobs.groupby('kind')['seconds'].sum().round(0).to_dict()})")  # fmt: skip
+    print(jobs.nlargest(args.top, "seconds")[["kind", "label", "worker", "seconds"]]
+          .round(1).to_string(index=False))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
