@@ -176,7 +176,7 @@ def test_beats_most_popular_on_ml100k(ml100k_holdout):
 
 
 def test_masks_match_the_sorted_definition():
-    """The partial-sort threshold marks exactly the count smallest noise values per row."""
+    """The selected threshold marks exactly the count smallest noise values per row."""
     purchases = _purchases(n_users=30, n_items=40, seed=5)
     for ratio in (0.1, 0.5, 0.9):
         mask = sample_unpurchased(purchases, ratio, torch.Generator().manual_seed(3))
