@@ -11,12 +11,9 @@ schedule of the same jobs could still win; the busy seconds are what only faster
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-import pandas as pd
-
-from metarec_lib.executors import trace_summary
+from metarec_lib.executors import read_trace, trace_summary
 
 
 def main() -> None:
@@ -27,8 +24,7 @@ def main() -> None:
     args = parser.parse_args()
     summary = trace_summary(args.trace, args.workers)
     print(summary.round(3).to_string(index=False))
-    jobs = pd.DataFrame(json.loads(x) for x in args.trace.read_text().splitlines() if x)
-    jobs["seconds"] = jobs["end"] - jobs["start"]
+    jobs = read_trace(args.trace)
     span = jobs["end"].max() - jobs["start"].min()
     print(f"\nspan {span:.0f} s; busy {jobs['seconds'].sum():.0f} worker-seconds "
           f"({jobs.groupby('kind')['seconds'].sum().round(0).to_dict()})")  # fmt: skip

@@ -335,17 +335,23 @@ def get_executor(
     return RayExecutor(n)
 
 
+def read_trace(path: str | Path) -> pd.DataFrame:
+    """The jobs of a `METAREC_TRACE` file, one row each, with their `seconds` (end - start)."""
+    lines = [json.loads(x) for x in Path(path).read_text(encoding="utf-8").splitlines() if x]
+    if not lines:
+        raise ValueError(f"{path}: the trace holds no job")
+    jobs = pd.DataFrame(lines)
+    jobs["seconds"] = jobs["end"] - jobs["start"]
+    return jobs
+
+
 def trace_summary(path: str | Path, workers: int | None = None) -> pd.DataFrame:
     """Per worker of a `METAREC_TRACE` file: jobs, busy seconds, and the share of the span
     (first start to last end over all workers) it was busy; `workers` counts workers that
     never ran a job too. A share below 1 is time a worker waited (for the notebook between
     its batches, or for the other workers' last jobs)."""
-    lines = [json.loads(x) for x in Path(path).read_text(encoding="utf-8").splitlines() if x]
-    if not lines:
-        raise ValueError(f"{path}: the trace holds no job")
-    jobs = pd.DataFrame(lines)
+    jobs = read_trace(path)
     span = float(jobs["end"].max() - jobs["start"].min())
-    jobs["seconds"] = jobs["end"] - jobs["start"]
     out = jobs.groupby("worker").agg(jobs=("seconds", "size"), busy_seconds=("seconds", "sum"))
     if workers is not None:
         out = out.reindex(range(workers), fill_value=0)
