@@ -58,12 +58,15 @@ def environment() -> dict[str, Any]:
         )  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "", False
-    gpu = None
+    gpu, bfloat16 = None, False
     try:
         import torch
 
+        from metarec_lib.models.losses import native_bfloat16
+
         if torch.cuda.is_available():
             gpu = torch.cuda.get_device_name(0)
+        bfloat16 = native_bfloat16()
     except ImportError:  # pragma: no cover
         pass
     return {
@@ -77,6 +80,8 @@ def environment() -> dict[str, Any]:
             "processor": _cpu_name(),
             "cpu_count": os.cpu_count(),
             "gpu": gpu,
+            # the sequence models' softmax products run in bfloat16 ("auto": losses.product_dtype)
+            "bfloat16_products": bfloat16,
         },
         "platform": platform.platform(),
     }

@@ -21,10 +21,12 @@ def test_caser_passes_the_contract(loss):
     check_recommender(lambda: Caser(**SMALL, loss=loss, epochs=3), learns=False)
 
 
-@pytest.mark.parametrize("loss", ["ce", "bce"])
-def test_learns_a_cyclic_next_item(loss):
+@pytest.mark.parametrize(("loss", "precision"),
+                         [("ce", "float32"), ("ce", "bfloat16"), ("bce", "auto")])  # fmt: skip
+def test_learns_a_cyclic_next_item(loss, precision):
     train, next_item = cyclic()
-    model = Caser(**SMALL, max_len=3, loss=loss, n_negatives=4, learning_rate=0.01, epochs=60)
+    model = Caser(**SMALL, max_len=3, loss=loss, loss_precision=precision, n_negatives=4,
+                  learning_rate=0.01, epochs=60)  # fmt: skip
     top, _ = model.fit(train, seed=0).recommend(np.arange(train.n_users), 1)
     np.testing.assert_array_equal(top[:, 0], next_item)
 
@@ -54,7 +56,7 @@ def test_windows_hold_only_earlier_items_and_never_their_targets():
 
 
 def test_ce_loss_is_the_mean_cross_entropy_of_the_scores():
-    model = _fitted(targets=2, dropout=0.0)
+    model = _fitted(targets=2, dropout=0.0, loss_precision="float32")
     users, windows, targets = next(model.batches(torch.Generator().manual_seed(0)))
     module = model.module_
     logp = F.log_softmax(module(users, windows), dim=1)
@@ -100,6 +102,8 @@ def test_unknown_loss_is_rejected_and_registered_space_holds_the_defaults():
     train, _ = cyclic()
     with pytest.raises(ValueError, match="loss"):
         Caser(loss="hinge").fit(train)
+    with pytest.raises(ValueError, match="loss_precision='fp16'"):
+        Caser(loss_precision="fp16").fit(train)
     assert MODELS["Caser"] is Caser and Caser.family == "deep"
     check_space_holds_defaults(Caser)
 

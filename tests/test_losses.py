@@ -90,6 +90,65 @@ def test_without_gradients_only_the_loss():
     assert not loss.requires_grad
 
 
+@pytest.mark.parametrize(("per_row", "with_bias"), [(1, False), (3, True)])
+def test_bfloat16_products_stay_within_their_rounding(monkeypatch, per_row, with_bias):
+    """bfloat16 products round the inputs to 8 significant bits: the loss and every gradient
+    stay within 2% of float64's, whether in one chunk or in chunks of 3 rows and weight
+    gradient groups of 6 rows (the last of each partial)."""
+    gen = torch.Generator().manual_seed(3)
+    h = torch.randn(40, 8, generator=gen, requires_grad=True)
+    w = torch.randn(25, 8, generator=gen, requires_grad=True)
+    b = torch.randn(25, generator=gen, requires_grad=True) if with_bias else None
+    targets = torch.randint(25, (40, per_row), generator=gen)
+    inputs = (h, w) if b is None else (h, w, b)
+    wide = [x.detach().double().requires_grad_() for x in inputs]
+    reference = full_softmax_cross_entropy(wide[0], wide[1], targets, *wide[2:])
+    expected = torch.autograd.grad(reference, wide)
+    for chunk, group in ((25 * 40, 25 * 40), (75, 150)):
+        monkeypatch.setitem(losses.CHUNK_ELEMENTS, "cpu", chunk)
+        monkeypatch.setattr(losses, "GROUP_ELEMENTS", group)
+        loss = full_softmax_cross_entropy(h, w, targets, b, products=torch.bfloat16)
+        assert loss.dtype == torch.float32
+        assert loss.item() == pytest.approx(reference.item(), rel=2e-2)
+        for got, want in zip(torch.autograd.grad(loss, inputs), expected, strict=True):
+            assert got.dtype == torch.float32
+            assert float((got.double() - want).abs().max()) < 2e-2 * float(want.abs().max())
+
+
+def test_bfloat16_products_keep_the_underflow_fallback():
+    """Logits (0, 200) are exact in bfloat16: the loss is still 200, the gradient (-1, 1)."""
+    h = torch.tensor([[1.0]], requires_grad=True)
+    w = torch.tensor([[0.0], [200.0]], requires_grad=True)
+    loss = full_softmax_cross_entropy(h, w, torch.tensor([0]), products=torch.bfloat16)
+    assert loss.item() == pytest.approx(200.0)
+    loss.backward()
+    assert w.grad[:, 0].tolist() == pytest.approx([-1.0, 1.0])
+
+
+def test_bfloat16_flags_are_read_from_the_cpu_flags_line():
+    assert losses.has_bfloat16_flag("model name\t: EPYC\nflags\t\t: fpu avx512f avx512_bf16 vaes\n")
+    assert losses.has_bfloat16_flag("flags : sse amx_bf16")
+    assert not losses.has_bfloat16_flag("flags\t\t: fpu avx512f avx512bw\n")
+    assert not losses.has_bfloat16_flag("model name : avx512_bf16 lookalike\nflags : sse2\n")
+    assert not losses.has_bfloat16_flag("flags : avx512_bf16x\n")
+    from metarec_lib.pipeline import environment
+
+    assert environment()["hardware"]["bfloat16_products"] == losses.native_bfloat16()
+
+
+def test_product_dtype_follows_the_precision_and_the_hardware(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert losses.product_dtype("float32", cpu) is None
+    assert losses.product_dtype("bfloat16", cpu) is torch.bfloat16
+    monkeypatch.setattr(losses, "native_bfloat16", lambda: True)
+    assert losses.product_dtype("auto", cpu) is torch.bfloat16
+    assert losses.product_dtype("auto", cuda) is None  # GPUs keep float32
+    monkeypatch.setattr(losses, "native_bfloat16", lambda: False)
+    assert losses.product_dtype("auto", cpu) is None
+    with pytest.raises(ValueError, match="loss_precision='half'"):
+        losses.product_dtype("half", cpu)
+
+
 # ----------------------------------------------------------------------------- BPR triples
 
 

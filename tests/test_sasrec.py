@@ -49,10 +49,11 @@ def test_contract(loss):
     check_recommender(lambda: SASRec(**{**SMALL, "epochs": 3}, loss=loss), learns=False)
 
 
-@pytest.mark.parametrize("loss", ["ce", "bce"])
-def test_learns_a_deterministic_cycle(loss):
+@pytest.mark.parametrize(("loss", "precision"),
+                         [("ce", "float32"), ("ce", "bfloat16"), ("bce", "auto")])  # fmt: skip
+def test_learns_a_deterministic_cycle(loss, precision):
     train, nxt = cyclic()
-    model = SASRec(**SMALL, loss=loss).fit(train, seed=1)
+    model = SASRec(**SMALL, loss=loss, loss_precision=precision).fit(train, seed=1)
     top, _ = model.recommend(np.arange(train.n_users), 1)
     assert (top[:, 0] == nxt).mean() >= 0.9, (top[:, 0], nxt)
 
@@ -70,7 +71,7 @@ def test_hidden_state_at_t_ignores_later_items():
 
 
 def test_padding_changes_nothing_and_gets_no_gradient():
-    model = fitted(dropout=0.0)
+    model = fitted(dropout=0.0, loss_precision="float32")  # float32: the by-hand loss's
     net = model.module_.eval()
     inputs = torch.tensor([[3, 4, 5], [0, 7, 8]])
     targets = torch.tensor([[4, 5, 6], [0, 8, 9]])
@@ -86,6 +87,11 @@ def test_padding_changes_nothing_and_gets_no_gradient():
     torch.testing.assert_close(short, by_hand)
     long.backward()
     assert net.items.weight.grad[PAD].abs().max() == 0
+
+
+def test_an_unknown_loss_precision_is_rejected():
+    with pytest.raises(ValueError, match="loss_precision='fp16'"):
+        SASRec(loss_precision="fp16")
 
 
 def test_scores_read_only_the_last_max_len_items():

@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from metarec_lib.data.dataset import Interactions
-from metarec_lib.models.losses import full_softmax_cross_entropy
+from metarec_lib.models.losses import full_softmax_cross_entropy, product_dtype
 from metarec_lib.models.registry import register
 from metarec_lib.models.sequences import PAD, IntArray, last_window, sliding_windows, user_sequences
 from metarec_lib.models.torch_base import TORCH_DEFAULTS, Batch, TorchRecommender
@@ -138,6 +138,8 @@ class Caser(TorchRecommender):
         n_h, n_v: horizontal filters per height, vertical filters.
         dropout: dropout rate on the convolution features.
         loss: "ce" (full softmax) or "bce" (the paper's sampled binary cross-entropy).
+        loss_precision: the "ce" softmax's matrix products, "float32", "bfloat16" or "auto"
+            (bfloat16 where the CPU has it in hardware: `losses.product_dtype`).
         n_negatives: unseen items sampled per window for "bce".
     After fit, besides TorchRecommender's: sequences_ (each user's items + 1, time order).
     """
@@ -163,6 +165,7 @@ class Caser(TorchRecommender):
         "n_v": 4,
         "dropout": 0.5,
         "loss": "ce",
+        "loss_precision": "auto",
         "n_negatives": 3,
     }
     space = {
@@ -175,6 +178,7 @@ class Caser(TorchRecommender):
         p = self.params
         if p["loss"] not in LOSSES:
             raise ValueError(f"Caser: loss={p['loss']!r}; expected one of {LOSSES}")
+        product_dtype(p["loss_precision"], torch.device("cpu"))  # validates it
         self.sequences_: list[IntArray] = user_sequences(train)
         users, inputs, targets = sliding_windows(
             self.sequences_, int(p["max_len"]), int(p["targets"])
@@ -217,7 +221,9 @@ class Caser(TorchRecommender):
         users, windows, targets = batch[:3]
         features = module.features(users, windows)
         if self.params["loss"] == "ce":
-            return full_softmax_cross_entropy(features, module.out.weight, targets - 1, module.bias)
+            products = product_dtype(self.params["loss_precision"], features.device)
+            return full_softmax_cross_entropy(features, module.out.weight, targets - 1,
+                                              module.bias, products=products)  # fmt: skip
         positives = targets - 1
         pos = (module.out(positives) * features[:, None]).sum(-1) + module.bias[positives]
         neg = (module.out(batch[3]) * features[:, None]).sum(-1) + module.bias[batch[3]]

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metarec_lib.data.dataset import Interactions
-from metarec_lib.models.losses import full_softmax_cross_entropy
+from metarec_lib.models.losses import full_softmax_cross_entropy, product_dtype
 from metarec_lib.models.registry import register
 from metarec_lib.models.sequences import PAD, last_window, shifted_windows, user_sequences
 from metarec_lib.models.torch_base import TORCH_DEFAULTS, Batch, TorchRecommender
@@ -143,6 +143,8 @@ class SASRec(TorchRecommender):
         hidden: embedding and hidden width; blocks: attention blocks; heads: attention heads.
         dropout: on the embeddings and on each block's two residual branches.
         loss: "ce" (full softmax cross-entropy) or "bce" (one sampled negative per position).
+        loss_precision: the "ce" softmax's matrix products, "float32", "bfloat16" or "auto"
+            (bfloat16 where the CPU has it in hardware: `losses.product_dtype`).
     After fit: sequences_ (each user's training items, index + 1, in time order).
     """
 
@@ -167,6 +169,7 @@ class SASRec(TorchRecommender):
         "heads": 1,
         "dropout": 0.1,
         "loss": "ce",
+        "loss_precision": "auto",
         "epochs": 30,
         "batch_size": 256,
         "learning_rate": 5e-3,
@@ -183,6 +186,7 @@ class SASRec(TorchRecommender):
         super().__init__(device=device, **params)
         if self.params["loss"] not in ("ce", "bce"):
             raise ValueError(f"{self.name}: loss={self.params['loss']!r}; expected 'ce' or 'bce'")
+        product_dtype(self.params["loss_precision"], torch.device("cpu"))  # validates it
 
     # -- TorchRecommender hooks -------------------------------------------------------------
     def build(self, train: Interactions, generator: torch.Generator) -> nn.Module:
@@ -226,11 +230,15 @@ class SASRec(TorchRecommender):
         h = module(inputs)[real]
         positives = targets[real]
         if self.params["loss"] == "ce":
-            return full_softmax_cross_entropy(h, module.item_weights(), positives - 1)
+            return full_softmax_cross_entropy(h, module.item_weights(), positives - 1,
+                                              products=self._products(h.device))  # fmt: skip
         negatives = batch[2][real]
         pos = (h * module.items(positives)).sum(-1)
         neg = (h * module.items(negatives)).sum(-1)
         return (F.softplus(-pos) + F.softplus(neg)).mean()
+
+    def _products(self, device: torch.device) -> torch.dtype | None:
+        return product_dtype(self.params["loss_precision"], device)
 
     def score_users(self, module: nn.Module, users: torch.Tensor) -> torch.Tensor:
         window = last_window(self.sequences_, users.cpu().numpy(), int(self.params["max_len"]))
