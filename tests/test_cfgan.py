@@ -77,7 +77,9 @@ def test_an_epoch_holds_every_user_once_with_masks_on_unpurchased_items_only():
     model.build(train, torch.Generator().manual_seed(0))
     batches = list(model.batches(torch.Generator().manual_seed(1)))
     assert [len(b[0]) for b in batches] == [6, 6, 6, 2]
-    real, zr, pm = (torch.cat(parts) for parts in zip(*batches, strict=True))
+    real, zr, pm = (torch.cat(parts) for parts in zip(*(b[:3] for b in batches), strict=True))
+    for b in batches:  # the CSR rows (and their transpose) are the dense purchases
+        assert torch.equal(b[3].to_dense(), b[0]) and torch.equal(b[4].to_dense(), b[0].T)
     dense = torch.from_numpy(model.seen_.toarray().astype(np.float32))
     assert sorted(map(tuple, real.tolist())) == sorted(map(tuple, dense.tolist()))
     assert not (zr & (real > 0)).any() and not (pm & (real > 0)).any()
@@ -213,3 +215,50 @@ def test_step_equals_a_discriminator_then_a_generator_update_by_hand():
         assert torch.equal(logged, g_loss.detach())
     for wa, wb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(wa, wb)
+
+
+def test_csr_rows_give_the_dense_products_and_gradients():
+    """`SparseInputLinear` on CSR rows (and their transpose) equals the dense product, with
+    the same weight and bias gradients; G and D give the same outputs either way."""
+    import scipy.sparse as sp
+
+    from metarec_lib.models.cfgan import SparseInputLinear, purchase_rows
+
+    dense = _purchases(n_users=7, n_items=12, seed=4)
+    rows = purchase_rows(sp.csr_matrix(dense.numpy()))
+    assert torch.equal(rows[0].to_dense(), dense) and torch.equal(rows[1].to_dense(), dense.T)
+    weight = torch.randn(12, 5, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for x in (dense, rows):
+        layer = SparseInputLinear(weight.clone(), bias=True)
+        out = layer(x)
+        (out * torch.arange(5.0)).sum().backward()  # a non-uniform upstream gradient
+        grads.append((out.detach(), layer.weight.grad, layer.bias.grad))
+    for got, want in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(got, want)
+    module = CFGANModule(12, 6, 4, 2, torch.Generator().manual_seed(2))
+    torch.testing.assert_close(module.generate(rows), module.generate(dense))
+    fake = torch.rand(7, 12, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(module.judge(rows, rows), module.judge(dense, dense))
+    torch.testing.assert_close(module.judge(fake, rows), module.judge(fake, dense))
+
+
+def test_a_step_on_csr_batches_equals_one_on_dense_batches():
+    import scipy.sparse as sp
+
+    from metarec_lib.models.cfgan import purchase_rows
+
+    real = _purchases(n_users=5, n_items=8, seed=2)
+    generator = torch.Generator().manual_seed(0)
+    dense_batch = (real, sample_unpurchased(real, 0.5, generator),
+                   sample_unpurchased(real, 0.5, generator))  # fmt: skip
+    csr_batch = (*dense_batch, *purchase_rows(sp.csr_matrix(real.numpy())))
+    model = CFGAN(learning_rate=0.01)
+    a = CFGANModule(8, 16, 8, 1, torch.Generator().manual_seed(1))
+    b = CFGANModule(8, 16, 8, 1, torch.Generator().manual_seed(1))
+    opt_a, opt_b = model.optimiser(a), model.optimiser(b)
+    for _ in range(3):
+        torch.testing.assert_close(model.step(a, csr_batch, opt_a),
+                                   model.step(b, dense_batch, opt_b))  # fmt: skip
+    for wa, wb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(wa, wb)

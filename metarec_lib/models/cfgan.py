@@ -34,10 +34,12 @@ Analysis of Reproducibility and Progress in Recommender Systems Research", TOIS)
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from torch import nn
 
@@ -71,35 +73,111 @@ def sample_unpurchased(
     return (noise <= torch.from_numpy(threshold)) & (count[:, None] > 0) & ~bought
 
 
-def _mlp(sizes: list[int], generator: torch.Generator) -> nn.Sequential:
-    """Linear layers with sigmoid activations between them and none after the last (the
-    output is a real value / logit)."""
-    layers: list[nn.Module] = []
-    for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+def purchase_rows(matrix: sp.csr_matrix) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of a 0/1 purchase matrix as torch CSR tensors: (rows (n, n_items), their transpose
+    (n_items, n)), the two operands `SparseInputLinear` multiplies them by."""
+    matrix = sp.csr_matrix(matrix, dtype=np.float32)
+    out = []
+    with warnings.catch_warnings():  # torch's notice that its CSR support is in beta
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        for m in (matrix, matrix.T.tocsr()):
+            m.sort_indices()
+            out.append(torch.sparse_csr_tensor(
+                torch.from_numpy(m.indptr.astype(np.int64)),
+                torch.from_numpy(m.indices.astype(np.int64)), torch.from_numpy(m.data),
+                size=m.shape, check_invariants=False))  # fmt: skip
+    return out[0], out[1]
+
+
+class _SparseRowsTimesWeight(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, rows, rows_t, weight):  # type: ignore[override]
+        ctx.save_for_backward(rows_t)
+        return rows @ weight
+
+    @staticmethod
+    def backward(ctx, upstream):  # type: ignore[override]
+        (rows_t,) = ctx.saved_tensors
+        return None, None, rows_t @ upstream if ctx.needs_input_grad[2] else None
+
+
+class SparseInputLinear(nn.Module):
+    """x @ weight + bias with weight (n_in, n_out), for x dense or given as CSR rows and their
+    transpose (`purchase_rows`). Purchase vectors are 1.7% nonzero on ml-latest-small (6% on
+    ML-100K): as CSR the product and its weight gradient read only the purchased items' weight
+    rows (a G step's first layer 2.7 ms instead of 16 ms there). Dense inputs (G's masked
+    output, which carries a gradient) use the dense product."""
+
+    def __init__(self, weight: torch.Tensor, bias: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(torch.zeros(weight.shape[1])) if bias else None
+
+    def forward(self, x: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        if isinstance(x, tuple):
+            out = _SparseRowsTimesWeight.apply(x[0], x[1], self.weight)
+            return out if self.bias is None else out + self.bias
+        return x @ self.weight if self.bias is None else torch.addmm(self.bias, x, self.weight)
+
+
+class PairInput(nn.Module):
+    """D's first layer over [vector; condition] as two `SparseInputLinear` halves, so that
+    either can be CSR rows: [v; c] @ W + b = v @ W_v + c @ W_c + b."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        half = weight.shape[0] // 2
+        self.vector = SparseInputLinear(weight[:half].contiguous(), bias=True)
+        self.condition = SparseInputLinear(weight[half:].contiguous(), bias=False)
+
+    def forward(self, pair: tuple) -> torch.Tensor:
+        vector, condition = pair
+        return self.vector(vector) + self.condition(condition)
+
+
+def _xavier(n_in: int, n_out: int, generator: torch.Generator) -> torch.Tensor:
+    """A Xavier-uniform (n_in, n_out) weight, drawn as nn.Linear's (n_out, n_in) one is."""
+    weight = torch.empty(n_out, n_in)
+    nn.init.xavier_uniform_(weight, generator=generator)
+    return weight.T.contiguous()
+
+
+def _mlp(first: nn.Module, sizes: list[int], generator: torch.Generator) -> nn.Sequential:
+    """`first`, then linear layers of `sizes` (from first's output width) with sigmoid
+    activations before each and none after the last (the output is a real value / logit)."""
+    layers: list[nn.Module] = [first]
+    for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
         layer = nn.Linear(n_in, n_out)
         nn.init.xavier_uniform_(layer.weight, generator=generator)
         nn.init.zeros_(layer.bias)
-        layers += [layer] if k == 0 else [nn.Sigmoid(), layer]
+        layers += [nn.Sigmoid(), layer]
     return nn.Sequential(*layers)
 
 
+Condition = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
 class CFGANModule(nn.Module):
-    """`generator`: c_u -> r̂_u (linear output); `discriminator`: [vector; c_u] -> one logit."""
+    """`generator`: c_u -> r̂_u (linear output); `discriminator`: (vector, c_u) -> one logit.
+    A condition (and D's vector) is a dense (n, n_items) tensor or CSR rows with their
+    transpose (`purchase_rows`)."""
 
     def __init__(
         self, n_items: int, hidden: int, d_hidden: int, layers: int, generator: torch.Generator
     ) -> None:
         super().__init__()
-        self.generator = _mlp([n_items] + [hidden] * layers + [n_items], generator)
-        self.discriminator = _mlp([2 * n_items] + [d_hidden] * layers + [1], generator)
+        first = SparseInputLinear(_xavier(n_items, hidden, generator), bias=True)
+        self.generator = _mlp(first, [hidden] * layers + [n_items], generator)
+        pair = PairInput(_xavier(2 * n_items, d_hidden, generator))
+        self.discriminator = _mlp(pair, [d_hidden] * layers + [1], generator)
 
-    def generate(self, condition: torch.Tensor) -> torch.Tensor:
+    def generate(self, condition: Condition) -> torch.Tensor:
         """r̂_u (real-valued) for each condition row: (n, n_items)."""
         return self.generator(condition)
 
-    def judge(self, vector: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    def judge(self, vector: Condition, condition: Condition) -> torch.Tensor:
         """D's logits (n,) that `vector` is the real purchase vector of the user `condition`."""
-        return self.discriminator(torch.cat([vector, condition], 1)).squeeze(1)
+        return self.discriminator((vector, condition)).squeeze(1)
 
 
 @register
@@ -156,6 +234,8 @@ class CFGAN(TorchRecommender):
         )
 
     def batches(self, generator: torch.Generator) -> Iterator[Batch]:
+        """(purchases, ZR mask, PM mask, the purchases as CSR rows and their transpose) of a
+        batch of users; the losses read the purchases dense and G and D their CSR form."""
         p = self.params
         zr = sample_unpurchased(self._purchases, float(p["zr_ratio"]), generator)
         pm = sample_unpurchased(self._purchases, float(p["pm_ratio"]), generator)
@@ -163,7 +243,7 @@ class CFGAN(TorchRecommender):
         size = int(p["batch_size"])
         for start in range(0, len(order), size):
             idx = order[start : start + size]
-            yield self._purchases[idx], zr[idx], pm[idx]
+            yield self._purchases[idx], zr[idx], pm[idx], *purchase_rows(self.seen_[idx.numpy()])
 
     def optimiser(self, module: nn.Module) -> tuple[torch.optim.Adam, torch.optim.Adam]:
         p = self.params
@@ -177,12 +257,14 @@ class CFGAN(TorchRecommender):
         self, module: nn.Module, batch: Batch, out: torch.Tensor | None = None
     ) -> torch.Tensor:
         """D's loss with G's output held fixed; `out`: G's output for the batch if known."""
-        real, _, pm = batch
+        real, _, pm = batch[:3]
+        condition = _condition(batch)
         with torch.no_grad():
-            out = module.generate(real) if out is None else out.detach()
+            out = module.generate(condition) if out is None else out.detach()
             fake = out * (real + pm.float())
         logsig = nn.functional.logsigmoid
-        return -(logsig(module.judge(real, real)) + logsig(-module.judge(fake, real))).mean()
+        return -(logsig(module.judge(condition, condition))
+                 + logsig(-module.judge(fake, condition))).mean()  # fmt: skip
 
     def loss(
         self, module: nn.Module, batch: Batch, out: torch.Tensor | None = None
@@ -190,9 +272,10 @@ class CFGAN(TorchRecommender):
         """G's loss (logged per epoch): the adversarial term on the masked output, as
         `generator_loss` says, plus the ZR penalty; `out`: G's output for the batch (with
         its graph) if known."""
-        real, zr, pm = batch
-        out = module.generate(real) if out is None else out
-        logit = module.judge(out * (real + pm.float()), real)
+        real, zr, pm = batch[:3]
+        condition = _condition(batch)
+        out = module.generate(condition) if out is None else out
+        logit = module.judge(out * (real + pm.float()), condition)
         kind = self.params["generator_loss"]
         if kind == "minimax":  # the paper's: minimise log(1 - d)
             adversarial = nn.functional.logsigmoid(-logit)
@@ -210,7 +293,7 @@ class CFGAN(TorchRecommender):
         fewer per batch, bitwise the same numbers."""
         opt_g, opt_d = optimiser
         loss = torch.zeros((), device=batch[0].device)
-        out: torch.Tensor | None = module.generate(batch[0])
+        out: torch.Tensor | None = module.generate(_condition(batch))
         for _ in range(int(self.params["d_steps"])):
             loss = self.discriminator_loss(module, batch, out)
             opt_d.zero_grad(set_to_none=True)
@@ -227,10 +310,16 @@ class CFGAN(TorchRecommender):
         return loss.detach()
 
     def score_users(self, module: nn.Module, users: torch.Tensor) -> torch.Tensor:
-        rows = self.seen_[users.cpu().numpy()].toarray().astype(np.float32)
-        return module.generate(torch.from_numpy(rows).to(users.device))
+        rows = purchase_rows(self.seen_[users.cpu().numpy()])
+        return module.generate(tuple(r.to(users.device) for r in rows))
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state.pop("_purchases", None)  # training data; `seen_` already holds it
         return state
+
+
+def _condition(batch: Batch) -> Condition:
+    """A batch's purchases as G's and D's condition: its CSR rows when it carries them (the
+    training batches), else the dense purchases."""
+    return (batch[3], batch[4]) if len(batch) > 3 else batch[0]
