@@ -525,3 +525,114 @@ def test_a_diverging_adaptation_keeps_the_global_parameters():
     assert np.isfinite(model.score(train.cold_users)).all()
     f = query.frame
     assert np.isfinite(model.predict(f["user"], f["item"])).all()
+
+
+# ----------------------------------------------------------------------------- feature columns
+
+
+def wide_features(train: Interactions) -> Interactions:
+    """The same rows with 16 feature columns (genre g{i % 4} and h{i % 12} of item i), so that a
+    task of a few items uses only a few of them (`feature_columns`)."""
+    items = pd.DataFrame({"genres": [f"g{i % 4}|h{i % 12}" for i in range(train.n_items)]})
+    return dataclasses.replace(train, items=items)
+
+
+def few_rows(rows: UserRows, users, n: int) -> UserRows:
+    """`rows` with only the first n rows of each of `users` (the others none)."""
+    keep = np.concatenate([rows.indptr[u] + np.arange(n) for u in users])
+    counts = np.zeros(len(rows.indptr) - 1, np.int64)
+    counts[list(users)] = n
+    return UserRows(np.concatenate([[0], np.cumsum(counts)]), rows.items[keep],
+                    rows.ratings[keep])  # fmt: skip
+
+
+def test_feature_columns_are_the_tasks_own_then_unused_ones():
+    train = with_gender(wide_features(cold_split()[0]))
+    model = MAML(**TINY).fit(train, seed=0)
+    features = model.module_.encoder.item_features
+    assert features.shape[1] == 16 and (features.sum(1) == 2).all()
+    items = torch.tensor([[0, 12, 5], [3, 3, 0]])  # task 1: item 3 and a padding row
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    columns = model.feature_columns(model.module_, items, mask)
+    assert columns.shape == (2, 4)  # task 0: items 0 and 12 share both columns, 5 has 2 more
+    for t in range(2):
+        real = items[t][mask[t] > 0]
+        used = torch.nonzero(features[real].sum(0))[:, 0]
+        assert torch.equal(columns[t, : len(used)], used)  # its own, in increasing order
+        rest = columns[t, len(used) :]
+        assert (features[real][:, rest] == 0).all()  # padding: columns its items do not use
+        assert len(set(columns[t].tolist())) == columns.shape[1]  # distinct
+    every = torch.arange(24)[None, :]  # one task using all 16 columns: the full width
+    assert model.feature_columns(model.module_, every, torch.ones(1, 24)) is None
+    plain = MAML(**TINY).fit(with_gender(cold_split()[0]), seed=0)  # 4 columns (genres)
+    three = torch.tensor([[0, 1, 2]])  # 3 of them: over half, so the full width
+    assert plain.feature_columns(plain.module_, three, torch.ones(1, 3)) is None
+    assert plain.feature_columns(plain.module_, three[:, :2], torch.ones(1, 2)).shape == (1, 2)
+
+
+@pytest.mark.parametrize("cls", (MAML, MeLU, Reptile), ids=lambda c: c.name)
+def test_a_tasks_feature_columns_give_the_full_width_gradients(cls, monkeypatch):
+    """The meta-gradient with each task's feature columns (`task_view`) equals the one with
+    every column; a column no task uses gets exactly 0 from Reptile."""
+    train = with_gender(wide_features(cold_split()[0]))
+    model = cls(**{**TINY, "epochs": 2}, inner_steps=3, inner_lr=0.3).fit(train, seed=0)
+    module = model.module_
+    rows = UserRows.from_frame(train.frame, train.n_users)
+    e = episodes(rows, [1, 2], k=1, q=1)
+    assert model.feature_columns(module, e.support_items, e.support_mask) is not None
+    loss, narrow = model.meta_gradient(module, e)
+    monkeypatch.setattr(model, "feature_columns", lambda *args: None)
+    full_loss, full = model.meta_gradient(module, e)
+    names = [n for n, _ in module.named_parameters()]
+    assert loss.item() == pytest.approx(full_loss.item(), rel=1e-5)
+    np.testing.assert_allclose(flat(narrow, names), flat(full, names), rtol=1e-4, atol=1e-7)
+    if cls is Reptile:
+        proj = narrow["encoder.item_proj.weight"]
+        held = torch.cat([e.support_items, e.query_items], 1).flatten()
+        unused = module.encoder.item_features[held].sum(0) == 0
+        assert unused.any() and torch.equal(proj[:, unused], torch.zeros_like(proj[:, unused]))
+
+
+def test_adapting_on_a_tasks_feature_columns_equals_the_full_width():
+    """Adapted with each user's feature columns, the stored projection equals the full-width
+    inner loop's, and every column the user's items do not use keeps the global value."""
+    train = with_gender(wide_features(cold_split()[0]))
+    model = MAML(**{**TINY, "epochs": 2}, inner_steps=3, inner_lr=0.5).fit(train, seed=0)
+    module, users = model.module_, np.array([3, 8])
+    rows = few_rows(model.rows_, users, 2)
+    with torch.no_grad():
+        adapted = model._adapt_rows(module, users, rows)
+    local = model.local_params(module)
+    global_proj = local["encoder.item_proj.weight"].detach()
+    for t, u in enumerate(users):
+        items, ratings, mask = pad_rows([rows.rows(u)], rows)
+        assert model.feature_columns(module, items, mask) is not None
+        whole = model.inner_loop(module, local, torch.tensor(u), items[0], ratings[0], mask[0])
+        for n, w in whole.items():
+            np.testing.assert_allclose(adapted[n][t].numpy(), w.detach().numpy(), rtol=1e-5,
+                                       atol=1e-6)  # fmt: skip
+        unused = module.encoder.item_features[items[0]].sum(0) == 0
+        mine = adapted["encoder.item_proj.weight"][t]
+        assert torch.equal(mine[:, unused], global_proj[:, unused])
+        assert (mine[:, ~unused] != global_proj[:, ~unused]).any(0).all()
+
+
+@pytest.mark.parametrize("cls", (MAML, MeLU), ids=lambda c: c.name)
+def test_scores_equal_each_users_network_on_every_item(cls):
+    """`score` (the items' projected features from one sparse product when each user has its
+    own projection) equals each user's adapted network applied to every item; a second fit on
+    other items' features does not reuse the first one's."""
+    from torch.func import functional_call
+
+    model = cls(**{**TINY, "epochs": 2}, inner_steps=3, inner_lr=0.5)
+    for train in (with_gender(cold_split()[0]), with_gender(wide_features(cold_split()[0]))):
+        model.fit(train, seed=0)
+        users = np.array([50, 3, 60])
+        scores = model.score(users)
+        params = model._user_params(users)
+        items = torch.arange(train.n_items)
+        for t, u in enumerate(users):
+            mine = {n: w[t] for n, w in params.items()}
+            with torch.no_grad():
+                want = functional_call(model.module_, mine, (torch.tensor([u]), items))
+            np.testing.assert_allclose(scores[t], want.numpy() + model.mu_, rtol=1e-5, atol=1e-5)

@@ -84,6 +84,7 @@ import copy
 import hashlib
 import json
 import time
+import warnings
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -92,6 +93,7 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+import scipy.sparse as sp
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
@@ -107,6 +109,7 @@ from metarec_lib.tuning import Choice, LogUniform
 Params = dict[str, torch.Tensor]
 ITEM_TABLE = "encoder.item_ids.weight"  # the item id embedding (n_items, embedding)
 ITEM_FEATURES = "encoder.item_features"  # the items' multi-hot features (a buffer)
+ITEM_PROJ = "encoder.item_proj.weight"  # their projection (embedding, n_features)
 MAX_SUPPORT = 20  # the protocol's largest support; "uniform" draws warm supports in 1..20
 LOCAL = ("all", "decision")
 
@@ -395,6 +398,8 @@ class MetaRecommender(Recommender):
     # -- fit ------------------------------------------------------------------------------
     def _fit(self, train: Interactions, *, valid: Interactions | None, seed: int) -> None:
         self._check_params()
+        for derived in ("_feature_rows", "_feature_csr"):  # a previous fit's items
+            self.__dict__.pop(derived, None)
         p = self.params
         if valid is not None and not len(valid.frame):
             valid = None  # nothing to validate on: train the full `epochs`
@@ -584,20 +589,62 @@ class MetaRecommender(Recommender):
         return params
 
     def task_view(
-        self, module: MetaNet, params: Params, items: torch.Tensor
-    ) -> tuple[Params, Params, torch.Tensor]:
-        """(params, fixed buffers, items) for a task whose rows are `items` (1-D, padding
-        included). When the inner loop adapts the item id table, the task gets only that
-        table's rows at `items`, with the item features' rows beside them, and its rows are
-        addressed 0..len(items)-1: the loss reads no other row, so its gradient and the
-        adapted rows are those of the whole table (a user rates an item once, so no real row
-        repeats; padding rows get no gradient), while a step costs one row a position instead
-        of the whole catalogue (9,742 rows on ml-latest-small). Otherwise all is unchanged."""
-        if ITEM_TABLE not in params:
+        self, module: MetaNet, params: Params, items: torch.Tensor,
+        columns: torch.Tensor | None = None,
+    ) -> tuple[Params, Params, torch.Tensor]:  # fmt: skip
+        """(params, fixed tensors, items) for a task whose rows are `items` (1-D, padding
+        included) and whose items' features lie in `columns` (1-D, from `feature_columns`;
+        None: all of them).
+
+        When the inner loop adapts the item id table, the task gets only that table's rows at
+        `items`, with the item features' rows beside them, and its rows are addressed
+        0..len(items)-1: the loss reads no other row, so its gradient and the adapted rows are
+        those of the whole table (a user rates an item once, so no real row repeats; padding
+        rows get no gradient), while a step costs one row a position instead of the whole
+        catalogue (9,742 rows on ml-latest-small). With `columns`, the features' projection
+        likewise gets only those columns of its weight (adapted or not) and the features only
+        those columns: the other columns are 0 for every real row of the task, so they add
+        nothing to the loss and get no gradient (ml-latest-small's 573 feature columns, 3.5 an
+        item, become a few dozen a task). Otherwise all is unchanged."""
+        if ITEM_TABLE not in params and columns is None:
             return params, {}, items
-        view = {**params, ITEM_TABLE: params[ITEM_TABLE][items]}
-        fixed = {ITEM_FEATURES: module.encoder.item_features[items]}
+        encoder = module.encoder
+        view, fixed = dict(params), {}
+        if encoder.item_ids is not None:
+            table = params.get(ITEM_TABLE, encoder.item_ids.weight)
+            (view if ITEM_TABLE in params else fixed)[ITEM_TABLE] = table[items]
+        if columns is None:
+            fixed[ITEM_FEATURES] = encoder.item_features[items]
+        else:
+            fixed[ITEM_FEATURES] = encoder.item_features[items[:, None], columns[None, :]]
+            weight = params.get(ITEM_PROJ, encoder.item_proj.weight)
+            (view if ITEM_PROJ in params else fixed)[ITEM_PROJ] = weight[:, columns]
         return view, fixed, torch.arange(items.shape[-1], device=items.device)
+
+    def feature_columns(
+        self, module: MetaNet, items: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor | None:
+        """(T, C): for each task (a row of `items` (T, L) with `mask`), the feature columns its
+        real items use, in increasing order, then columns none of them uses (distinct, so the
+        padding columns are all-zero and adapt to nothing); C is the most any task uses. None
+        when there are no item features or C is over half of them (the full width is then as
+        cheap; ML-100K's 26 columns)."""
+        if module.encoder.item_proj is None:
+            return None
+        features = self.__dict__.get("_feature_rows")
+        if features is None:  # the items' features as CSR, to find each task's columns
+            features = sp.csr_matrix(module.encoder.item_features.cpu().numpy())
+            self._feature_rows = features
+        n_features = features.shape[1]
+        task, position = np.nonzero(mask.cpu().numpy() > 0)
+        rows = features[items.cpu().numpy()[task, position]]
+        present = np.zeros((len(items), n_features), bool)
+        present[np.repeat(task, np.diff(rows.indptr)), rows.indices] = True
+        width = max(int(present.sum(1).max(initial=0)), 1)
+        if 2 * width > n_features:
+            return None
+        columns = np.argsort(~present, axis=1, kind="stable")[:, :width]
+        return torch.from_numpy(np.ascontiguousarray(columns)).to(items.device)
 
     def _dtype(self, module: MetaNet) -> torch.dtype:
         return next(module.parameters()).dtype
@@ -623,13 +670,16 @@ class MetaRecommender(Recommender):
             block = order[start:end]
             items, ratings, mask = pad_rows([rows.rows(u) for u in users[block]], rows)
             items = items.to(device)
+            columns = self.feature_columns(module, items, mask)
 
-            def adapt(u: torch.Tensor, i: torch.Tensor, r: torch.Tensor, m: torch.Tensor):
-                view, fixed, at = self.task_view(module, local, i)
+            def adapt(u: torch.Tensor, i: torch.Tensor, r: torch.Tensor, m: torch.Tensor,
+                      *c: torch.Tensor) -> Params:  # fmt: skip
+                view, fixed, at = self.task_view(module, local, i, *c)
                 return self.inner_loop(module, view, u, at, r, m, fixed=fixed)
 
             fast = vmap(adapt)(torch.from_numpy(users[block]).to(device), items,
-                               ratings.to(device, dtype), mask.to(device, dtype))  # fmt: skip
+                               ratings.to(device, dtype), mask.to(device, dtype),
+                               *([] if columns is None else [columns]))  # fmt: skip
             index = torch.from_numpy(block).to(device)
             for n in out:
                 if n == ITEM_TABLE:  # the global table with each user's adapted rows
@@ -638,6 +688,10 @@ class MetaRecommender(Recommender):
                     who = torch.arange(len(block), device=device)[:, None].expand_as(items)
                     table[who[real], items[real]] = fast[n].detach()[real]
                     out[n][index] = table
+                elif n == ITEM_PROJ and columns is not None:  # adapted at the task's columns
+                    weight = local[n].detach().expand(len(block), *local[n].shape).clone()
+                    at = columns[:, None, :].expand(-1, weight.shape[1], -1)
+                    out[n][index] = weight.scatter_(2, at, fast[n].detach())
                 else:
                     out[n][index] = fast[n].detach()
             start = end
@@ -724,13 +778,43 @@ class MetaRecommender(Recommender):
         return out
 
     def _rate_all(self, module: MetaNet, params: Params, users: np.ndarray) -> torch.Tensor:
-        """(len(users), n_items) predicted ratings (unclipped), user t with params[.][t]."""
+        """(len(users), n_items) predicted ratings (unclipped), user t with params[.][t].
+
+        Where each user has its own feature projection W_t (every parameter adapts), the
+        items' projected features F W_t^T come from one sparse product over the block (F has
+        3.5 nonzeros an item on ml-latest-small, against 573 columns a dense product
+        multiplies) and reach the network as its features with an identity projection."""
         items = torch.arange(self.n_items_, device=self.device_)
+        index = torch.from_numpy(users).to(self.device_)
+        if ITEM_PROJ not in params:
 
-        def one(p: Params, user: torch.Tensor) -> torch.Tensor:
-            return functional_call(module, p, (user[None], items))
+            def one(p: Params, user: torch.Tensor) -> torch.Tensor:
+                return functional_call(module, p, (user[None], items))
 
-        return vmap(one)(params, torch.from_numpy(users).to(self.device_)) + self.mu_
+            return vmap(one)(params, index) + self.mu_
+        weight = params[ITEM_PROJ]  # (users, dim, n_features)
+        n, dim, n_features = weight.shape
+        stacked = weight.permute(2, 0, 1).reshape(n_features, n * dim)  # [W_1^T ... W_n^T]
+        projected = self._feature_matrix(module) @ stacked
+        projected = projected.reshape(-1, n, dim).transpose(0, 1)  # (users, n_items, dim)
+        identity = torch.eye(dim, dtype=weight.dtype, device=weight.device)
+
+        def with_projected(p: Params, user: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            given = {**p, ITEM_PROJ: identity, ITEM_FEATURES: x}
+            return functional_call(module, given, (user[None], items))
+
+        return vmap(with_projected)(params, index, projected) + self.mu_
+
+    def _feature_matrix(self, module: MetaNet) -> torch.Tensor:
+        """The items' features as a torch CSR matrix on the module's device (kept)."""
+        matrix = self.__dict__.get("_feature_csr")
+        if matrix is None:
+            features = module.encoder.item_features
+            with warnings.catch_warnings():  # torch's notice that CSR support is in beta
+                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+                matrix = features.to_sparse_csr()
+            self._feature_csr = matrix
+        return matrix
 
     def _score_step(self, module: MetaNet) -> int:
         return max(1, self.budget_floats // (self.n_items_ * module.pair_width))
@@ -768,6 +852,8 @@ class MetaRecommender(Recommender):
     def __getstate__(self) -> dict[str, Any]:
         """Pickle with the network and the kept parameters on CPU."""
         state = self.__dict__.copy()
+        for derived in ("_feature_rows", "_feature_csr"):  # rebuilt from the module when needed
+            state.pop(derived, None)
         if "module_" in state:
             state["module_"] = copy.deepcopy(self.module_).cpu()
             state["adapted_"] = {n: w.cpu() for n, w in self.adapted_.items()}
@@ -834,16 +920,19 @@ class EpisodicRecommender(MetaRecommender):
         unless `first_order`), differentiable in the module's parameters."""
         local = self.local_params(module)
 
-        def task(u, si, sr, sm, qi, qr, qm):
-            view, fixed, at = self.task_view(module, local, torch.cat([si, qi]))
+        def task(u, si, sr, sm, qi, qr, qm, *c):
+            view, fixed, at = self.task_view(module, local, torch.cat([si, qi]), *c)
             k = si.shape[-1]
             fast = self.inner_loop(module, view, u, at[:k], sr, sm, first_order=self.first_order,
                                    fixed=fixed)  # fmt: skip
             return self.task_mse(module, fast, u, at[k:], qr, qm, fixed)
 
         e = episodes
+        columns = self.feature_columns(module, torch.cat([e.support_items, e.query_items], 1),
+                                       torch.cat([e.support_mask, e.query_mask], 1))  # fmt: skip
         losses = vmap(task)(e.users, e.support_items, e.support_ratings, e.support_mask,
-                            e.query_items, e.query_ratings, e.query_mask)  # fmt: skip
+                            e.query_items, e.query_ratings, e.query_mask,
+                            *([] if columns is None else [columns]))  # fmt: skip
         return losses.mean()
 
     def meta_gradient(self, module: MetaNet, episodes: Episodes) -> tuple[torch.Tensor, Params]:
@@ -919,20 +1008,27 @@ class Reptile(EpisodicRecommender):
         ratings = torch.cat([e.support_ratings, e.query_ratings], 1)
         mask = torch.cat([e.support_mask, e.query_mask], 1)
         local = self.local_params(module)
+        columns = self.feature_columns(module, items, mask)
 
-        def task(u, i, r, m):
-            view, fixed, at = self.task_view(module, local, i)
+        def task(u, i, r, m, *c):
+            view, fixed, at = self.task_view(module, local, i, *c)
             fast = self.inner_loop(module, view, u, at, r, m, first_order=True, fixed=fixed)
             return fast, self.task_mse(module, fast, u, at, r, m, fixed)
 
         with torch.no_grad():
-            fast, losses = vmap(task)(e.users, items, ratings, mask)
+            fast, losses = vmap(task)(e.users, items, ratings, mask,
+                                      *([] if columns is None else [columns]))  # fmt: skip
             out = {}
             for n, w in module.named_parameters():
                 if n == ITEM_TABLE and n in local:  # a task moved its rows only (`task_view`)
                     moved = (fast[n] - w.detach()[items]).flatten(0, 1)
                     out[n] = torch.zeros_like(w).index_add_(0, items.flatten(), moved,
                                                             alpha=-1.0 / len(e))  # fmt: skip
+                elif n == ITEM_PROJ and n in local and columns is not None:  # its columns only
+                    moved = fast[n] - w.detach()[:, columns].transpose(0, 1)  # (T, dim, C)
+                    out[n] = torch.zeros_like(w).index_add_(
+                        1, columns.flatten(), moved.transpose(0, 1).flatten(1),
+                        alpha=-1.0 / len(e))  # fmt: skip
                 else:  # the mean move, not theta - mean(phi) (see `meta_gradient`)
                     out[n] = (w.detach() - fast[n]).mean(0) if n in fast else torch.zeros_like(w)
             return losses.mean(), out
