@@ -34,7 +34,6 @@ Analysis of Reproducibility and Progress in Recommender Systems Research", TOIS)
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,7 +44,7 @@ from torch import nn
 
 from metarec_lib.data.dataset import Interactions
 from metarec_lib.models.registry import register
-from metarec_lib.models.torch_base import TORCH_DEFAULTS, Batch, TorchRecommender
+from metarec_lib.models.torch_base import TORCH_DEFAULTS, Batch, TorchRecommender, csr_tensor
 from metarec_lib.tuning import LogUniform, Uniform
 
 
@@ -76,17 +75,7 @@ def sample_unpurchased(
 def purchase_rows(matrix: sp.csr_matrix) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of a 0/1 purchase matrix as torch CSR tensors: (rows (n, n_items), their transpose
     (n_items, n)), the two operands `SparseInputLinear` multiplies them by."""
-    matrix = sp.csr_matrix(matrix, dtype=np.float32)
-    out = []
-    with warnings.catch_warnings():  # torch's notice that its CSR support is in beta
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        for m in (matrix, matrix.T.tocsr()):
-            m.sort_indices()
-            out.append(torch.sparse_csr_tensor(
-                torch.from_numpy(m.indptr.astype(np.int64)),
-                torch.from_numpy(m.indices.astype(np.int64)), torch.from_numpy(m.data),
-                size=m.shape, check_invariants=False))  # fmt: skip
-    return out[0], out[1]
+    return csr_tensor(matrix), csr_tensor(sp.csr_matrix(matrix).T)
 
 
 class _SparseRowsTimesWeight(torch.autograd.Function):

@@ -84,7 +84,6 @@ import copy
 import hashlib
 import json
 import time
-import warnings
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -103,6 +102,7 @@ from metarec_lib.models.base import Recommender, resolve_device
 from metarec_lib.models.memo import TrainingMemo
 from metarec_lib.models.multitask import MLP, Features, PairEncoder, _linear, encode_features
 from metarec_lib.models.registry import register
+from metarec_lib.models.torch_base import csr_tensor
 from metarec_lib.models.training import LOG_COLUMNS, EarlyStopping, cpu_threads, epoch_record
 from metarec_lib.tuning import Choice, LogUniform
 
@@ -342,6 +342,8 @@ class MetaRecommender(Recommender):
     # Small ops on tiny tensors: one intra-op thread (a second one only adds barriers).
     cpu_threads: ClassVar[int | None] = 1
     budget_floats: ClassVar[int] = 1 << 22  # activations per block when adapting or scoring
+    # What is derived from the fitted module's items and kept: `_feature_rows`, `_feature_matrix`.
+    _derived: ClassVar[tuple[str, ...]] = ("_feature_rows_", "_feature_csr_")
 
     # -- what a model writes --------------------------------------------------------------
     @abstractmethod
@@ -398,7 +400,7 @@ class MetaRecommender(Recommender):
     # -- fit ------------------------------------------------------------------------------
     def _fit(self, train: Interactions, *, valid: Interactions | None, seed: int) -> None:
         self._check_params()
-        for derived in ("_feature_rows", "_feature_csr"):  # a previous fit's items
+        for derived in self._derived:  # from a previous fit's items
             self.__dict__.pop(derived, None)
         p = self.params
         if valid is not None and not len(valid.frame):
@@ -631,10 +633,7 @@ class MetaRecommender(Recommender):
         cheap; ML-100K's 26 columns)."""
         if module.encoder.item_proj is None:
             return None
-        features = self.__dict__.get("_feature_rows")
-        if features is None:  # the items' features as CSR, to find each task's columns
-            features = sp.csr_matrix(module.encoder.item_features.cpu().numpy())
-            self._feature_rows = features
+        features = self._feature_rows(module)
         n_features = features.shape[1]
         task, position = np.nonzero(mask.cpu().numpy() > 0)
         rows = features[items.cpu().numpy()[task, position]]
@@ -805,15 +804,20 @@ class MetaRecommender(Recommender):
 
         return vmap(with_projected)(params, index, projected) + self.mu_
 
+    def _feature_rows(self, module: MetaNet) -> sp.csr_matrix:
+        """The items' features as a SciPy CSR matrix (kept until the next fit)."""
+        rows = self.__dict__.get("_feature_rows_")
+        if rows is None:
+            rows = sp.csr_matrix(module.encoder.item_features.cpu().numpy())
+            self._feature_rows_ = rows
+        return rows
+
     def _feature_matrix(self, module: MetaNet) -> torch.Tensor:
-        """The items' features as a torch CSR matrix on the module's device (kept)."""
-        matrix = self.__dict__.get("_feature_csr")
+        """`_feature_rows` as a torch CSR tensor on the module's device (kept)."""
+        matrix = self.__dict__.get("_feature_csr_")
         if matrix is None:
-            features = module.encoder.item_features
-            with warnings.catch_warnings():  # torch's notice that CSR support is in beta
-                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-                matrix = features.to_sparse_csr()
-            self._feature_csr = matrix
+            matrix = csr_tensor(self._feature_rows(module)).to(module.encoder.item_features.device)
+            self._feature_csr_ = matrix
         return matrix
 
     def _score_step(self, module: MetaNet) -> int:
@@ -852,7 +856,7 @@ class MetaRecommender(Recommender):
     def __getstate__(self) -> dict[str, Any]:
         """Pickle with the network and the kept parameters on CPU."""
         state = self.__dict__.copy()
-        for derived in ("_feature_rows", "_feature_csr"):  # rebuilt from the module when needed
+        for derived in self._derived:  # rebuilt from the module when needed
             state.pop(derived, None)
         if "module_" in state:
             state["module_"] = copy.deepcopy(self.module_).cpu()

@@ -230,15 +230,13 @@ class SASRec(TorchRecommender):
         h = module(inputs)[real]
         positives = targets[real]
         if self.params["loss"] == "ce":
+            products = product_dtype(self.params["loss_precision"], h.device)
             return full_softmax_cross_entropy(h, module.item_weights(), positives - 1,
-                                              products=self._products(h.device))  # fmt: skip
+                                              products=products)  # fmt: skip
         negatives = batch[2][real]
         pos = (h * module.items(positives)).sum(-1)
         neg = (h * module.items(negatives)).sum(-1)
         return (F.softplus(-pos) + F.softplus(neg)).mean()
-
-    def _products(self, device: torch.device) -> torch.dtype | None:
-        return product_dtype(self.params["loss_precision"], device)
 
     def score_users(self, module: nn.Module, users: torch.Tensor) -> torch.Tensor:
         window = last_window(self.sequences_, users.cpu().numpy(), int(self.params["max_len"]))

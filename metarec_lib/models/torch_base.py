@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+import warnings
 from abc import abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+import scipy.sparse as sp
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -263,6 +265,19 @@ def topk_torch(scores: torch.Tensor, k: int, exclude=None) -> tuple[torch.Tensor
         tail = torch.full((s.shape[0], pad), -torch.inf, device=s.device, dtype=values.dtype)
         values = torch.cat([values, tail], dim=1)
     return idx, values
+
+
+def csr_tensor(matrix: sp.spmatrix) -> torch.Tensor:
+    """A SciPy sparse matrix as a float32 torch CSR tensor (indices sorted, int64), without
+    torch's notice that its CSR support is in beta."""
+    m = sp.csr_matrix(matrix, dtype=np.float32)
+    m.sort_indices()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(m.indptr.astype(np.int64)),
+            torch.from_numpy(m.indices.astype(np.int64)), torch.from_numpy(m.data),
+            size=m.shape, check_invariants=False)  # fmt: skip
 
 
 def rows_that_fit(n_items: int, device: str, share: float = 0.25) -> int:
