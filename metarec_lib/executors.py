@@ -15,7 +15,9 @@ order. So the files do not depend on the executor or on the order in which cells
 
 Local workers and Ray tasks run the same function with the same thread setting, so the same grid
 gives the same metrics under both; timings in `costs.csv` naturally differ. Tuning configurations
-(`TrialJob`, `run_trial`) go to the same executor, so a parallel one tunes in parallel too.
+(`TrialJob`, `run_trial`) go to the same executor, so a parallel one tunes in parallel too, and
+so do other independent pieces of a notebook's work (`CallJob`, `run_call`: algorithm
+selection's per-seed fits).
 `METAREC_EXECUTOR` (local, ray) and `METAREC_WORKERS` choose the default executor.
 
 With `METAREC_TRACE=<file>` a local executor appends one JSON line per job to that file (what
@@ -29,7 +31,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +116,23 @@ def run_trial(job: TrialJob, *, single_thread: bool = True) -> tuple[float, floa
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class CallJob:
+    """Any other independent piece of a notebook's work: `fn(*args)`, with `fn` a module-level
+    function (so that it pickles) and `label` naming it in a trace."""
+
+    fn: Callable[..., Any]
+    args: tuple = ()
+    label: str = ""
+
+
+def run_call(job: CallJob, *, single_thread: bool = True) -> Any:
+    """`job.fn(*job.args)`; in a worker, torch and BLAS first get one thread each."""
+    if single_thread:
+        _one_thread()
+    return job.fn(*job.args)
+
+
 class Executor(Protocol):
     """Runs jobs and returns their results in the order given."""
 
@@ -132,6 +151,8 @@ class Executor(Protocol):
         ...
 
     def map_trials(self, jobs: Sequence[TrialJob]) -> list[tuple[float, float, dict]]: ...
+
+    def map_calls(self, jobs: Sequence[CallJob]) -> list[Any]: ...
 
 
 @dataclass
@@ -170,6 +191,9 @@ class LocalExecutor:
 
     def map_trials(self, jobs: Sequence[TrialJob]) -> list[tuple[float, float, dict]]:
         return _in_order(self._run(run_trial, jobs, [""] * len(jobs)), len(jobs))
+
+    def map_calls(self, jobs: Sequence[CallJob]) -> list[Any]:
+        return _in_order(self._run(run_call, jobs, [""] * len(jobs)), len(jobs))
 
     def _run(self, fn: Any, jobs: Sequence[Any], affinities: Sequence[str]
              ) -> Iterator[tuple[int, Any]]:  # fmt: skip
@@ -215,6 +239,8 @@ class LocalExecutor:
             kind, label = "cell", f"{job.model.name} seed={job.seed} n={len(job.split.train)}"
         elif isinstance(job, TrialJob):
             kind, label = "trial", f"{job.name} n={len(job.train)}"
+        elif isinstance(job, CallJob):
+            kind, label = "call", job.label or getattr(job.fn, "__name__", "call")
         else:
             kind, label = "job", type(job).__name__
         line = {"kind": kind, "label": label, "worker": worker, "start": start,
@@ -280,6 +306,9 @@ class RayExecutor:
 
     def map_trials(self, jobs: Sequence[TrialJob]) -> list[tuple[float, float, dict]]:
         return _in_order(self._run(run_trial, jobs), len(jobs))
+
+    def map_calls(self, jobs: Sequence[CallJob]) -> list[Any]:
+        return _in_order(self._run(run_call, jobs), len(jobs))
 
     def _run(self, fn: Any, jobs: Sequence[Any]) -> Iterator[tuple[int, Any]]:
         ray = self._ray()

@@ -101,7 +101,7 @@ __all__ = [
     "LANDMARKERS", "META_LEARNERS", "MetaDT", "MetaGB", "MetaLearner", "MetaNN", "MetaSVM",
     "ORACLE", "PROTOCOL", "SINGLE_BEST", "SelectionData", "build_selection_data",
     "evaluate_selection", "fit_learners", "gap_closed", "rows_for_contract", "selection_choices",
-    "selection_split", "user_meta_features",
+    "selection_seed", "selection_split", "user_meta_features",
 ]  # fmt: skip
 
 
@@ -705,35 +705,54 @@ def run_selection(
     their tuned `topn-75-25` values (the shared tuning cache, `budgets[name]` configurations, on
     the data set `tune_data[name]` where given, as `30_deep` tunes its models on ML-100K),
     `build_selection_data`, `evaluate_selection`; metric rows and per-user ndcg (for paired
-    tests) go through the runner's `Experiment.record`. Returns the summaries (one row per data
-    set, seed and method) with the seconds spent building the data (the base models' two fits)
-    and evaluating (fitting the learners)."""
-    import time
-
+    tests) go through the runner's `Experiment.record`. The (data set, seed) pairs are
+    independent, so they run as one batch on the parallel executor (`selection_seed`). Returns
+    the summaries (one row per data set, seed and method) with the seconds spent building the
+    data (the base models' two fits) and evaluating (fitting the learners)."""
+    from metarec_lib.executors import CallJob, default_executor
     from metarec_lib.models.registry import get_model
     from metarec_lib.runner import Experiment
     from metarec_lib.study import tune_for_data
 
     exp = Experiment(config.stem, config.results_dir, progress=not config.smoke)
-    summaries = []
+    jobs, families = [], {}
     for ds in data.values():
         wanted = [(ds, data.get((tune_data or {}).get(name, ds.name), ds), "topn-75-25", name,
                    budgets[name]) for name in base_names]  # fmt: skip
         chosen = tune_for_data(config, wanted)
         models = {name: get_model(name, device=config.device, **(own or tuned).params)
                   for name, (tuned, _, own) in zip(base_names, chosen, strict=True)}  # fmt: skip
-        family_of = {name: m.family for name, m in models.items()}
-        for seed in config.seeds:
-            start = time.perf_counter()
-            sel = build_selection_data(ds, models, seed)
-            built = time.perf_counter()
-            per_user, summary = evaluate_selection(sel, learners, seed, n_boot=n_boot)
-            timing = {"build_seconds": built - start,
-                      "evaluate_seconds": time.perf_counter() - built}  # fmt: skip
-            rows = rows_for_contract(per_user, ds, seed, family_of)
-            frames = {(ds.name, PROTOCOL, m, seed): pd.DataFrame(
-                          {"user_id": per_user["user_id"], "ndcg@10": per_user[m]})
-                      for m in per_user.columns if m != "user_id"}  # fmt: skip
-            exp.record(rows, None, frames)
-            summaries.append(summary.assign(dataset=ds.name, seed=seed, **timing))
+        families[ds.name] = {name: m.family for name, m in models.items()}
+        jobs += [CallJob(selection_seed, (ds, models, seed, learners, n_boot),
+                         label=f"selection {ds.name} seed={seed}")
+                 for seed in config.seeds]  # fmt: skip
+    summaries = []
+    for job, (per_user, summary, timing) in zip(jobs, default_executor().map_calls(jobs),
+                                                strict=True):  # fmt: skip
+        ds, _, seed = job.args[:3]
+        rows = rows_for_contract(per_user, ds, seed, families[ds.name])
+        frames = {(ds.name, PROTOCOL, m, seed): pd.DataFrame(
+                      {"user_id": per_user["user_id"], "ndcg@10": per_user[m]})
+                  for m in per_user.columns if m != "user_id"}  # fmt: skip
+        exp.record(rows, None, frames)
+        summaries.append(summary.assign(dataset=ds.name, seed=seed, **timing))
     return pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame()
+
+
+def selection_seed(
+    dataset: Dataset,
+    base_models: Mapping[str, Recommender],
+    seed: int,
+    learners: Learners = None,
+    n_boot: int = 1000,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, float]]:
+    """One (data set, seed) of `run_selection`: `build_selection_data` then
+    `evaluate_selection`; (per_user, summary, {"build_seconds", "evaluate_seconds"})."""
+    import time
+
+    start = time.perf_counter()
+    sel = build_selection_data(dataset, base_models, seed)
+    built = time.perf_counter()
+    per_user, summary = evaluate_selection(sel, learners, seed, n_boot=n_boot)
+    timing = {"build_seconds": built - start, "evaluate_seconds": time.perf_counter() - built}
+    return per_user, summary, timing

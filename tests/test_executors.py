@@ -241,3 +241,22 @@ def test_tune_many_batches_every_trial_and_asks_a_repeated_search_once(tiny, tmp
                      fixed=request.fixed)  # fmt: skip
         assert alone.params == tuned.params and alone.score == tuned.score
         pd.testing.assert_series_equal(alone.trials["score"], tuned.trials["score"])
+
+
+def test_map_calls_runs_each_call_on_the_workers_in_order_and_traces_it(monkeypatch, tmp_path):
+    import json
+    import operator
+
+    from metarec_lib.executors import CallJob
+
+    monkeypatch.setenv("METAREC_TRACE", str(tmp_path / "trace.jsonl"))
+    jobs = [CallJob(operator.mul, (v, v + 1), label=f"mul {v}") for v in range(4)]
+    pool = get_executor("local", 2)
+    try:
+        assert pool.map_calls(jobs) == [0, 2, 6, 12]
+    finally:
+        pool.close()
+    lines = [json.loads(x) for x in (tmp_path / "trace.jsonl").read_text().splitlines()]
+    assert sorted(x["label"] for x in lines) == ["mul 0", "mul 1", "mul 2", "mul 3"]
+    assert {x["kind"] for x in lines} == {"call"}
+    assert LocalExecutor(1).map_calls(jobs[:2]) == [0, 2]  # in this process

@@ -285,3 +285,51 @@ def test_bad_input_is_named():
         S.evaluate_selection(data, ["MetaXY"], 0)
     with pytest.raises(ValueError, match="clash"):
         S.evaluate_selection(data, {"A": S.MetaDT()}, 0)
+
+
+class _Calls:
+    """A parallel executor in name that runs its jobs here and records each batch of calls."""
+
+    name, workers, in_process = "recording", 2, False
+
+    def __init__(self):
+        self.batches = []
+
+    def map_calls(self, jobs):
+        from metarec_lib.executors import run_call
+
+        self.batches.append([job.label for job in jobs])
+        return [run_call(job, single_thread=False) for job in jobs]
+
+    def map_trials(self, jobs):
+        from metarec_lib.executors import run_trial
+
+        return [run_trial(job, single_thread=False) for job in jobs]
+
+
+def test_run_selection_sends_every_data_set_and_seed_as_one_batch(tmp_path, monkeypatch):
+    """The (data set, seed) pairs go to the executor as one batch of `selection_seed` calls;
+    each gives what `selection_seed` gives alone, and both seeds reach the results contract."""
+    from metarec_lib import executors
+    from metarec_lib.notebook import validate_parameters
+    from metarec_lib.study import tune_for_data
+
+    recording = _Calls()
+    monkeypatch.setattr(executors, "_DEFAULT", recording)
+    config = validate_parameters("60_x", datasets=["synthetic"], seeds=[1, 2], smoke=True,
+                                 results_dir=tmp_path, device="cpu")  # fmt: skip
+    ds, names, learners = synthetic(), ("MostPop", "ItemKNN"), ["MetaDT"]
+    out = S.run_selection(config, {"synthetic": ds}, names, budgets=dict.fromkeys(names, 1),
+                          learners=learners, n_boot=20)  # fmt: skip
+    assert recording.batches == [["selection synthetic seed=1", "selection synthetic seed=2"]]
+    assert sorted(set(out["seed"])) == [1, 2] and set(out["dataset"]) == {"synthetic"}
+    metrics = pd.read_csv(tmp_path / "60_x" / "metrics.csv")
+    assert set(metrics["seed"]) == {1, 2} and set(metrics["protocol"]) == {S.PROTOCOL}
+    # Seed 2 alone, with the tuned values run_selection used (the tuning cache), is the same.
+    chosen = tune_for_data(config, [(ds, ds, "topn-75-25", n, 1) for n in names])
+    models = {n: get_model(n, **t.params) for n, (t, _, _) in zip(names, chosen, strict=True)}
+    _, alone, timing = S.selection_seed(ds, models, 2, learners, 20)
+    got = out[out["seed"] == 2].drop(columns=["dataset", "seed", *timing]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, alone)
+    assert set(timing) == {"build_seconds", "evaluate_seconds"}
+    assert all(v >= 0 for v in timing.values())
