@@ -121,6 +121,8 @@ class Experiment:
     _costs: list[dict[str, Any]] = field(default_factory=list, repr=False)
     # Splits `prefetch` made, by (data set, protocol) and seed, for `run` to reuse.
     _splits: dict[tuple[str, str], dict[int, Split]] = field(default_factory=dict, repr=False)
+    # Cells whose audit files (top-K, per-user) `prefetch` wrote as they came back.
+    _audited: set[str] = field(default_factory=set, repr=False)
 
     @property
     def out(self) -> Path:
@@ -176,9 +178,9 @@ class Experiment:
                         the_split = split(seed)
                     result = evaluate_cell(model, the_split, encoder, seed=seed, task=task, k=k)
                     self._save(key, result)
-                base = {"dataset": dataset.name, "protocol": protocol, "family": model.family,
-                        "model": label, "seed": seed}  # fmt: skip
-                self._write_audit(base, result)
+                base = _base(dataset.name, protocol, label, model, seed)
+                if key not in self._audited:
+                    self._write_audit(base, result)
                 new = [{**base, "metric": m, "value": v} for m, v in result.metrics.items()]
                 rows.extend(new)
                 self._metrics = [r for r in self._metrics if _cell(r) != _cell(base)] + new
@@ -196,7 +198,9 @@ class Experiment:
         and cache each as it is done (an interrupted run resumes); `run` then reads them back
         in its fixed order. One batch for a notebook's boards keeps every worker busy until the
         last cell, where a batch per board would leave workers idle at each board's end. The
-        splits it makes are kept for `run`. In process it only checks the models."""
+        splits it makes are kept for `run`, and each cell's audit files (top-K, per-user) are
+        written as it comes back, while the workers compute the others, not all after the last
+        one in `run`. In process it only checks the models."""
         from metarec_lib.executors import CellJob, default_executor
 
         for r in runs:
@@ -209,7 +213,7 @@ class Experiment:
         executor = self.executor or default_executor()
         if executor.in_process:
             return  # one after another, inside `run`'s loop
-        keys, jobs = [], []
+        keys, jobs, bases = [], [], []
         for r in runs:
             encoder = r.dataset.encoder()
             splits = self._splits.setdefault((r.dataset.name, r.protocol), {})
@@ -221,6 +225,7 @@ class Experiment:
                     if seed not in splits:
                         splits[seed] = r.split(seed)
                     keys.append(key)
+                    bases.append(_base(r.dataset.name, r.protocol, label, model, seed))
                     group = model.training_group or label
                     jobs.append(CellJob(model, splits[seed], encoder, seed, r.task, r.k,
                                         affinity=f"{r.dataset.name}|{group}|{seed}"))  # fmt: skip
@@ -230,7 +235,8 @@ class Experiment:
             raise ValueError("Experiment: a parallel executor needs use_cache=True (the cells "
                              "come back through the cell cache)")  # fmt: skip
         order = longest_first([j.model.family for j in jobs], [len(j.split.train) for j in jobs])
-        keys, jobs = [keys[i] for i in order], [jobs[i] for i in order]
+        keys, jobs, bases = ([keys[i] for i in order], [jobs[i] for i in order],
+                             [bases[i] for i in order])  # fmt: skip
         boards = sorted({(r.dataset.name, r.protocol) for r in runs})
         desc = f"{self.stem} {' '.join(boards[0])}" if len(boards) == 1 else f"{self.stem} cells"
         for index, result in tqdm(
@@ -241,6 +247,8 @@ class Experiment:
             desc=f"{desc} on {executor.name}",
         ):
             self._save(keys[index], result)
+            self._write_audit(bases[index], result)
+            self._audited.add(keys[index])
 
     def record(
         self,
@@ -338,6 +346,13 @@ class Experiment:
 def cache_dir(results_dir: str | Path, kind: str) -> Path:
     """`results/.cache/<kind>/`: caches shared across notebooks (never committed)."""
     return Path(results_dir) / ".cache" / kind
+
+
+def _base(dataset: str, protocol: str, label: str, model: Recommender, seed: int,
+          ) -> dict[str, Any]:  # fmt: skip
+    """The contract's columns that name one cell: dataset, protocol, family, model, seed."""
+    return {"dataset": dataset, "protocol": protocol, "family": model.family, "model": label,
+            "seed": seed}  # fmt: skip
 
 
 def _cell(row: Mapping[str, Any]) -> tuple:

@@ -1,6 +1,6 @@
 """Scale curves: what fitting and evaluating a model costs as the synthetic data grows.
 
-`run_scale` generates the synthetic data set once per size (`sizes_config`: the item catalogue
+`run_scale` generates the synthetic data set at each size (`sizes_config`: the item catalogue
 grows as n^ITEM_EXPONENT, users carry the rest of the growth), and for each model
 
 1. estimates the memory the fit needs (`estimate_memory_mb`) and skips the model, BEFORE
@@ -22,7 +22,11 @@ least one) is held out of training and scored with the ranking metrics @10 of th
 Results follow the study's contract under `results/<stem>/` (`metrics.csv`, `costs.csv`, with
 protocol `scale@n=<n:g>`, e.g. `scale@n=1e+06`) plus `tables/scale.csv`, one row per size and
 model, fitted or skipped with the reason. No top-K lists or splits are written: nothing here is
-meant for paired tests. Every file is rewritten atomically after each cell.
+meant for paired tests. The files are written atomically once every model is done.
+
+A model's sizes form one chain (its predictions read only its own earlier sizes), so the
+models' chains run in parallel on the study's executor, one thread per worker as every cell of
+the study; each chain generates the data it needs (`scale_chain`).
 """
 
 from __future__ import annotations
@@ -305,21 +309,57 @@ def run_scale(
     """Fit and evaluate every model at every size, smallest first, skipping (with the reason)
     those whose memory estimate exceeds `memory_limit_mb` or whose predicted fit time exceeds
     `budget_seconds` (see the module docstring). Writes `results_dir/stem/{metrics,costs}.csv`
-    and `tables/scale.csv` after every cell; returns the scale table (`TABLE_COLUMNS`)."""
+    and `tables/scale.csv`; returns the scale table (`TABLE_COLUMNS`, by size, then model).
+
+    A model's predictions read only its own earlier sizes, so each model is one independent
+    chain (`scale_chain`), and the chains run as one batch on the parallel executor
+    (`executors.default_executor`): on its workers, one thread each like every cell of the
+    study, every chain generating the data it needs; with one worker, in this process one
+    after another."""
+    from metarec_lib.executors import CallJob, default_executor
+
     sizes = _check(sizes, models, budget_seconds, memory_limit_mb)
     out = Path(results_dir) / stem
     device = resolve_device(device)
-    warm_up(models, device)
-    rows: list[dict[str, Any]] = []
+    quiet = not progress or bool(os.environ.get("TQDM_DISABLE"))
+    jobs = [CallJob(scale_chain, (name, sizes, int(seed), device, float(budget_seconds),
+                                  float(memory_limit_mb), int(eval_users), not quiet),
+                    label=f"scale {name}")
+            for name in models]  # fmt: skip
+    chains = default_executor().map_calls(jobs)
+    rows = sorted((row for chain in chains for row in chain),
+                  key=lambda r: (r["n_target"], list(models).index(r["model"])))  # fmt: skip
     metric_rows: list[dict[str, Any]] = []
     cost_rows: list[dict[str, Any]] = []
-    fitted: dict[str, tuple[list[float], list[float]]] = {m: ([], []) for m in models}
-    quiet = not progress or bool(os.environ.get("TQDM_DISABLE"))
-    bar = tqdm(total=len(sizes) * len(models), desc=stem, disable=quiet, leave=False)
-    for n in sizes:
-        config = sizes_config(n)
+    for row in rows:
+        if row["status"] != "fitted":
+            continue
+        key = {"dataset": DATASET, "protocol": row["protocol"], "family": row["family"],
+               "model": row["model"], "seed": int(seed)}  # fmt: skip
+        metric_rows += [{**key, "metric": m, "value": v} for m, v in row.pop("_metrics").items()]
+        costs = {"fit_seconds": row["fit_seconds"], "predict_seconds": row["eval_seconds"],
+                 "peak_memory_mb": row["peak_memory_mb"], "n_parameters": row["n_parameters"],
+                 "device": device}  # fmt: skip
+        cost_rows.append({**key, **costs})
+    _write(out, rows, metric_rows, cost_rows)
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def scale_chain(
+    name: str, sizes: Sequence[float], seed: int, device: str, budget: float, limit: float,
+    eval_users: int = EVAL_USERS, progress: bool = False,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """One model of `run_scale` at every size, smallest first: the table rows of its cells
+    (`scale_cell`; a fitted row keeps its metrics under "_metrics"). The model is warmed up
+    first (`warm_up`), and each size's data is generated here, so the chain needs nothing
+    from the process that sends it."""
+    warm_up([name], device)
+    history: tuple[list[float], list[float]] = ([], [])
+    rows = []
+    for n in tqdm(sorted(float(s) for s in sizes), desc=f"scale {name}", disable=not progress,
+                  leave=False):  # fmt: skip
         start = time.perf_counter()
-        ds = generate_synthetic(**config, seed=int(seed))
+        ds = generate_synthetic(**sizes_config(n), seed=int(seed))
         data = ds.encoder().encode(ds.interactions)
         generate_seconds = time.perf_counter() - start
         del ds
@@ -327,34 +367,18 @@ def run_scale(
         train, users, relevant = sampled_holdout(data, eval_users, seed)
         del data
         release_memory()
-        protocol = protocol_name(n)
-        base = {"protocol": protocol, "n_target": n, "n_interactions": n_total,
+        base = {"protocol": protocol_name(n), "n_target": n, "n_interactions": n_total,
                 "n_users": train.n_users, "n_items": train.n_items,
                 "generate_seconds": generate_seconds}  # fmt: skip
-        for name in models:
-            bar.set_postfix_str(f"{name} n={n:g}")
-            cell = scale_cell(name, train, users, relevant, fitted[name], n, seed=seed,
-                              device=device, budget=budget_seconds,
-                              limit=memory_limit_mb)  # fmt: skip
-            row = {**base, **cell}
-            rows.append(row)
-            if row["status"] == "fitted":
-                fitted[name][0].append(n)
-                fitted[name][1].append(row["fit_seconds"])
-                key = {"dataset": DATASET, "protocol": protocol, "family": row["family"],
-                       "model": name, "seed": int(seed)}  # fmt: skip
-                metric_rows += [{**key, "metric": m, "value": v}
-                                for m, v in row.pop("_metrics").items()]  # fmt: skip
-                costs = {"fit_seconds": row["fit_seconds"], "predict_seconds": row["eval_seconds"],
-                         "peak_memory_mb": row["peak_memory_mb"],
-                         "n_parameters": row["n_parameters"], "device": device}  # fmt: skip
-                cost_rows.append({**key, **costs})
-            _write(out, rows, metric_rows, cost_rows)
-            bar.update()
+        cell = scale_cell(name, train, users, relevant, history, n, seed=seed, device=device,
+                          budget=budget, limit=limit)  # fmt: skip
+        rows.append({**base, **cell})
+        if cell["status"] == "fitted":
+            history[0].append(n)
+            history[1].append(cell["fit_seconds"])
         del train, relevant
         release_memory()
-    bar.close()
-    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    return rows
 
 
 def warm_up(models: Sequence[str], device: str = "cpu") -> None:

@@ -56,6 +56,28 @@ def test_digest_ignores_row_order_but_not_values():
     assert interactions_digest(f) != interactions_digest(frame(rating=[4.0, 5.0, 2.0]))
 
 
+def test_dataset_digest_is_computed_once_and_travels_with_a_pickle(monkeypatch):
+    import dataclasses
+    import pickle
+
+    import metarec_lib.data.dataset as dataset_module
+
+    calls = []
+    real = dataset_module.interactions_digest
+    monkeypatch.setattr(dataset_module, "interactions_digest",
+                        lambda f: calls.append(len(f)) or real(f))  # fmt: skip
+    items = pd.DataFrame(index=pd.Index([10, 20], name="item_id"))
+    users = pd.DataFrame(index=pd.Index([1, 2], name="user_id"))
+    ds = Dataset("t", frame(), items, users, (1, 5))
+    assert ds.digest == real(frame()) and ds.digest == ds.digest
+    assert calls == [3]  # every cell's cache key asks; the table is sorted once
+    assert pickle.loads(pickle.dumps(ds)).digest == ds.digest and calls == [3]
+    # A derived data set is a new instance with its own digest.
+    other = dataclasses.replace(ds, interactions=frame(rating=[4.0, 5.0, 2.0]))
+    assert other.digest == real(frame(rating=[4.0, 5.0, 2.0])) != ds.digest
+    assert calls == [3, 3]
+
+
 def test_encoder_round_trip_and_catalogue():
     items = pd.DataFrame({"title": ["a", "b", "c"]}, index=pd.Index([10, 20, 30], name="item_id"))
     users = pd.DataFrame(index=pd.Index([1, 2], name="user_id"))

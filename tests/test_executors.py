@@ -212,12 +212,22 @@ def test_prefetch_sends_every_board_as_one_batch_and_run_reads_them_back(tiny, t
             Run(tiny, "other", _split(tiny), {"MostPop": get_model("MostPop")}, [3])]  # fmt: skip
     exp.prefetch(runs)
     assert recording.cell_batches == [3 * 2 + 1]
+    # Each cell's audit files were written as it came back, not left for `run`.
+    audit = sorted(p.relative_to(tmp_path / "p" / "x")
+                   for p in (tmp_path / "p" / "x").rglob("*.csv.gz"))  # fmt: skip
+    assert len([a for a in audit if a.parts[0] == "topk"]) == 7
+    assert len([a for a in audit if a.parts[0] == "per_user"]) == 7
+    written = {a: (tmp_path / "p" / "x" / a).stat().st_mtime_ns for a in audit}
     rows = [exp.run(r.dataset, r.protocol, r.split, r.models, r.seeds) for r in runs]
     assert recording.cell_batches == [7]  # run found every cell cached
+    assert all((tmp_path / "p" / "x" / a).stat().st_mtime_ns == t for a, t in written.items())
     serial = Experiment("x", tmp_path / "s", progress=False, executor=LocalExecutor(1))
     for r, got in zip(runs, rows, strict=True):
         want = serial.run(r.dataset, r.protocol, r.split, r.models, r.seeds)
         pd.testing.assert_frame_equal(got, want)
+    for a in audit:  # the same files as one cell after another in this process
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "p" / "x" / a),
+                                      pd.read_csv(tmp_path / "s" / "x" / a))  # fmt: skip
 
 
 def test_tune_many_batches_every_trial_and_asks_a_repeated_search_once(tiny, tmp_path,

@@ -137,6 +137,38 @@ def test_run_scale_writes_the_results_contract(tmp_path):
     assert "scale@n=4000" in scale.narrative(table, slopes)
 
 
+def test_run_scale_sends_a_chain_per_model_and_workers_give_the_same_table(tmp_path, monkeypatch):
+    from metarec_lib import executors
+
+    sent = []
+
+    class Recording(executors.LocalExecutor):
+        def map_calls(self, jobs):
+            sent.append([job.label for job in jobs])
+            return super().map_calls(jobs)
+
+    kwargs = {"budget_seconds": 60, "memory_limit_mb": 2000, "seed": 3, "eval_users": 40,
+              "progress": False}  # fmt: skip
+    tables = {}
+    for workers in (1, 2):
+        pool = Recording(workers)
+        monkeypatch.setattr(executors, "_DEFAULT", pool)
+        try:
+            out = tmp_path / str(workers)
+            tables[workers] = scale.run_scale([4e3, 2e3], ["iALS", "BPR"], **kwargs,
+                                              results_dir=out, stem="95_x")  # fmt: skip
+        finally:
+            pool.close()
+    assert sent == [["scale iALS", "scale BPR"]] * 2  # one batch: a chain per model
+    one, two = tables[1], tables[2]
+    # By size, then model as given; the chains' own order does not show.
+    assert list(one["protocol"]) == ["scale@n=2000"] * 2 + ["scale@n=4000"] * 2
+    assert list(one["model"]) == ["iALS", "BPR"] * 2
+    same = ["protocol", "n_interactions", "n_users", "n_items", "model", "status", "ndcg@10"]
+    pd.testing.assert_frame_equal(one[same], two[same])
+    assert (two["fit_seconds"] > 0).all()
+
+
 def test_run_scale_and_plan_reject_bad_arguments():
     with pytest.raises(ValueError, match="sizes"):
         scale.run_scale([], ["EASE"], budget_seconds=1, memory_limit_mb=1, seed=0,
