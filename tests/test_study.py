@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pandas as pd
@@ -77,7 +78,7 @@ def test_plans_filter_models():
 
 
 def test_a_plan_runs_only_on_its_data_sets(tmp_path, tiny):
-    other = type(tiny)(**{**tiny.__dict__, "name": "other"})
+    other = dataclasses.replace(tiny, name="other")
     config = validate_parameters("30_w", datasets=["synthetic"], seeds=[5], smoke=True,
                                  results_dir=tmp_path, device="cpu")  # fmt: skip
     plan = Plan("topn-75-25", ["MostPop"], datasets=("other",))
@@ -136,7 +137,7 @@ def test_leave_one_out_tunes_on_its_valid_part_and_refits_with_it(tmp_path, tiny
 
 def test_tune_data_reuses_one_data_sets_values_and_smoke_caps_epochs(tmp_path, tiny):
     other = load_dataset("synthetic", n_users=70, n_items=40, density=0.2, seed=9)
-    other = type(other)(**{**other.__dict__, "name": "other"})
+    other = dataclasses.replace(other, name="other")
     config = validate_parameters("30_z", datasets=["synthetic"], seeds=[5], smoke=True,
                                  results_dir=tmp_path, device="cpu")  # fmt: skip
     plan = Plan("topn-75-25", ["MostPop", "BPR"], tune_data={"BPR": "synthetic"})
