@@ -154,6 +154,10 @@ class Executor(Protocol):
 
     def map_calls(self, jobs: Sequence[CallJob]) -> list[Any]: ...
 
+    def start(self) -> None:
+        """Get the workers ready ahead of the first batch, without waiting (may do nothing)."""
+        ...
+
 
 @dataclass
 class LocalExecutor:
@@ -204,12 +208,7 @@ class LocalExecutor:
                 self._log(job, 0, start)
                 yield i, result
             return
-        if not self._pools:
-            import multiprocessing as mp
-
-            context = mp.get_context("spawn")
-            self._pools = [ProcessPoolExecutor(1, mp_context=context, initializer=_quiet_worker)
-                           for _ in range(self.workers)]  # fmt: skip
+        self.start()
         waiting = list(range(len(jobs)))
         running: dict[Future, tuple[int, int, float]] = {}  # future -> (job, worker, start)
         while waiting or running:
@@ -230,6 +229,21 @@ class LocalExecutor:
                 result = future.result()
                 self._log(jobs[index], worker, start)
                 yield index, result
+
+    def start(self) -> None:
+        """Spawn the worker processes now (else the first batch does) and have each import
+        the library and torch, without waiting: a notebook starts them first thing
+        (`notebook.validate_parameters`), so they are ready by its first batch instead of
+        spending its first seconds starting up. In process (one worker) it does nothing."""
+        if self.in_process or self._pools:
+            return
+        import multiprocessing as mp
+
+        context = mp.get_context("spawn")
+        self._pools = [ProcessPoolExecutor(1, mp_context=context, initializer=_quiet_worker)
+                       for _ in range(self.workers)]  # fmt: skip
+        for pool in self._pools:
+            pool.submit(_warm_worker)
 
     def _log(self, job: Any, worker: int, start: float) -> None:
         """Append the job's line to `trace` (when set): kind, label, worker, start, end."""
@@ -278,6 +292,14 @@ def _quiet_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _warm_worker() -> None:
+    """Import what the jobs need (every model module, torch with them, the runner) ahead."""
+    import metarec_lib.runner  # noqa: F401
+    from metarec_lib.models.registry import model_names
+
+    model_names()
+
+
 def _in_order(pairs: Iterator[tuple[int, Any]], n: int) -> list[Any]:
     out: list[Any] = [None] * n
     for i, result in pairs:
@@ -297,6 +319,9 @@ class RayExecutor:
     @property
     def in_process(self) -> bool:
         return False
+
+    def start(self) -> None:
+        """Nothing ahead of time: Ray starts (or connects) on the first batch."""
 
     def map(self, jobs: Sequence[CellJob]) -> list[Any]:
         return _in_order(self.completed(jobs), len(jobs))

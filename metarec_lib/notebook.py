@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from metarec_lib.data import DATASETS, DataError, Dataset, load_dataset
+from metarec_lib.executors import default_executor
 from metarec_lib.io import atomic_write_csv, atomic_write_json
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -53,7 +54,11 @@ def validate_parameters(
     models: Sequence[str] | None = None,
     known_models: Iterable[str] | None = None,
 ) -> NotebookConfig:
-    """Check notebook parameters; an unknown data set, model or device is a clear error."""
+    """Check notebook parameters; an unknown data set, model or device is a clear error.
+
+    Then, since the notebook is about to run, the parallel executor's workers start (see
+    `executors.LocalExecutor.start`): they import while the notebook loads its data and
+    prepares its first batch."""
     if isinstance(datasets, str) or not datasets:
         raise ValueError(f"{stem}: `datasets` must be a non-empty list, got {datasets!r}")
     unknown = [d for d in datasets if d not in DATASETS]
@@ -78,10 +83,12 @@ def validate_parameters(
         unknown = [m for m in models if m not in known]
         if unknown:
             raise ValueError(f"{stem}: unknown model(s) {unknown}; known: {sorted(known)}")
-    return NotebookConfig(
+    config = NotebookConfig(
         stem=stem, datasets=list(datasets), seeds=[int(s) for s in seeds], smoke=smoke,
         results_dir=Path(results_dir), device=device, strict=bool(strict), models=models,
     )  # fmt: skip
+    default_executor().start()
+    return config
 
 
 def load_datasets(config: NotebookConfig) -> dict[str, Dataset]:

@@ -137,6 +137,31 @@ def test_completed_returns_every_cell_once_from_the_workers(monkeypatch):
     assert len({pid for _, pid in got.values()}) <= 2 and set(pool._home) == {"a", "b"}
 
 
+def test_start_spawns_warm_workers_once_and_the_first_batch_uses_them(monkeypatch):
+    import metarec_lib.executors as ex
+
+    here = LocalExecutor(1)
+    here.start()
+    assert here._pools == []  # in process: nothing to start
+    monkeypatch.setattr(ex, "run_job", _square_job)
+    pool = LocalExecutor(2)
+    try:
+        pool.start()
+        pools = list(pool._pools)
+        assert len(pools) == 2
+        pool.start()  # already started: the same processes
+        assert pool._pools == pools
+        # The warm-up ran first on each worker (a builtin asks, so this module is not imported
+        # there): the runner, the model modules and torch are loaded.
+        asked = "all(m in __import__('sys').modules for m in " \
+                "('metarec_lib.runner', 'metarec_lib.models.sasrec', 'torch'))"  # fmt: skip
+        assert [p.submit(eval, asked).result() for p in pools] == [True, True]
+        got = dict(pool.completed([SimpleNamespace(affinity="", value=v) for v in range(4)]))
+        assert pool._pools == pools and [got[i][0] for i in range(4)] == [0, 1, 4, 9]
+    finally:
+        pool.close()
+
+
 def test_a_trace_has_a_line_per_job_and_a_worker_runs_one_at_a_time(monkeypatch, tmp_path):
     import json
 

@@ -10,6 +10,20 @@ def test_good_parameters_pass():
     assert config.out.as_posix() == "r/10_x" and config.seeds == [1, 2]
 
 
+def test_good_parameters_start_the_executors_workers(monkeypatch):
+    from metarec_lib import executors
+
+    started = []
+    monkeypatch.setattr(
+        executors, "_DEFAULT", type("E", (), {"start": lambda self: started.append(1)})()
+    )
+    validate_parameters("10_x", **GOOD)
+    assert started == [1]
+    with pytest.raises(ValueError, match="duplicates"):
+        validate_parameters("10_x", **{**GOOD, "seeds": [1, 1]})
+    assert started == [1]  # bad parameters start nothing
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

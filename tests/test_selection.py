@@ -295,6 +295,9 @@ class _Calls:
     def __init__(self):
         self.batches = []
 
+    def start(self):
+        """Nothing to start: the jobs run here."""
+
     def map_calls(self, jobs):
         from metarec_lib.executors import run_call
 
