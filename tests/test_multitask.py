@@ -12,6 +12,7 @@ from metarec_lib.models.multitask import (
     MMoE,
     SharedBottom,
     SingleTask,
+    _mix,
     combine_losses,
     encode_features,
 )
@@ -393,3 +394,23 @@ def test_scoring_blocks_reuse_the_item_side_and_give_the_same_scores(cls, monkey
     saved, blocks = without - broadcast_halves(), train.n_users
     assert saved > 0 and saved % (blocks - 1) == 0  # the item halves, once instead of per block
     assert all(m.memo is None for m in model.module_.modules() if hasattr(m, "memo"))
+
+
+def test_mix_without_gradients_matches_the_softmax_with_them():
+    """Scoring mixes the experts with its own softmax (no gradients): the same weights as
+    torch's to rounding, rows summing to 1, no overflow at logits of 1e4, the same mixture."""
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(4, 6, 3, generator=gen) * 5
+    logits[0, 0] = torch.tensor([1e4, 1e4 - 1.0, -1e4])
+    experts = [torch.randn(4, 6, 2, generator=gen) for _ in range(3)]
+    want_w, want_mix = _mix(logits, experts)
+    assert want_w.requires_grad is False and torch.is_grad_enabled()
+    before = logits.clone()
+    with torch.no_grad():
+        got_w, got_mix = _mix(logits, experts)
+    assert torch.equal(logits, before)  # the logits are not overwritten
+    torch.testing.assert_close(got_w, want_w, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(got_mix, want_mix, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_w.sum(-1), torch.ones(4, 6))
+    e = np.exp(np.array([0.0, -1.0]))
+    np.testing.assert_allclose(got_w[0, 0].numpy(), [*(e / e.sum()), 0.0], rtol=1e-6)

@@ -11,7 +11,7 @@ from torch import nn
 from metarec_lib.evaluate import ndcg_on
 from metarec_lib.models.bpr import sample_triples
 from metarec_lib.models.torch_base import TORCH_DEFAULTS, TorchRecommender
-from metarec_lib.models.training import EarlyStopping, cpu_threads
+from metarec_lib.models.training import EarlyStopping, adam, cpu_threads
 from metarec_lib.testing import check_recommender, checkerboard, other_parity_valid
 
 
@@ -324,3 +324,31 @@ def test_cuda_determinism_sets_and_restores_the_flags():
     with cuda_determinism("cpu"):  # a no-op off CUDA
         assert torch.are_deterministic_algorithms_enabled() == before[0]
     assert rows_that_fit(10_000, "cpu") == 1024
+
+
+def test_adam_is_fused_on_cpu_and_steps_like_the_loop():
+    """`training.adam` asks torch for the fused kernel for CPU parameters (not for a device
+    without one); its steps are Adam's: after five steps on the same gradients the weights
+    equal the per-parameter loop's to rounding. A model's default optimiser is that one."""
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.randn(7, 3, generator=gen), torch.randn(5, generator=gen)]
+    grads = [[torch.randn(w.shape, generator=gen) for w in start] for _ in range(5)]
+    out = {}
+    for fused in (True, False):
+        weights = [nn.Parameter(w.clone()) for w in start]
+        if fused:
+            optimiser = adam(weights, lr=0.1, weight_decay=0.01)
+        else:
+            optimiser = torch.optim.Adam(weights, lr=0.1, weight_decay=0.01, foreach=False)
+        assert optimiser.defaults["fused"] is (True if fused else None)
+        for step in grads:
+            for w, g in zip(weights, step, strict=True):
+                w.grad = g.clone()
+            optimiser.step()
+        out[fused] = [w.detach() for w in weights]
+    for a, b, w0 in zip(out[True], out[False], start, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        assert (a - w0).abs().min() > 0  # it moved every weight
+    assert TinyMF().optimiser(_Factors(3, 4, 2, 0.0, gen)).defaults["fused"] is True
+    on_meta = nn.Parameter(torch.zeros(2, device="meta"))
+    assert adam([on_meta], lr=0.1).defaults["fused"] is None  # no fused kernel there

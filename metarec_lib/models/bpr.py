@@ -29,7 +29,7 @@ from metarec_lib.data.dataset import Interactions
 from metarec_lib.models.base import Recommender, resolve_device
 from metarec_lib.models.losses import bpr_triple_loss
 from metarec_lib.models.registry import register
-from metarec_lib.models.training import EarlyStopping, cpu_threads
+from metarec_lib.models.training import EarlyStopping, adam, cpu_threads
 from metarec_lib.tuning import Choice, LogUniform
 
 
@@ -164,8 +164,7 @@ class BPR(Recommender):
             generator=generator,
         ).to(device)
         trainable = [w for w in module.parameters() if w.requires_grad]
-        fused = torch.device(device).type in ("cpu", "cuda")  # one kernel per step, not ten
-        optimiser = torch.optim.Adam(trainable, lr=float(p["learning_rate"]), fused=fused)
+        optimiser = adam(trainable, lr=float(p["learning_rate"]))
         batch = int(p["batch_size"])
         self.loss_history_: list[tuple[int, float]] = []
         stopper = EarlyStopping(int(p["patience"]))

@@ -45,6 +45,7 @@ from torch import nn
 from metarec_lib.data.dataset import Interactions
 from metarec_lib.models.registry import register
 from metarec_lib.models.torch_base import TORCH_DEFAULTS, Batch, TorchRecommender, csr_tensor
+from metarec_lib.models.training import adam
 from metarec_lib.tuning import LogUniform, Uniform
 
 
@@ -238,8 +239,8 @@ class CFGAN(TorchRecommender):
         p = self.params
         lr, decay = float(p["learning_rate"]), float(p["weight_decay"])
         return (
-            torch.optim.Adam(module.generator.parameters(), lr=lr, weight_decay=decay),
-            torch.optim.Adam(module.discriminator.parameters(), lr=lr, weight_decay=decay),
+            adam(module.generator.parameters(), lr=lr, weight_decay=decay),
+            adam(module.discriminator.parameters(), lr=lr, weight_decay=decay),
         )
 
     def discriminator_loss(

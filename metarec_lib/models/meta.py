@@ -103,7 +103,13 @@ from metarec_lib.models.memo import TrainingMemo
 from metarec_lib.models.multitask import MLP, Features, PairEncoder, _linear, encode_features
 from metarec_lib.models.registry import register
 from metarec_lib.models.torch_base import csr_tensor
-from metarec_lib.models.training import LOG_COLUMNS, EarlyStopping, cpu_threads, epoch_record
+from metarec_lib.models.training import (
+    LOG_COLUMNS,
+    EarlyStopping,
+    adam,
+    cpu_threads,
+    epoch_record,
+)
 from metarec_lib.tuning import Choice, LogUniform
 
 Params = dict[str, torch.Tensor]
@@ -490,7 +496,7 @@ class MetaRecommender(Recommender):
 
     def _train(self, module: MetaNet, valid: Interactions | None, rng: np.random.Generator):
         p = self.params
-        optimiser = torch.optim.Adam(module.parameters(), lr=float(p["learning_rate"]))
+        optimiser = adam(module.parameters(), lr=float(p["learning_rate"]))
         stopper = EarlyStopping(int(p["patience"]), higher_is_better=False)
         log: list[dict[str, Any]] = []
         for epoch in range(1, int(p["epochs"]) + 1):

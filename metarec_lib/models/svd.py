@@ -39,6 +39,7 @@ from metarec_lib.data.dataset import Interactions
 from metarec_lib.evaluate import rmse_on
 from metarec_lib.models.base import Recommender, resolve_device
 from metarec_lib.models.registry import register
+from metarec_lib.models.training import adam
 from metarec_lib.tuning import Choice, LogUniform
 
 FREQUENCY_EXPONENT = 0.5  # factor penalty of a row with n ratings: reg * n**FREQUENCY_EXPONENT
@@ -463,7 +464,7 @@ class SVDpp(_RatingModel):
             int(self.params["factors"]), pattern.indptr, pattern.indices, train.n_items,
             self.mu_, init_std=float(self.params["init_std"]), generator=generator,
         ).to(device)  # fmt: skip
-        optimizer = torch.optim.Adam(net.parameters(), lr=float(self.params["learning_rate"]))
+        optimizer = adam(net.parameters(), lr=float(self.params["learning_rate"]))
         schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, float(self.params["lr_decay"]))
         u = torch.tensor(users, device=device)
         i = torch.tensor(items, device=device)

@@ -47,7 +47,13 @@ from tqdm import tqdm
 
 from metarec_lib.data.dataset import Interactions
 from metarec_lib.models.base import Recommender, resolve_device
-from metarec_lib.models.training import LOG_COLUMNS, EarlyStopping, cpu_threads, epoch_record
+from metarec_lib.models.training import (
+    LOG_COLUMNS,
+    EarlyStopping,
+    adam,
+    cpu_threads,
+    epoch_record,
+)
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
@@ -111,13 +117,12 @@ class TorchRecommender(Recommender):
         return ndcg_on(self, valid)
 
     def optimiser(self, module: nn.Module) -> Any:
-        """Adam over the trainable parameters. A model with several networks (CFGAN) returns
-        whatever its `step` needs, e.g. one optimiser per network."""
+        """Adam over the trainable parameters (fused: `training.adam`). A model with several
+        networks (CFGAN) returns whatever its `step` needs, e.g. one optimiser per network."""
         p = self.params
         trainable = [w for w in module.parameters() if w.requires_grad]
-        return torch.optim.Adam(
-            trainable, lr=float(p["learning_rate"]), weight_decay=float(p["weight_decay"])
-        )
+        return adam(trainable, lr=float(p["learning_rate"]),
+                    weight_decay=float(p["weight_decay"]))  # fmt: skip
 
     def step(self, module: nn.Module, batch: Batch, optimiser: Any) -> torch.Tensor:
         """One optimisation step on a batch; returns the (detached) loss to log. Override for

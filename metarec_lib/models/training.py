@@ -1,4 +1,4 @@
-"""Training helpers shared by iterative models: early stopping and CPU thread control.
+"""Training helpers shared by iterative models: early stopping, CPU thread control, Adam.
 
 `EarlyStopping` is the one place that decides when a model stops and which weights it keeps,
 so BPR, iALS, the rating factorisations and every PyTorch model stop by the same rule.
@@ -6,7 +6,7 @@ so BPR, iALS, the rating factorisations and every PyTorch model stop by the same
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -63,6 +63,20 @@ def cpu_threads(device: str, threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def adam(parameters: Iterable[Any], *, lr: float, weight_decay: float = 0.0) -> Any:
+    """torch's Adam, its update fused into one kernel per step when the parameters are all on
+    the CPU or all on CUDA (elsewhere the default loop). On one CPU thread the per-parameter
+    loop made a fit on ml-latest-small 1.34x slower for NeuMF, 1.17x for SVD++ and 1.06x for
+    CFGAN (`benchmarks/bench_adam.py`). Deterministic like the loop, though not bitwise equal
+    to it: the kernel rounds differently."""
+    import torch
+
+    params = list(parameters)
+    kinds = {w.device.type for w in params}
+    fused = len(kinds) == 1 and kinds <= {"cpu", "cuda"}
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
 LOG_COLUMNS = ["epoch", "loss", "seconds", "samples", "samples_per_second", "valid_score"]

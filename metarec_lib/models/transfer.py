@@ -71,7 +71,7 @@ from metarec_lib.models.losses import bpr_triple_loss
 from metarec_lib.models.memo import TrainingMemo
 from metarec_lib.models.registry import register
 from metarec_lib.models.torch_base import TORCH_DEFAULTS, Batch, TorchRecommender
-from metarec_lib.models.training import cpu_threads
+from metarec_lib.models.training import adam, cpu_threads
 from metarec_lib.tuning import Choice, LogUniform
 
 # The base model's hyperparameters. Adam's weight decay is not one: `reg` is the L2 penalty, and
@@ -217,8 +217,7 @@ class TransferMF(TorchRecommender):
     def optimiser(self, module: nn.Module) -> Any:
         """Adam without weight decay (`reg` is the L2 term), one fused kernel where available."""
         trainable = [w for w in module.parameters() if w.requires_grad]
-        fused = torch.device(self.device_).type in ("cpu", "cuda")
-        return torch.optim.Adam(trainable, lr=float(self.params["learning_rate"]), fused=fused)
+        return adam(trainable, lr=float(self.params["learning_rate"]))
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -482,7 +481,7 @@ def fit_mapping(
     f: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, learning_rate: float
 ) -> tuple[float, float]:
     """Full-batch Adam on the MSE of f(x) against y; returns (MSE before, MSE after)."""
-    optimiser = torch.optim.Adam(f.parameters(), lr=learning_rate)
+    optimiser = adam(f.parameters(), lr=learning_rate)
     with torch.no_grad():
         before = float(nn.functional.mse_loss(f(x), y))
     for _ in range(steps):
