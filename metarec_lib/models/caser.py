@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from metarec_lib.data.dataset import Interactions
+from metarec_lib.models.layers import Dropout
 from metarec_lib.models.losses import full_softmax_cross_entropy, product_dtype
 from metarec_lib.models.registry import register
 from metarec_lib.models.sequences import PAD, IntArray, last_window, sliding_windows, user_sequences
@@ -105,7 +106,7 @@ class CaserModule(nn.Module):
         # weighted sum of the L rows, i.e. a linear map over positions.
         self.horizontal = nn.ModuleList(nn.Conv1d(dim, n_h, h) for h in range(1, length + 1))
         self.vertical = nn.Linear(length, n_v)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.fc = nn.Linear(n_h * length + n_v * dim, dim)
         self.out = nn.Embedding(n_items, 2 * dim)
         self.bias = nn.Parameter(torch.zeros(n_items))

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from metarec_lib.data.dataset import Interactions
+from metarec_lib.models.layers import Dropout
 from metarec_lib.models.losses import full_softmax_cross_entropy
 from metarec_lib.models.registry import register
 from metarec_lib.models.sequences import (
@@ -52,7 +53,7 @@ class GRU4RecModule(nn.Module):
     ) -> None:
         super().__init__()
         self.items = nn.Embedding(n_items + 1, dim, padding_idx=PAD)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.gru = nn.GRU(dim, dim, num_layers=layers, batch_first=True)
         self.out = nn.Embedding(n_items, dim)
         self.bias = nn.Parameter(torch.zeros(n_items))

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metarec_lib.data.dataset import Interactions
+from metarec_lib.models.layers import Dropout
 from metarec_lib.models.losses import full_softmax_cross_entropy, product_dtype
 from metarec_lib.models.registry import register
 from metarec_lib.models.sequences import PAD, last_window, shifted_windows, user_sequences
@@ -55,7 +56,7 @@ class AttentionBlock(nn.Module):
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.out = nn.Linear(hidden, hidden)
         self.ff1, self.ff2 = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         """x (B, L, d); allowed (B, 1, L, L) bool, True where query t may read key s."""
@@ -81,7 +82,7 @@ class SASRecModule(nn.Module):
         self.n_items, self.max_len, self.scale = n_items, max_len, math.sqrt(hidden)
         self.items = nn.Embedding(n_tokens, hidden, padding_idx=PAD)
         self.positions = nn.Embedding(max_len, hidden)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.blocks = nn.ModuleList(AttentionBlock(hidden, heads, dropout) for _ in range(blocks))
         self.norm = nn.LayerNorm(hidden)
         with torch.no_grad():  # Xavier-normal weights from the generator, zero biases
