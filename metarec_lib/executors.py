@@ -65,21 +65,15 @@ def run_job(job: CellJob, *, single_thread: bool = True) -> Any:
     """Compute one cell; in a worker, torch and BLAS first get one thread each."""
     from metarec_lib.runner import evaluate_cell
 
-    _prepare(single_thread)
+    if single_thread:
+        _one_thread()
     return evaluate_cell(job.model, job.split, job.encoder, seed=job.seed, task=job.task,
                          k=job.k)  # fmt: skip
 
 
-def _prepare(single_thread: bool) -> None:
-    """Ready this process for a job: its allocator keeps freed memory for reuse
-    (`costs.keep_freed_memory`); with `single_thread` (a worker, which shares the machine with
-    the others, so every worker computes alike) one torch intra-op thread and one BLAS/OpenMP
-    thread."""
-    from metarec_lib.costs import keep_freed_memory
-
-    keep_freed_memory()
-    if not single_thread:
-        return
+def _one_thread() -> None:
+    """Pin this process to one torch intra-op thread and one BLAS/OpenMP thread: a worker
+    shares the machine with the others, and every worker computes alike."""
     import torch
     from threadpoolctl import threadpool_limits
 
@@ -112,7 +106,8 @@ def run_trial(job: TrialJob, *, single_thread: bool = True) -> tuple[float, floa
     from metarec_lib.study import describe_fit
     from metarec_lib.tuning import timed_trial
 
-    _prepare(single_thread)
+    if single_thread:
+        _one_thread()
     return timed_trial(
         lambda: get_model(job.name, device=job.device, **job.params).fit(
             job.train, valid=job.valid, seed=job.seed),
@@ -133,7 +128,8 @@ class CallJob:
 
 def run_call(job: CallJob, *, single_thread: bool = True) -> Any:
     """`job.fn(*job.args)`; in a worker, torch and BLAS first get one thread each."""
-    _prepare(single_thread)
+    if single_thread:
+        _one_thread()
     return job.fn(*job.args)
 
 

@@ -295,23 +295,3 @@ def test_map_calls_runs_each_call_on_the_workers_in_order_and_traces_it(monkeypa
     assert sorted(x["label"] for x in lines) == ["mul 0", "mul 1", "mul 2", "mul 3"]
     assert {x["kind"] for x in lines} == {"call"}
     assert LocalExecutor(1).map_calls(jobs[:2]) == [0, 2]  # in this process
-
-
-def _process_state() -> tuple[int, int]:
-    """(whether keep_freed_memory ran in this process, torch's intra-op threads)."""
-    import torch
-
-    from metarec_lib.costs import keep_freed_memory
-
-    return keep_freed_memory.cache_info().currsize, torch.get_num_threads()
-
-
-def test_a_job_runs_on_one_thread_with_freed_memory_kept_in_its_worker():
-    from metarec_lib.executors import CallJob
-
-    pool = LocalExecutor(2)
-    try:
-        states = pool.map_calls([CallJob(_process_state, label=str(k)) for k in range(2)])
-    finally:
-        pool.close()
-    assert states == [(1, 1), (1, 1)]
