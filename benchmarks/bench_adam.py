@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from bench_torch_models import make
-from workloads import training_set
+from workloads import WORKLOADS, training_set
 
 
 @contextmanager
@@ -58,7 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--models", default="NeuMF,SVDpp,CFGAN,Caser,SASRec")
+    parser.add_argument("--models", default=",".join(WORKLOADS))
     args = parser.parse_args()
     torch.set_num_threads(1)
     print("| model | loop | fused | speed-up | largest score difference |")

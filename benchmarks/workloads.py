@@ -11,11 +11,8 @@ from metarec_lib.protocols import seeds_for, split_factory
 
 # model -> (data set, protocol) it is fitted on in the notebooks.
 WORKLOADS = {
-    "MMoE": ("ml-100k", "mtl-75-25"),
     "CFGAN": ("ml-latest-small", "topn-75-25"),
-    "GRU4Rec": ("ml-100k", "loo-temporal"),
     "Caser": ("ml-100k", "loo-temporal"),
-    "BPR": ("ml-latest-small", "topn-75-25"),
     "NeuMF": ("ml-latest-small", "topn-75-25"),
     "SVDpp": ("ml-latest-small", "rating-5fold"),
     "SASRec": ("ml-latest-small", "loo-temporal"),
