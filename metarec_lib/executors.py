@@ -22,11 +22,13 @@ selection's per-seed fits).
 
 With `METAREC_TRACE=<file>` a local executor appends one JSON line per job to that file (what
 ran, on which worker, from when to when, in seconds since the epoch), so that a run's idle
-workers show up: `trace_summary` reads it back (`benchmarks/utilization.py` prints it).
+workers show up: `trace_summary` reads it back and `simulated_span` replays it on more or fewer
+workers (`benchmarks/utilization.py` prints both).
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import time
@@ -411,6 +413,36 @@ def trace_summary(path: str | Path, workers: int | None = None) -> pd.DataFrame:
         out = out.reindex(range(workers), fill_value=0)
     out["busy_share"] = out["busy_seconds"] / span if span > 0 else 1.0
     return out.reset_index()
+
+
+def simulated_span(path: str | Path, workers: int, *, pause: float = 0.3) -> float:
+    """Seconds a `METAREC_TRACE` run's jobs would span on `workers` workers, if each job took
+    as long as it did: what more cores would buy, with the protocol unchanged.
+
+    A batch ends where no job starts within `pause` seconds of the last one's end (the
+    notebook then works alone, or the next notebook starts); the time between batches is kept
+    as it was. Within a batch each job goes, in the order it started, to the worker free
+    first, as the executor hands out a batch. Jobs slowed by their neighbours (memory
+    bandwidth) would be faster with fewer of them, so more workers may do a little better."""
+    if workers < 1:
+        raise ValueError(f"simulated_span: workers={workers!r}; expected >= 1")
+    jobs = read_trace(path).sort_values("start", kind="stable")
+    total, batch, busy_until = 0.0, [], None
+    for start, end, seconds in jobs[["start", "end", "seconds"]].itertuples(index=False):
+        if busy_until is not None and start > busy_until + pause:
+            total += _makespan(batch, workers) + (start - busy_until)
+            batch = []
+        batch.append(seconds)
+        busy_until = end if busy_until is None else max(busy_until, end)
+    return total + _makespan(batch, workers)
+
+
+def _makespan(seconds: list[float], workers: int) -> float:
+    """When the last of `seconds` ends, each job going in order to the worker free first."""
+    free = [0.0] * workers
+    for s in seconds:
+        heapq.heapreplace(free, free[0] + s)
+    return max(free)
 
 
 _DEFAULT: LocalExecutor | RayExecutor | None = None

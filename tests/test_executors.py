@@ -205,6 +205,29 @@ def test_trace_summary_by_hand(tmp_path):
         trace_summary(tmp_path / "empty.jsonl")
 
 
+def test_simulated_span_by_hand(tmp_path):
+    """Batch A (3, 2, 2, 1 s) ran on two workers from 0 to 4, batch B (1, 1 s) from 6 to 7:
+    the notebook worked alone for 2 s between them. One worker: 8 + 2 + 2; two: the recorded
+    span, 4 + 2 + 1; four: 3 + 2 + 1. With a pause longer than 2 s the two are one batch:
+    3, 2, 2, 1, 1, 1 on two workers end at 5."""
+    import json
+
+    from metarec_lib.executors import simulated_span
+
+    rows = [(0, 0.0, 3.0), (1, 0.0, 2.0), (1, 2.0, 4.0), (0, 3.0, 4.0), (0, 6.0, 7.0),
+            (1, 6.0, 7.0)]  # fmt: skip
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps({"kind": "cell", "label": "x", "worker": w,
+                                        "start": 100 + a, "end": 100 + b}) + "\n"
+                            for w, a, b in rows))  # fmt: skip
+    assert simulated_span(path, 1) == pytest.approx(12.0)
+    assert simulated_span(path, 2) == pytest.approx(7.0)
+    assert simulated_span(path, 4) == pytest.approx(6.0)
+    assert simulated_span(path, 2, pause=5.0) == pytest.approx(5.0)
+    with pytest.raises(ValueError, match="workers=0"):
+        simulated_span(path, 0)
+
+
 class _Recording:
     """A parallel executor in name that runs its jobs here and records each batch's size."""
 
