@@ -6,10 +6,19 @@ NumPy, PyTorch and BLAS buffers alike). With `trace_heap=True` the Python-heap p
 allocator reuses without growing the resident set; it is off by default because tracing slows
 Python-heavy training loops and would distort their timings. On CUDA the peak of
 `torch.cuda.max_memory_allocated` is added, since device memory is not in the resident set.
+
+Before a block, the memory the process freed but glibc's allocator kept is returned to the
+system (`release_freed_memory`, `malloc_trim`). Without that, a worker that had run other jobs
+reused what they freed without growing its resident set, and most cells of the 2026-11-29 run
+recorded a peak of a few kB (65-80% of the collaborative, content, multi-task and transfer
+cells under 1 MB).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import threading
 import time
 import tracemalloc
@@ -20,6 +29,28 @@ from dataclasses import dataclass
 import psutil
 
 MB = 1024.0 * 1024.0
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (it has `malloc_trim`), else None."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.gnu_get_libc_version  # noqa: B018 (a glibc-only symbol: AttributeError elsewhere)
+        libc.malloc_trim  # noqa: B018
+    except (OSError, AttributeError, TypeError):
+        return None
+    return libc
+
+
+def release_freed_memory() -> bool:
+    """Return the memory this process freed but its allocator kept to the system (glibc's
+    `malloc_trim`); False where the C library is not glibc (nothing happens)."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True
 
 
 @dataclass
@@ -52,6 +83,7 @@ class _RssSampler(threading.Thread):
 @contextmanager
 def measure(device: str = "cpu", *, trace_heap: bool = False) -> Iterator[Measurement]:
     """Time a block and record its peak extra memory in MB (see module docstring)."""
+    release_freed_memory()
     result = Measurement()
     cuda = device.startswith("cuda")
     if cuda:

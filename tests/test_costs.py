@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from metarec_lib.costs import measure
 
@@ -15,3 +16,49 @@ def test_measure_small_work_is_small():
     with measure(trace_heap=True) as m:
         sum(range(1000))
     assert m.peak_memory_mb < 20
+
+
+CHURN = """
+import ctypes, ctypes.util, json
+import numpy as np
+from metarec_lib import costs
+
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+# A worker whose allocator thresholds have risen: freed 1 MiB buffers stay with the process.
+assert libc.mallopt(-3, 1 << 30) == 1 and libc.mallopt(-1, (1 << 31) - 1) == 1
+
+
+def churn():
+    with costs.measure() as m:
+        arrays = [np.ones(1 << 17) for _ in range(200)]  # 200 buffers of 1 MiB, alive at once
+        arrays[-1][0] = 2.0
+    return m.peak_memory_mb
+
+
+first = churn()
+release = costs.release_freed_memory
+costs.release_freed_memory = lambda: False
+kept = churn()  # the same block, reusing what the first freed
+costs.release_freed_memory = release
+print(json.dumps([first, kept, churn()]))
+"""
+
+
+def test_measure_sees_a_block_that_reuses_memory_freed_before():
+    """200 MiB allocated in 1 MiB buffers, freed, then allocated again in a process whose
+    allocator keeps freed memory: without returning it first, the second block looks free
+    (the resident set does not grow); `measure` returns it, so every block shows its 200 MiB."""
+    import json
+    import subprocess
+    import sys
+
+    from metarec_lib.costs import _glibc
+
+    if _glibc() is None:
+        pytest.skip("malloc_trim is glibc's")
+    out = subprocess.run([sys.executable, "-c", CHURN], capture_output=True, text=True,
+                         check=True)  # fmt: skip
+    first, kept, released = json.loads(out.stdout)
+    assert 180 < first < 260
+    assert kept < 20  # what every measured block after the first saw before
+    assert 180 < released < 260
