@@ -314,10 +314,11 @@ def family_wins(
     )
 
 
-# Peak memory is the growth of a process's resident set (`costs.measure`): in a worker that
-# has already grown, a fit that reuses freed memory reads near 0 MB, so a median of a few
-# hundred kB is noise, and a ratio over it (Q3's went from 1.62 to 342 between two runs of
-# the same code) says nothing.
+# Peak memory is the growth of a process's resident set over a block (`costs.measure`, which
+# first returns the memory freed before to the system). A median under 1 MB is at the
+# resolution of that measurement (pages, the sampler's interval), and a ratio over it says
+# nothing: before `measure` returned freed memory, blocks that reused it read 0.004 MB, and
+# Q3's ratio went from 1.62 to 342 between two runs of the same code.
 MEMORY_FLOOR_MB = 1.0
 
 
