@@ -40,6 +40,7 @@ def worker(keep: bool) -> dict[str, list[float]]:
     import torch
     from threadpoolctl import threadpool_limits
 
+    from metarec_lib.costs import release_freed_memory
     from metarec_lib.data import load_dataset
     from metarec_lib.models.meta import clear_training_cache
     from metarec_lib.models.registry import get_model
@@ -58,7 +59,7 @@ def worker(keep: bool) -> dict[str, list[float]]:
             train, valid, _ = data[(name, ds, proto)]
             clear_training_cache()  # a meta-learner must train, not reuse the first pass
             if keep:
-                libc.malloc_trim(0)
+                release_freed_memory()  # what `costs.measure` does before a block
             model = get_model(name, **params)
             start = time.perf_counter()
             model.fit(train, valid=valid if name in VALIDATED else None, seed=42)
