@@ -33,7 +33,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -415,7 +415,9 @@ def trace_summary(path: str | Path, workers: int | None = None) -> pd.DataFrame:
     return out.reset_index()
 
 
-def simulated_span(path: str | Path, workers: int, *, pause: float = 0.3) -> float:
+def simulated_span(
+    path: str | Path, workers: int, *, pause: float = 0.3, drop: Collection[str] = ()
+) -> float:
     """Seconds a `METAREC_TRACE` run's jobs would span on `workers` workers, if each job took
     as long as it did: what more cores would buy, with the protocol unchanged.
 
@@ -423,16 +425,23 @@ def simulated_span(path: str | Path, workers: int, *, pause: float = 0.3) -> flo
     notebook then works alone, or the next notebook starts); the time between batches is kept
     as it was. Within a batch each job goes, in the order it started, to the worker free
     first, as the executor hands out a batch. Jobs slowed by their neighbours (memory
-    bandwidth) would be faster with fewer of them, so more workers may do a little better."""
+    bandwidth) would be faster with fewer of them, so more workers may do a little better.
+
+    `drop` leaves out the jobs of those kinds ("trial": a run without any tuning), after the
+    batches are found, so a batch of only such jobs takes no time and the notebook's own work
+    around it is kept."""
     if workers < 1:
         raise ValueError(f"simulated_span: workers={workers!r}; expected >= 1")
     jobs = read_trace(path).sort_values("start", kind="stable")
     total, batch, busy_until = 0.0, [], None
-    for start, end, seconds in jobs[["start", "end", "seconds"]].itertuples(index=False):
+    for kind, start, end, seconds in jobs[["kind", "start", "end", "seconds"]].itertuples(
+        index=False
+    ):
         if busy_until is not None and start > busy_until + pause:
             total += _makespan(batch, workers) + (start - busy_until)
             batch = []
-        batch.append(seconds)
+        if kind not in drop:
+            batch.append(seconds)
         busy_until = end if busy_until is None else max(busy_until, end)
     return total + _makespan(batch, workers)
 

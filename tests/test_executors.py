@@ -228,6 +228,28 @@ def test_simulated_span_by_hand(tmp_path):
         simulated_span(path, 0)
 
 
+def test_simulated_span_drops_kinds_after_finding_batches(tmp_path):
+    """The trace above with batch B's two jobs as tuning trials: without trials, batch A on
+    two workers still ends at 4 and the notebook's 2 s alone after it stay (6 s in all); one
+    worker: 8 + 2. Dropping batch A's 1 s call too leaves 3, 2, 2: on two workers 4 + 2, on one
+    7 + 2."""
+    import json
+
+    from metarec_lib.executors import simulated_span
+
+    rows = [("cell", 0.0, 3.0), ("cell", 0.0, 2.0), ("cell", 2.0, 4.0), ("call", 3.0, 4.0),
+            ("trial", 6.0, 7.0), ("trial", 6.0, 7.0)]  # fmt: skip
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps({"kind": k, "label": "x", "worker": 0,
+                                        "start": 100 + a, "end": 100 + b}) + "\n"
+                            for k, a, b in rows))  # fmt: skip
+    assert simulated_span(path, 2) == pytest.approx(7.0)
+    assert simulated_span(path, 2, drop={"trial"}) == pytest.approx(6.0)
+    assert simulated_span(path, 1, drop={"trial"}) == pytest.approx(10.0)
+    assert simulated_span(path, 2, drop={"trial", "call"}) == pytest.approx(6.0)
+    assert simulated_span(path, 1, drop={"trial", "call"}) == pytest.approx(9.0)
+
+
 class _Recording:
     """A parallel executor in name that runs its jobs here and records each batch's size."""
 
