@@ -166,6 +166,6 @@ class CL4SRec(SASRec):
 
     def loss(self, module: nn.Module, batch: Batch) -> torch.Tensor:
         view1, view2 = batch[-2], batch[-1]
-        z = module(torch.cat([view1, view2]))[:, -1]
+        z = module(torch.cat([view1, view2]), last=True)
         contrastive = info_nce(z[: len(view1)], z[len(view1) :], float(self.params["tau"]))
         return super().loss(module, batch[:-2]) + float(self.params["cl_weight"]) * contrastive

@@ -59,11 +59,22 @@ class AttentionBlock(nn.Module):
         self.ff1, self.ff2 = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
         self.drop = Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        """x (B, L, d); allowed (B, 1, L, L) bool, True where query t may read key s."""
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, last: bool = False) -> torch.Tensor:
+        """x (B, L, d); allowed (B, 1, L, L) bool, True where query t may read key s. With
+        `last`, only the last position's output (B, 1, d): every position still gives its key
+        and value, but only the last one a query, an attention row and a feed-forward pass."""
         b, length, d = x.shape
-        qkv = self.qkv(self.norm1(x)).view(b, length, 3, self.heads, d // self.heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, L, d / heads)
+        h = d // self.heads
+        normed = self.norm1(x)
+        if last:
+            w, bias = self.qkv.weight, self.qkv.bias
+            q = F.linear(normed[:, -1:], w[:d], bias[:d]).view(b, 1, self.heads, h)
+            kv = F.linear(normed, w[d:], bias[d:]).view(b, length, 2, self.heads, h)
+            q, (k, v) = q.transpose(1, 2), kv.permute(2, 0, 3, 1, 4)
+            allowed, x, length = allowed[..., -1:, :], x[:, -1:], 1
+        else:
+            qkv = self.qkv(normed).view(b, length, 3, self.heads, h)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, L, d / heads)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         x = x + self.drop(self.out(a.transpose(1, 2).reshape(b, length, d)))
         return x + self.drop(self.ff2(F.relu(self.ff1(self.norm2(x)))))
@@ -95,7 +106,10 @@ class SASRecModule(nn.Module):
                     w.zero_()
             self.items.weight[PAD].zero_()
 
-    def forward(self, seqs: torch.Tensor) -> torch.Tensor:
+    def forward(self, seqs: torch.Tensor, last: bool = False) -> torch.Tensor:
+        """Hidden states (B, L, hidden); with `last` only the last position's (B, hidden), for
+        which the last block computes one query per row (`AttentionBlock`): the same values,
+        at about two thirds of the cost with two blocks."""
         length = seqs.shape[1]
         real = seqs != PAD
         pos = torch.arange(self.max_len - length, self.max_len, device=seqs.device)
@@ -105,9 +119,9 @@ class SASRecModule(nn.Module):
         causal = idx[None, :] <= idx[:, None]  # (L, L): key s <= query t
         allowed = causal & (real[:, None, :] | (idx[None, :] == idx[:, None]))
         allowed = allowed.unsqueeze(1)  # (B, 1, L, L), broadcast over heads
-        for block in self.blocks:
-            x = block(x, allowed)
-        return self.norm(x)
+        for k, block in enumerate(self.blocks):
+            x = block(x, allowed, last=last and k == len(self.blocks) - 1)
+        return self.norm(x[:, -1]) if last else self.norm(x)
 
     def item_weights(self) -> torch.Tensor:
         return self.items.weight[1 : self.n_items + 1]
@@ -242,7 +256,7 @@ class SASRec(TorchRecommender):
 
     def score_users(self, module: nn.Module, users: torch.Tensor) -> torch.Tensor:
         window = last_window(self.sequences_, users.cpu().numpy(), int(self.params["max_len"]))
-        h = module(torch.from_numpy(window).to(users.device))[:, -1]
+        h = module(torch.from_numpy(window).to(users.device), last=True)
         return h @ module.item_weights().T
 
     def _fit(self, train: Interactions, *, valid: Interactions | None, seed: int) -> None:
