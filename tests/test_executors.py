@@ -184,17 +184,23 @@ def test_a_trace_has_a_line_per_job_and_a_worker_runs_one_at_a_time(monkeypatch,
         assert all(prev[1] <= nxt[0] for prev, nxt in zip(spans, spans[1:], strict=False))
 
 
-def test_trace_summary_by_hand(tmp_path):
-    """Worker 0 busy 0-4 and 5-6, worker 1 busy 0-2: a span of 6 s; busy 5 s and 2 s."""
+def trace_file(path, rows):
+    """A `METAREC_TRACE` file at `path` with one job per (kind, worker, start, end) row, the
+    times in seconds after an arbitrary epoch of 100."""
     import json
 
+    path.write_text("".join(json.dumps({"kind": k, "label": "x", "worker": w,
+                                        "start": 100 + a, "end": 100 + b}) + "\n"
+                            for k, w, a, b in rows))  # fmt: skip
+    return path
+
+
+def test_trace_summary_by_hand(tmp_path):
+    """Worker 0 busy 0-4 and 5-6, worker 1 busy 0-2: a span of 6 s; busy 5 s and 2 s."""
     from metarec_lib.executors import trace_summary
 
     rows = [(0, 0.0, 4.0), (1, 0.0, 2.0), (0, 5.0, 6.0)]
-    path = tmp_path / "t.jsonl"
-    path.write_text("".join(json.dumps({"kind": "cell", "label": "x", "worker": w,
-                                        "start": 100 + a, "end": 100 + b}) + "\n"
-                            for w, a, b in rows))  # fmt: skip
+    path = trace_file(tmp_path / "t.jsonl", [("cell", w, a, b) for w, a, b in rows])
     out = trace_summary(path, workers=3)
     assert out["worker"].tolist() == [0, 1, 2]
     assert out["jobs"].tolist() == [2, 1, 0]
@@ -210,16 +216,11 @@ def test_simulated_span_by_hand(tmp_path):
     the notebook worked alone for 2 s between them. One worker: 8 + 2 + 2; two: the recorded
     span, 4 + 2 + 1; four: 3 + 2 + 1. With a pause longer than 2 s the two are one batch:
     3, 2, 2, 1, 1, 1 on two workers end at 5."""
-    import json
-
     from metarec_lib.executors import simulated_span
 
     rows = [(0, 0.0, 3.0), (1, 0.0, 2.0), (1, 2.0, 4.0), (0, 3.0, 4.0), (0, 6.0, 7.0),
             (1, 6.0, 7.0)]  # fmt: skip
-    path = tmp_path / "t.jsonl"
-    path.write_text("".join(json.dumps({"kind": "cell", "label": "x", "worker": w,
-                                        "start": 100 + a, "end": 100 + b}) + "\n"
-                            for w, a, b in rows))  # fmt: skip
+    path = trace_file(tmp_path / "t.jsonl", [("cell", w, a, b) for w, a, b in rows])
     assert simulated_span(path, 1) == pytest.approx(12.0)
     assert simulated_span(path, 2) == pytest.approx(7.0)
     assert simulated_span(path, 4) == pytest.approx(6.0)
@@ -233,16 +234,11 @@ def test_simulated_span_drops_kinds_after_finding_batches(tmp_path):
     two workers still ends at 4 and the notebook's 2 s alone after it stay (6 s in all); one
     worker: 8 + 2. Dropping batch A's 1 s call too leaves 3, 2, 2: on two workers 4 + 2, on one
     7 + 2."""
-    import json
-
     from metarec_lib.executors import simulated_span
 
     rows = [("cell", 0.0, 3.0), ("cell", 0.0, 2.0), ("cell", 2.0, 4.0), ("call", 3.0, 4.0),
             ("trial", 6.0, 7.0), ("trial", 6.0, 7.0)]  # fmt: skip
-    path = tmp_path / "t.jsonl"
-    path.write_text("".join(json.dumps({"kind": k, "label": "x", "worker": 0,
-                                        "start": 100 + a, "end": 100 + b}) + "\n"
-                            for k, a, b in rows))  # fmt: skip
+    path = trace_file(tmp_path / "t.jsonl", [(k, 0, a, b) for k, a, b in rows])
     assert simulated_span(path, 2) == pytest.approx(7.0)
     assert simulated_span(path, 2, drop={"trial"}) == pytest.approx(6.0)
     assert simulated_span(path, 1, drop={"trial"}) == pytest.approx(10.0)
