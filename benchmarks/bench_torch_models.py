@@ -23,8 +23,12 @@ the training rows of all epochs over the fit's wall time (which then includes th
 negatives). "Samples" are each model's training rows: (user, item) pairs or triples, windows or
 sequence chunks, users (CFGAN) or tasks (the meta-learners), so samples per second compare a
 model with itself across devices, not models with each other. With `--device auto` or `cuda`
-the table is measured on CUDA when `torch.cuda.is_available()`; `--device both` measures CPU
-and then CUDA.
+the table is measured on CUDA when `torch.cuda.is_available()`; `--device both` fits each
+model on the CPU and then on CUDA from the same seed and adds how far the two fits agree: the
+NDCG@10 of each on the held-out part (25% of each user's rows), the share of top-10 items they
+have in common over all users, and the largest score difference relative to the CPU scores'
+largest magnitude. A model that fails is reported as failed, with its traceback, and the
+others still run; the exit status is then 1.
 """
 
 from __future__ import annotations
@@ -33,51 +37,49 @@ import argparse
 import dataclasses
 import os
 import platform
+import sys
 import time
+import traceback
 from typing import Any
 
+import numpy as np
 import torch
 
 from metarec_lib.data.dataset import Interactions, encode_source
 from metarec_lib.data.synthetic import generate_synthetic
+from metarec_lib.evaluate import ndcg_on
+from metarec_lib.metrics import topk_overlap
 from metarec_lib.models.base import Recommender, resolve_device
-from metarec_lib.models.registry import model_class, model_names
-from metarec_lib.models.torch_base import TorchRecommender
+from metarec_lib.models.registry import model_class, torch_model_names
 from metarec_lib.splits import holdout_per_user
 from metarec_lib.transfer import synthetic_setting, target_fraction_split
 
-# Gradient-trained PyTorch models that do not derive from TorchRecommender.
-OTHER_TORCH = ("BPR", "SVDpp", "MeLU", "MAML", "FOMAML", "Reptile", "PretrainAdapt")
 # Passes a fit makes; --epochs caps each one the model has.
 EPOCH_KEYS = ("epochs", "source_epochs")
 SYNTHETIC_100K = {"n_users": 943, "n_items": 1682, "density": 0.063}
 WARM_UP_USERS = 100
+Data = tuple[Interactions, Interactions]  # (train, held-out test)
 
 
-def default_models() -> list[str]:
-    """Every registered TorchRecommender subclass, then OTHER_TORCH, in name order."""
-    torch_models = [n for n in model_names() if issubclass(model_class(n), TorchRecommender)]
-    return torch_models + [n for n in OTHER_TORCH if n not in torch_models]
-
-
-def needs_source(cls: type[Recommender]) -> bool:
-    """Cross-domain models read `train.source` (all of family "transfer" but TargetOnly and
-    the cold-start baseline PretrainAdapt)."""
-    return cls.family == "transfer" and cls.name not in ("TargetOnly", "PretrainAdapt")
-
-
-def training_data(seed: int = 42) -> dict[str, Interactions]:
-    """The two fixed training sets: "single" (ML-100K-sized synthetic, 75/25 train part) and
-    "cross-domain" (the synthetic transfer setting's target train part, with its source)."""
+def training_data(seed: int = 42) -> dict[str, Data]:
+    """The two fixed (train, test) sets: "single" (ML-100K-sized synthetic, 75/25 holdout) and
+    "cross-domain" (the synthetic transfer setting's target holdout, the train part with its
+    source)."""
     ds = generate_synthetic(**SYNTHETIC_100K, seed=0)
     encoder = ds.encoder()
-    single = encoder.encode(holdout_per_user(ds.interactions, test_fraction=0.25, seed=seed).train)
+    single = holdout_per_user(ds.interactions, test_fraction=0.25, seed=seed)
     setting = synthetic_setting(0.5, seed=0)
     split = target_fraction_split(setting, 1.0, seed)
     target = setting.target.encoder()
     cross = target.encode(split.train)
     cross = dataclasses.replace(cross, source=encode_source(split.source, target))
-    return {"single": single, "cross-domain": cross}
+    return {"single": (encoder.encode(single.train), encoder.encode(single.test)),
+            "cross-domain": (cross, target.encode(split.test))}  # fmt: skip
+
+
+def data_for(name: str) -> str:
+    """Which training set a model fits: cross-domain models read `train.source`."""
+    return "cross-domain" if getattr(model_class(name), "needs_source", False) else "single"
 
 
 def device_name(device: str) -> str:
@@ -104,8 +106,9 @@ def warm_up(name: str, train: Interactions, device: str) -> None:
     make(name, device, 1).fit(dataclasses.replace(train, frame=small), seed=0)
 
 
-def bench(name: str, train: Interactions, device: str, epochs: int) -> dict[str, Any]:
-    """Fit one model; returns its table row (model, device, samples/s, seconds, how)."""
+def bench(name: str, train: Interactions, device: str, epochs: int) -> tuple[dict, Recommender]:
+    """Fit one model; returns its table row (model, device, samples/s, seconds, how) and the
+    fitted model."""
     model = make(name, device, epochs)
     params = model.params
     start = time.perf_counter()
@@ -119,16 +122,44 @@ def bench(name: str, train: Interactions, device: str, epochs: int) -> dict[str,
     else:
         rows = len(train.frame) * int(params.get("epochs", 1))
         rate, how = rows / seconds, "rows x epochs / fit"
-    return {"model": name, "device": device_name(device), "samples/s": rate,
-            "seconds": seconds, "how": how}  # fmt: skip
+    row = {"model": name, "device": device_name(device), "samples/s": rate,
+           "seconds": seconds, "how": how}  # fmt: skip
+    return row, model
+
+
+def agreement(cpu: Recommender, gpu: Recommender, n_users: int) -> dict[str, float]:
+    """How far two fits of one model agree over all users: the mean share of top-10 items
+    they have in common, and max |score difference| / max |CPU score|."""
+    users = np.arange(n_users)
+    top_cpu, _ = cpu.recommend(users, 10)
+    top_gpu, _ = gpu.recommend(users, 10)
+    common = topk_overlap(top_cpu, top_gpu)
+    s_cpu, s_gpu = np.asarray(cpu.score(users)), np.asarray(gpu.score(users))
+    gap = float(np.abs(s_cpu - s_gpu).max() / max(np.abs(s_cpu).max(), 1e-12))
+    return {"top-10 common": float(common), "score gap": gap}
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | device | samples/s | seconds | samples/s from |",
-             "|---|---|---:|---:|---|"]  # fmt: skip
+    """The throughput table, plus the agreement columns when any row has them."""
+    parity = any("top-10 common" in r for r in rows)
+    head = "| model | device | samples/s | seconds | samples/s from |"
+    rule = "|---|---|---:|---:|---|"
+    if parity:
+        head += " NDCG@10 | top-10 common with CPU | max score gap |"
+        rule += "---:|---:|---:|"
+    lines = [head, rule]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['device']} | {r['samples/s']:,.0f} | "
-                     f"{r['seconds']:.2f} | {r['how']} |")  # fmt: skip
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['device']} | failed: {r['error']} | | |"
+                         + (" | | |" if parity else ""))  # fmt: skip
+            continue
+        line = (f"| {r['model']} | {r['device']} | {r['samples/s']:,.0f} | "
+                f"{r['seconds']:.2f} | {r['how']} |")  # fmt: skip
+        if parity and "top-10 common" in r:
+            line += f" {r['ndcg']:.4f} | {r['top-10 common']:.3f} | {r['score gap']:.1e} |"
+        elif parity:
+            line += f" {r['ndcg']:.4f} | | |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -144,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.epochs < 1:
         parser.error(f"--epochs {args.epochs}: expected an integer >= 1")
     names = ([m.strip() for m in args.models.split(",") if m.strip()] if args.models
-             else default_models())  # fmt: skip
+             else torch_model_names())  # fmt: skip
     for n in names:
         model_class(n)  # an unknown name fails here, listing the known ones
     if args.device == "both":
@@ -157,16 +188,31 @@ def main(argv: list[str] | None = None) -> None:
     torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
     data = training_data()
     print(f"torch {torch.__version__}, {args.epochs} epoch(s) per fit, no validation; "
-          f"train: {', '.join(f'{k} {len(v):,} rows' for k, v in data.items())}\n")  # fmt: skip
-    rows = []
-    for device in devices:
-        for name in names:
-            which = "cross-domain" if needs_source(model_class(name)) else "single"
-            warm_up(name, data[which], device)
-            rows.append(bench(name, data[which], device, args.epochs))
-            print(f"  {name} on {device}: {rows[-1]['seconds']:.2f} s", flush=True)
+          f"train: {', '.join(f'{k} {len(v[0]):,} rows' for k, v in data.items())}\n")  # fmt: skip
+    rows, failed = [], False
+    for name in names:
+        train, test = data[data_for(name)]
+        fitted: dict[str, Recommender] = {}
+        for device in devices:
+            try:
+                warm_up(name, train, device)
+                row, fitted[device] = bench(name, train, device, args.epochs)
+            except Exception as err:  # report it and go on with the other models
+                traceback.print_exc()
+                failed = True
+                rows.append({"model": name, "device": device_name(device),
+                             "error": type(err).__name__})  # fmt: skip
+                continue
+            if len(devices) > 1:
+                row["ndcg"] = ndcg_on(fitted[device], test)
+            if device != "cpu" and "cpu" in fitted:
+                row.update(agreement(fitted["cpu"], fitted[device], train.n_users))
+            rows.append(row)
+            print(f"  {name} on {device}: {row['seconds']:.2f} s", flush=True)
     print()
     print(markdown(rows))
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

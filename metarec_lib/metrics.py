@@ -312,6 +312,21 @@ def coverage(topk: npt.ArrayLike, n_items: int) -> float:
     return float(np.unique(t[t != PAD]).size / n_items)
 
 
+def topk_overlap(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
+    """Mean share of list a's items that list b also holds, row by row: how far two top-k
+    tables of the same users agree (1 = the same items, in any order). Padding (-1) counts as
+    no item; a row of a with no item is left out (NaN if every row is)."""
+    x, y = _check_topk(a, None), _check_topk(b, None)
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"topk_overlap: {x.shape[0]} rows against {y.shape[0]}; expected the same users"
+        )
+    real = x != PAD
+    shared = ((x[:, :, None] == y[:, None, :]).any(axis=2) & real).sum(axis=1)
+    n = real.sum(axis=1)
+    return float(np.mean(shared[n > 0] / n[n > 0])) if (n > 0).any() else float("nan")
+
+
 def novelty(topk: npt.ArrayLike, item_popularity: npt.ArrayLike, n_users: int) -> float:
     """Mean self-information of recommended items, in bits.
 

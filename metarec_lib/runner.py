@@ -49,7 +49,7 @@ from metarec_lib.metrics import (
     rating_metrics,
     rating_metrics_per_user,
 )
-from metarec_lib.models.base import FAMILIES, Recommender, resolve_device
+from metarec_lib.models.base import FAMILIES, Recommender
 from metarec_lib.splits import Split
 
 METRIC_COLUMNS = ["dataset", "protocol", "family", "model", "seed", "metric", "value"]
@@ -318,7 +318,7 @@ class Experiment:
         config = {
             "dataset": dataset.name, "digest": dataset.digest, "protocol": protocol,
             "label": label, "family": model.family, "config": model.get_config(),
-            "device": resolve_device(model.device), "seed": seed, "task": task, "k": k,
+            "device": model.compute_device(), "seed": seed, "task": task, "k": k,
             "version": __version__, "code": code_fingerprint(),
         }  # fmt: skip
         blob = json.dumps(config, sort_keys=True, default=str).encode()
@@ -370,7 +370,7 @@ def evaluate_cell(
 ) -> CellResult:
     """Fit one (fresh copy of a) model on `split.train` and evaluate it on `split.test`."""
     model = model.clone()
-    device = resolve_device(model.device)
+    device = model.compute_device()
     model.device = device
     # A split's valid part (leave-last-one-out) served tuning; the final fit sees it as
     # history, as the test item's predecessor, exactly like a deployed model would.

@@ -21,6 +21,7 @@ from metarec_lib.metrics import (
     rating_metrics,
     rating_metrics_per_user,
     topk_from_scores,
+    topk_overlap,
 )
 
 CHECK_RESULTS = Path(__file__).resolve().parents[2] / "shared" / "tools" / "check_results.py"
@@ -263,6 +264,17 @@ def test_rating_metrics_hand_worked():
 def test_coverage_counts_distinct_items_and_ignores_padding():
     # items {0, 1, 2} of 10
     assert coverage(np.array([[0, 1], [1, 2], [-1, -1]]), 10) == pytest.approx(0.3)
+
+
+def test_topk_overlap_hand_worked():
+    # row 0: both items shared, other order -> 1; row 1: one of two -> 0.5; row 2: a's one
+    # real item (padding ignored) is not in b -> 0; row 3: no item in a -> left out
+    a = np.array([[0, 1], [2, 3], [4, -1], [-1, -1]])
+    b = np.array([[1, 0], [3, 5], [5, -1], [0, 1]])
+    assert topk_overlap(a, b) == pytest.approx(0.5)
+    assert topk_overlap(a[:1], b[:1]) == 1.0
+    with pytest.raises(ValueError, match="same users"):
+        topk_overlap(a, b[:2])
 
 
 def test_novelty_hand_worked():

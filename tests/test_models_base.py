@@ -3,7 +3,7 @@ import pytest
 
 from metarec_lib.models.base import resolve_device
 from metarec_lib.models.popularity import MostPop, Random
-from metarec_lib.models.registry import get_model, model_names
+from metarec_lib.models.registry import get_model, model_class, model_names, torch_model_names
 from metarec_lib.testing import check_recommender, checkerboard
 
 
@@ -56,6 +56,23 @@ def test_registry_and_clone():
 def test_recommend_before_fit_is_an_error():
     with pytest.raises(RuntimeError, match="before fit"):
         MostPop().recommend(np.array([0]), 3)
+
+
+def test_the_gpu_capable_models_are_the_pytorch_trained_ones():
+    """Every model trained by gradient steps in PyTorch, and no other (the NumPy/SciPy models
+    and BiasedMF's closed-form ALS steps never touch a GPU)."""
+    assert torch_model_names() == [
+        "BPR", "CFGAN", "CL4SRec", "Caser", "EMCDR", "ESMM", "FOMAML", "FrozenFinetune",
+        "GRU4Rec", "JointTraining", "MAML", "MMoE", "MeLU", "NeuMF", "PLE", "PretrainAdapt",
+        "PretrainFinetune", "Reptile", "SASRec", "SVDpp", "SharedBottom", "SingleTask",
+        "SourceOnly", "TargetOnly",
+    ]  # fmt: skip
+
+
+def test_compute_device_is_the_cpu_for_models_without_pytorch():
+    assert model_class("EASE")(device="cuda").compute_device() == "cpu"
+    assert model_class("SASRec")(device="cuda:1").compute_device() == "cuda:1"
+    assert model_class("BPR")(device="auto").compute_device() == resolve_device("auto")
 
 
 def test_device_auto_resolves():

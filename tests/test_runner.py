@@ -217,3 +217,12 @@ def test_a_fit_that_reused_a_training_is_charged_its_cost(tmp_path, tiny):
     exp.run(tiny, "topn-75-25", split(tiny), [MostPop(), Remembering()], seeds=[1])
     costs = pd.read_csv(tmp_path / "10_test" / "costs.csv").set_index("model")
     assert costs.loc["MostPop", "fit_seconds"] < 100 <= costs.loc["Remembering", "fit_seconds"]
+
+
+def test_a_cost_row_names_the_device_the_model_computed_on(tmp_path, tiny):
+    """A model that never uses PyTorch is billed to the CPU whatever its `device` says (on a
+    GPU machine "auto" would otherwise write "cuda" beside a NumPy model's costs)."""
+    exp = Experiment("10_test", tmp_path, progress=False)
+    exp.run(tiny, "topn-75-25", split(tiny), [MostPop(device="cuda")], seeds=[1])
+    costs = pd.read_csv(tmp_path / "10_test" / "costs.csv")
+    assert costs["device"].tolist() == ["cpu"]

@@ -51,6 +51,9 @@ class Recommender(ABC):
     # Models whose fits at one seed share a training they remember in-process name one group
     # (a parallel executor then runs them on one worker); "" means the model's own name.
     training_group: ClassVar[str] = ""
+    # True for the models that train and score with PyTorch on `device` (so on a GPU when
+    # "auto" finds one); the others compute on the CPU whatever `device` says.
+    gpu_capable: ClassVar[bool] = False
 
     def __init__(self, *, device: str = "cpu", **params: Any) -> None:
         unknown = sorted(set(params) - set(self.defaults))
@@ -62,6 +65,11 @@ class Recommender(ABC):
         self.params: dict[str, Any] = {**self.defaults, **params}
         self.device = device
         self.seen_: sp.csr_matrix | None = None
+
+    def compute_device(self) -> str:
+        """Where this model computes: `device` resolved ("auto": CUDA when present) for a
+        `gpu_capable` model, "cpu" for the others, so cost rows name the right device."""
+        return resolve_device(self.device) if self.gpu_capable else "cpu"
 
     def get_config(self) -> dict[str, Any]:
         """JSON-serialisable identity of this model: name and hyperparameters."""

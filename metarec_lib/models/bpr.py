@@ -120,6 +120,8 @@ class BPR(Recommender):
     loss_history_ [(epoch, mean training loss)].
     """
 
+    gpu_capable = True
+
     name = "BPR"
     family = "collaborative"
     defaults: dict[str, Any] = {

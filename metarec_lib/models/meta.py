@@ -341,6 +341,8 @@ class MetaRecommender(Recommender):
     wall time lacks).
     """
 
+    gpu_capable = True
+
     family = "meta"
     predicts_ratings = True
     defaults: ClassVar[dict[str, Any]] = dict(META_DEFAULTS)

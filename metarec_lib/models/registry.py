@@ -35,6 +35,12 @@ def model_names() -> list[str]:
     return sorted(MODELS)
 
 
+def torch_model_names() -> list[str]:
+    """The registered models trained by gradient steps in PyTorch (`gpu_capable`), in name
+    order: the ones a GPU runs."""
+    return [n for n in model_names() if MODELS[n].gpu_capable]
+
+
 def _import_all() -> None:
     # Importing the model modules registers their classes.
     from metarec_lib.models import (  # noqa: F401

@@ -432,6 +432,8 @@ class SVDpp(_RatingModel):
     implicit_factors_ (n_items, k), mu_, rating_range_.
     """
 
+    gpu_capable = True
+
     name = "SVDpp"
     # Defaults: the region validation picked on the ML-100K u1..u5 carve-outs (reg 1.7-2.3,
     # reg_bias 3-16, 64-128 factors, best epoch 9-24; by epoch 20 the step is 4% of the first).

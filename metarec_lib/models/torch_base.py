@@ -81,6 +81,8 @@ class TorchRecommender(Recommender):
     valid_score).
     """
 
+    gpu_capable = True
+
     family = "deep"
     defaults: ClassVar[dict[str, Any]] = dict(TORCH_DEFAULTS)
     # Intra-op threads on CPU during fit (None: torch's default, every core). The deep models'
