@@ -31,8 +31,8 @@ EPOCHS = 2  # every pass count a model has (epochs, source_epochs) is capped her
 
 @pytest.fixture(scope="module")
 def data() -> dict[str, Interactions]:
-    """ "single": a synthetic 75/25 train part; "cross-domain": a small synthetic transfer
-    setting's target train part with its source domain."""
+    """Two training sets: "single", a synthetic 75/25 train part, and "cross-domain", a small
+    synthetic transfer setting's target train part with its source domain."""
     ds = generate_synthetic(**SIZE, density=0.1, seed=0)
     single = ds.encoder().encode(
         holdout_per_user(ds.interactions, test_fraction=0.25, seed=0).train
