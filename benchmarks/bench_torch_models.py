@@ -45,41 +45,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from metarec_lib.data.dataset import Interactions, encode_source
-from metarec_lib.data.synthetic import generate_synthetic
+from metarec_lib.data.dataset import Interactions
 from metarec_lib.evaluate import ndcg_on
 from metarec_lib.metrics import topk_overlap
 from metarec_lib.models.base import Recommender, resolve_device
 from metarec_lib.models.registry import model_class, torch_model_names
-from metarec_lib.splits import holdout_per_user
-from metarec_lib.transfer import synthetic_setting, target_fraction_split
+from metarec_lib.testing import capped_model, gpu_training_sets, training_set_for
 
-# Passes a fit makes; --epochs caps each one the model has.
-EPOCH_KEYS = ("epochs", "source_epochs")
 SYNTHETIC_100K = {"n_users": 943, "n_items": 1682, "density": 0.063}
 WARM_UP_USERS = 100
-Data = tuple[Interactions, Interactions]  # (train, held-out test)
-
-
-def training_data(seed: int = 42) -> dict[str, Data]:
-    """The two fixed (train, test) sets: "single" (ML-100K-sized synthetic, 75/25 holdout) and
-    "cross-domain" (the synthetic transfer setting's target holdout, the train part with its
-    source)."""
-    ds = generate_synthetic(**SYNTHETIC_100K, seed=0)
-    encoder = ds.encoder()
-    single = holdout_per_user(ds.interactions, test_fraction=0.25, seed=seed)
-    setting = synthetic_setting(0.5, seed=0)
-    split = target_fraction_split(setting, 1.0, seed)
-    target = setting.target.encoder()
-    cross = target.encode(split.train)
-    cross = dataclasses.replace(cross, source=encode_source(split.source, target))
-    return {"single": (encoder.encode(single.train), encoder.encode(single.test)),
-            "cross-domain": (cross, target.encode(split.test))}  # fmt: skip
-
-
-def data_for(name: str) -> str:
-    """Which training set a model fits: cross-domain models read `train.source`."""
-    return "cross-domain" if getattr(model_class(name), "needs_source", False) else "single"
 
 
 def device_name(device: str) -> str:
@@ -88,28 +62,18 @@ def device_name(device: str) -> str:
     return f"CPU ({os.cpu_count()} cores, {platform.machine()})"
 
 
-def make(name: str, device: str, epochs: int) -> Recommender:
-    """The model with its defaults, every pass count in EPOCH_KEYS capped at `epochs`."""
-    cls = model_class(name)
-    params = {k: min(epochs, int(cls.defaults[k])) for k in EPOCH_KEYS if k in cls.defaults}
-    model = cls(device=device, **params)
-    if hasattr(model, "progress"):
-        model.progress = False
-    return model
-
-
 def warm_up(name: str, train: Interactions, device: str) -> None:
     """One untimed 1-epoch fit on the first WARM_UP_USERS users' rows: a model's first fit in a
     process pays one-time costs (kernel selection, allocator pools; about 10 s for SASRec on
     CPU) that are not training throughput."""
     small = train.frame[train.frame["user"] < WARM_UP_USERS]
-    make(name, device, 1).fit(dataclasses.replace(train, frame=small), seed=0)
+    capped_model(name, device, 1).fit(dataclasses.replace(train, frame=small), seed=0)
 
 
 def bench(name: str, train: Interactions, device: str, epochs: int) -> tuple[dict, Recommender]:
     """Fit one model; returns its table row (model, device, samples/s, seconds, how) and the
     fitted model."""
-    model = make(name, device, epochs)
+    model = capped_model(name, device, epochs)
     params = model.params
     start = time.perf_counter()
     model.fit(train, seed=0)
@@ -186,12 +150,12 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--device cuda: torch.cuda.is_available() is False on this machine")
     # The first optimiser of a process costs seconds of imports; pay it before any timing.
     torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
-    data = training_data()
+    data = gpu_training_sets(**SYNTHETIC_100K)
     print(f"torch {torch.__version__}, {args.epochs} epoch(s) per fit, no validation; "
           f"train: {', '.join(f'{k} {len(v[0]):,} rows' for k, v in data.items())}\n")  # fmt: skip
     rows, failed = [], False
     for name in names:
-        train, test = data[data_for(name)]
+        train, test = data[training_set_for(name)]
         fitted: dict[str, Recommender] = {}
         for device in devices:
             try:

@@ -7,6 +7,7 @@ top for a model that learns anything about co-occurrence.
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -59,6 +60,55 @@ def cyclic_sequences(
             rows.append((u, (u + t) % n_items, 5.0, 100 * u + t))
     frame = pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"])
     return Interactions(frame, n_users, n_items), (np.arange(n_users) + length) % n_items
+
+
+TrainTest = tuple[Interactions, Interactions]
+
+
+def gpu_training_sets(
+    n_users: int, n_items: int, density: float, *, setting: Mapping | None = None, seed: int = 42
+) -> dict[str, TrainTest]:
+    """The (train, test) sets every PyTorch model fits in the device tests and benchmarks:
+    "single", a synthetic data set's per-user 75/25 holdout (data seed 0, split `seed`), and
+    "cross-domain", the synthetic transfer setting's target holdout (relatedness 0.5, options
+    `setting`), whose train part carries the source domain (see `training_set_for`)."""
+    from metarec_lib.data.dataset import encode_source
+    from metarec_lib.data.synthetic import generate_synthetic
+    from metarec_lib.splits import holdout_per_user
+    from metarec_lib.transfer import synthetic_setting, target_fraction_split
+
+    ds = generate_synthetic(n_users=n_users, n_items=n_items, density=density, seed=0)
+    single = holdout_per_user(ds.interactions, test_fraction=0.25, seed=seed)
+    encoder = ds.encoder()
+    transfer = synthetic_setting(0.5, seed=0, **(setting or {}))
+    split = target_fraction_split(transfer, 1.0, seed)
+    target = transfer.target.encoder()
+    cross = dataclasses.replace(target.encode(split.train),
+                                source=encode_source(split.source, target))  # fmt: skip
+    return {"single": (encoder.encode(single.train), encoder.encode(single.test)),
+            "cross-domain": (cross, target.encode(split.test))}  # fmt: skip
+
+
+def training_set_for(name: str) -> str:
+    """The `gpu_training_sets` key a registered model fits: cross-domain models read
+    `train.source`."""
+    from metarec_lib.models.registry import model_class
+
+    return "cross-domain" if getattr(model_class(name), "needs_source", False) else "single"
+
+
+def capped_model(name: str, device: str, epochs: int) -> Recommender:
+    """A registered model with its defaults on `device`, every pass count it has (`epochs`,
+    `source_epochs`) capped at `epochs`, without a progress bar."""
+    from metarec_lib.models.registry import model_class
+
+    cls = model_class(name)
+    capped = {k: min(epochs, int(cls.defaults[k])) for k in ("epochs", "source_epochs")
+              if k in cls.defaults}  # fmt: skip
+    model = cls(device=device, **capped)
+    if hasattr(model, "progress"):
+        model.progress = False
+    return model
 
 
 def check_space_holds_defaults(cls: type[Recommender]) -> None:

@@ -7,7 +7,6 @@ CI has no GPU; these run where one is present (`make test` on a GPU machine, or
 
 from __future__ import annotations
 
-import dataclasses
 import pickle
 
 import numpy as np
@@ -15,13 +14,10 @@ import pytest
 import torch
 
 from metarec_lib.costs import measure
-from metarec_lib.data.dataset import Interactions, encode_source
-from metarec_lib.data.synthetic import generate_synthetic
+from metarec_lib.data.dataset import Interactions
 from metarec_lib.metrics import topk_overlap
-from metarec_lib.models.base import Recommender
-from metarec_lib.models.registry import model_class, torch_model_names
-from metarec_lib.splits import holdout_per_user
-from metarec_lib.transfer import synthetic_setting, target_fraction_split
+from metarec_lib.models.registry import torch_model_names
+from metarec_lib.testing import capped_model, gpu_training_sets, training_set_for
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -31,39 +27,16 @@ EPOCHS = 2  # every pass count a model has (epochs, source_epochs) is capped her
 
 @pytest.fixture(scope="module")
 def data() -> dict[str, Interactions]:
-    """Two training sets: "single", a synthetic 75/25 train part, and "cross-domain", a small
-    synthetic transfer setting's target train part with its source domain."""
-    ds = generate_synthetic(**SIZE, density=0.1, seed=0)
-    single = ds.encoder().encode(
-        holdout_per_user(ds.interactions, test_fraction=0.25, seed=0).train
-    )
-    setting = synthetic_setting(0.5, seed=0, **SIZE)
-    split = target_fraction_split(setting, 1.0, seed=0)
-    target = setting.target.encoder()
-    cross = dataclasses.replace(target.encode(split.train),
-                                source=encode_source(split.source, target))  # fmt: skip
-    return {"single": single, "cross-domain": cross}
-
-
-def make(name: str, device: str) -> Recommender:
-    cls = model_class(name)
-    capped = {k: min(EPOCHS, int(cls.defaults[k])) for k in ("epochs", "source_epochs")
-              if k in cls.defaults}  # fmt: skip
-    model = cls(device=device, **capped)
-    if hasattr(model, "progress"):
-        model.progress = False
-    return model
-
-
-def train_for(name: str, data: dict[str, Interactions]) -> Interactions:
-    return data["cross-domain" if getattr(model_class(name), "needs_source", False) else "single"]
+    """The training parts of `gpu_training_sets` at SIZE."""
+    sets = gpu_training_sets(**SIZE, density=0.1, setting=SIZE, seed=0)
+    return {kind: train for kind, (train, _) in sets.items()}
 
 
 @pytest.mark.parametrize("name", torch_model_names())
 def test_model_trains_and_ranks_on_cuda(name, data):
-    train = train_for(name, data)
+    train = data[training_set_for(name)]
     users = np.arange(train.n_users)
-    model = make(name, "cuda").fit(train, seed=0)
+    model = capped_model(name, "cuda", EPOCHS).fit(train, seed=0)
     assert model.compute_device() == "cuda"
     module = getattr(model, "module_", None)
     if module is not None:  # BPR and SVDpp export their weights to NumPy after training
@@ -77,7 +50,7 @@ def test_model_trains_and_ranks_on_cuda(name, data):
     assert (np.diff(top_scores, axis=1) <= 0).all()
 
     # Same seed, same device: the same scores, bit for bit (deterministic algorithms).
-    again = make(name, "cuda").fit(train, seed=0)
+    again = capped_model(name, "cuda", EPOCHS).fit(train, seed=0)
     same = np.asarray(again.score(users))
     np.testing.assert_array_equal(same, scores, err_msg=f"{name}: same seed, other scores")
 

@@ -4,7 +4,13 @@ import pytest
 from metarec_lib.models.base import resolve_device
 from metarec_lib.models.popularity import MostPop, Random
 from metarec_lib.models.registry import get_model, model_class, model_names, torch_model_names
-from metarec_lib.testing import check_recommender, checkerboard
+from metarec_lib.testing import (
+    capped_model,
+    check_recommender,
+    checkerboard,
+    gpu_training_sets,
+    training_set_for,
+)
 
 
 @pytest.mark.parametrize("make", [Random, MostPop])
@@ -73,6 +79,21 @@ def test_compute_device_is_the_cpu_for_models_without_pytorch():
     assert model_class("EASE")(device="cuda").compute_device() == "cpu"
     assert model_class("SASRec")(device="cuda:1").compute_device() == "cuda:1"
     assert model_class("BPR")(device="auto").compute_device() == resolve_device("auto")
+
+
+def test_gpu_training_sets_and_capped_models():
+    """Cross-domain models get the set with a source; no test pair is in its train part; every
+    pass count is capped, none raised."""
+    sets = gpu_training_sets(40, 50, 0.2, setting={"n_users": 40, "n_items": 50}, seed=0)
+    assert sets["single"][0].source is None and sets["cross-domain"][0].source is not None
+    for train, test in sets.values():
+        pairs = lambda d: set(zip(d.frame["user"], d.frame["item"], strict=True))  # noqa: E731
+        assert len(test) and not pairs(train) & pairs(test)
+    assert [training_set_for(n) for n in ("EMCDR", "TargetOnly", "SASRec")] == [
+        "cross-domain", "single", "single"]  # fmt: skip
+    emcdr = capped_model("EMCDR", "cpu", 2)
+    assert (emcdr.params["epochs"], emcdr.params["source_epochs"]) == (2, 2)
+    assert capped_model("EMCDR", "cpu", 10**6).params["epochs"] == emcdr.defaults["epochs"]
 
 
 def test_device_auto_resolves():
