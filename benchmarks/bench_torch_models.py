@@ -1,7 +1,7 @@
 """Training throughput of every gradient-trained PyTorch model: a markdown table (prints only).
 
     .venv/bin/python benchmarks/bench_torch_models.py [--device cpu|cuda|auto|both] [--epochs 3]
-        [--models SASRec,BPR,...]
+        [--models SASRec,BPR,...] [--repeat]
 
 The models: every registered subclass of `TorchRecommender` (deep, multi-task and transfer
 models), plus the other models trained by gradient steps in PyTorch: `BPR`, `SVDpp` and the
@@ -27,8 +27,10 @@ the table is measured on CUDA when `torch.cuda.is_available()`; `--device both` 
 model on the CPU and then on CUDA from the same seed and adds how far the two fits agree: the
 NDCG@10 of each on the held-out part (25% of each user's rows), the share of top-10 items they
 have in common over all users, and the largest score difference relative to the CPU scores'
-largest magnitude. A model that fails is reported as failed, with its traceback, and the
-others still run; the exit status is then 1.
+largest magnitude. `--repeat` fits each model a second time on each device, same seed, and
+adds whether the two fits score every (user, item) pair with the same bits (on CUDA that is
+what `training.cuda_determinism` promises). A model that fails is reported as failed, with its
+traceback, and the others still run; the exit status is then 1.
 """
 
 from __future__ import annotations
@@ -103,19 +105,30 @@ def agreement(cpu: Recommender, gpu: Recommender, n_users: int) -> dict[str, flo
     return {"top-10 common": float(common), "score gap": gap}
 
 
+def same_bits(first: Recommender, second: Recommender, n_users: int) -> bool:
+    """Whether two fits score every (user, item) pair of the training set with the same bits."""
+    users = np.arange(n_users)
+    return bool(np.array_equal(np.asarray(first.score(users)), np.asarray(second.score(users))))
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
-    """The throughput table, plus the agreement columns when any row has them."""
+    """The throughput table, plus the agreement columns when any row has them and the refit
+    column when any row has it."""
     parity = any("top-10 common" in r for r in rows)
+    refit = any("same bits" in r for r in rows)
     head = "| model | device | samples/s | seconds | samples/s from |"
     rule = "|---|---|---:|---:|---|"
     if parity:
         head += " NDCG@10 | top-10 common with CPU | max score gap |"
         rule += "---:|---:|---:|"
+    if refit:
+        head += " refit: same bits |"
+        rule += "---|"
     lines = [head, rule]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['device']} | failed: {r['error']} | | |"
-                         + (" | | |" if parity else ""))  # fmt: skip
+                         + (" | | |" if parity else "") + (" |" if refit else ""))  # fmt: skip
             continue
         line = (f"| {r['model']} | {r['device']} | {r['samples/s']:,.0f} | "
                 f"{r['seconds']:.2f} | {r['how']} |")  # fmt: skip
@@ -123,6 +136,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             line += f" {r['ndcg']:.4f} | {r['top-10 common']:.3f} | {r['score gap']:.1e} |"
         elif parity:
             line += f" {r['ndcg']:.4f} | | |"
+        if refit:
+            line += f" {'yes' if r.get('same bits') else 'no'} |"
         lines.append(line)
     return "\n".join(lines)
 
@@ -135,6 +150,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", default=None,
                         help="comma-separated registered names (default: every gradient-trained "
                              "PyTorch model, see the module docstring)")  # fmt: skip
+    parser.add_argument("--repeat", action="store_true",
+                        help="fit each model twice per device and say whether the scores are "
+                             "bitwise equal")  # fmt: skip
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error(f"--epochs {args.epochs}: expected an integer >= 1")
@@ -161,6 +179,9 @@ def main(argv: list[str] | None = None) -> None:
             try:
                 warm_up(name, train, device)
                 row, fitted[device] = bench(name, train, device, args.epochs)
+                if args.repeat:
+                    again = capped_model(name, device, args.epochs).fit(train, seed=0)
+                    row["same bits"] = same_bits(fitted[device], again, train.n_users)
             except Exception as err:  # report it and go on with the other models
                 traceback.print_exc()
                 failed = True

@@ -6,8 +6,9 @@
 # Steps (each with a time limit; each writes its own file under OUT_DIR, default
 # .gpu_check/, as it goes, so a step that runs out of time leaves the others' results):
 #   pytest.txt        tests/test_cuda.py and the shared loop's CUDA test
-#   torch_models.txt  bench_torch_models.py --device both: every GPU-capable model on the CPU
-#                     and on CUDA, with their agreement (NDCG@10, shared top-10, score gap)
+#   torch_models.txt  bench_torch_models.py --device both --repeat: every GPU-capable model on
+#                     the CPU and on CUDA, with their agreement (NDCG@10, shared top-10, score
+#                     gap) and whether a refit from the same seed gives the same bits
 #   deep_ml100k.txt   bench_deep.py on CUDA, ML-100K
 #   deep_mls.txt      bench_deep.py on CUDA, ml-latest-small (full softmax over 9,742 items)
 # steps.txt has each step's exit status and when it ended; env.txt the machine.
@@ -31,7 +32,7 @@ stamp "environment"
 timeout 170 "$python" -m pytest -q -p no:cacheprovider -rA tests/test_cuda.py \
   "tests/test_torch_base.py::test_cuda_fit_pickles_to_cpu" > "$out/pytest.txt" 2>&1
 stamp "CUDA tests: exit $?"
-timeout 200 "$python" benchmarks/bench_torch_models.py --device both --epochs "$epochs" \
+timeout 300 "$python" benchmarks/bench_torch_models.py --device both --repeat --epochs "$epochs" \
   > "$out/torch_models.txt" 2>&1
 stamp "bench_torch_models --device both: exit $?"
 timeout 80 "$python" benchmarks/bench_deep.py --device cuda --epochs 3 \

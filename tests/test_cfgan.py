@@ -73,10 +73,16 @@ def test_samples_are_seeded():
 def test_an_epoch_holds_every_user_once_with_masks_on_unpurchased_items_only():
     train, _ = checkerboard()
     model = CFGAN(batch_size=6, zr_ratio=0.5, pm_ratio=0.8)
-    model.seen_ = train.matrix(binary=True)
+    model.seen_, model.device_ = train.matrix(binary=True), "cpu"  # as `fit` sets them
     model.build(train, torch.Generator().manual_seed(0))
     batches = list(model.batches(torch.Generator().manual_seed(1)))
     assert [len(b[0]) for b in batches] == [6, 6, 6, 2]
+    # On CUDA the same users and masks, without the CSR parts (cuSPARSE is not repeatable).
+    model.device_ = "cuda"
+    on_cuda = list(model.batches(torch.Generator().manual_seed(1)))
+    assert all(len(b) == 3 for b in on_cuda) and len(on_cuda) == len(batches)
+    for b, c in zip(batches, on_cuda, strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(b[:3], c, strict=True))
     real, zr, pm = (torch.cat(parts) for parts in zip(*(b[:3] for b in batches), strict=True))
     for b in batches:  # the CSR rows (and their transpose) are the dense purchases
         assert torch.equal(b[3].to_dense(), b[0]) and torch.equal(b[4].to_dense(), b[0].T)

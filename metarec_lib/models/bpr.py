@@ -11,8 +11,9 @@ in a seeded random order, each with one negative drawn uniformly from the items 
 not seen: colliding draws are redrawn (`negative_tries` rounds, vectorised); a triple whose
 user has seen nearly every item and still collides is dropped, so a negative is never a seen
 item (in particular never the positive). All randomness comes from one CPU `torch.Generator`
-seeded by `fit`'s seed, so the same seed gives the same model on the same machine (on CUDA the
-scatter-adds of the backward pass may differ in the last bits).
+seeded by `fit`'s seed, so the same seed gives the same model on the same machine and device
+(on CUDA the fit runs under `cuda_determinism`, whose deterministic `index_add_` makes the
+backward's scatter-adds bitwise repeatable).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from metarec_lib.data.dataset import Interactions
 from metarec_lib.models.base import Recommender, resolve_device
 from metarec_lib.models.losses import bpr_triple_loss
 from metarec_lib.models.registry import register
-from metarec_lib.models.training import EarlyStopping, adam, cpu_threads
+from metarec_lib.models.training import EarlyStopping, adam, cpu_threads, cuda_determinism
 from metarec_lib.tuning import Choice, LogUniform
 
 
@@ -146,7 +147,7 @@ class BPR(Recommender):
 
     def _fit(self, train: Interactions, *, valid: Interactions | None, seed: int) -> None:
         device = resolve_device(self.device)
-        with cpu_threads(device, 1):
+        with cpu_threads(device, 1), cuda_determinism(device):
             self._train(train, valid, seed, device)
 
     def _train(

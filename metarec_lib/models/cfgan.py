@@ -225,15 +225,19 @@ class CFGAN(TorchRecommender):
 
     def batches(self, generator: torch.Generator) -> Iterator[Batch]:
         """(purchases, ZR mask, PM mask, the purchases as CSR rows and their transpose) of a
-        batch of users; the losses read the purchases dense and G and D their CSR form."""
+        batch of users; the losses read the purchases dense and G and D their CSR form. On CUDA
+        the batches stop after the masks and G and D read the dense purchases too: cuSPARSE's
+        products are not bitwise repeatable, cuBLAS's are (`cuda_determinism`)."""
         p = self.params
+        sparse = not self.device_.startswith("cuda")
         zr = sample_unpurchased(self._purchases, float(p["zr_ratio"]), generator)
         pm = sample_unpurchased(self._purchases, float(p["pm_ratio"]), generator)
         order = torch.randperm(len(self._purchases), generator=generator)
         size = int(p["batch_size"])
         for start in range(0, len(order), size):
             idx = order[start : start + size]
-            yield self._purchases[idx], zr[idx], pm[idx], *purchase_rows(self.seen_[idx.numpy()])
+            dense = (self._purchases[idx], zr[idx], pm[idx])
+            yield (*dense, *purchase_rows(self.seen_[idx.numpy()])) if sparse else dense
 
     def optimiser(self, module: nn.Module) -> tuple[torch.optim.Adam, torch.optim.Adam]:
         p = self.params
@@ -300,8 +304,12 @@ class CFGAN(TorchRecommender):
         return loss.detach()
 
     def score_users(self, module: nn.Module, users: torch.Tensor) -> torch.Tensor:
-        rows = purchase_rows(self.seen_[users.cpu().numpy()])
-        return module.generate(tuple(r.to(users.device) for r in rows))
+        seen = self.seen_[users.cpu().numpy()]
+        if users.device.type == "cuda":  # dense, as in training (`batches`)
+            return module.generate(
+                torch.from_numpy(seen.toarray().astype(np.float32)).cuda(users.device)
+            )
+        return module.generate(tuple(r.to(users.device) for r in purchase_rows(seen)))
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()

@@ -108,6 +108,7 @@ from metarec_lib.models.training import (
     EarlyStopping,
     adam,
     cpu_threads,
+    cuda_determinism,
     epoch_record,
 )
 from metarec_lib.tuning import Choice, LogUniform
@@ -423,7 +424,11 @@ class MetaRecommender(Recommender):
         self.range_ = (float(warm.ratings.min()), float(warm.ratings.max()))
         self.rows_ = rows
         devices = [torch.cuda.current_device()] if self.device_.startswith("cuda") else []
-        with cpu_threads(self.device_, self.cpu_threads), torch.random.fork_rng(devices):
+        with (
+            cpu_threads(self.device_, self.cpu_threads),
+            torch.random.fork_rng(devices),
+            cuda_determinism(self.device_),
+        ):
             torch.manual_seed(int(seed))
             generator = torch.Generator().manual_seed(int(seed))
             hidden = int(p["hidden"])
@@ -752,7 +757,11 @@ class MetaRecommender(Recommender):
                 f"was fitted on {self.n_users_} x {self.n_items_} (the same dense index)"
             )
         rows = UserRows.from_frame(support.frame, support.n_users)
-        with cpu_threads(self.device_, self.cpu_threads), torch.no_grad():
+        with (
+            cpu_threads(self.device_, self.cpu_threads),
+            cuda_determinism(self.device_),
+            torch.no_grad(),
+        ):
             self._store(support.frame["user"].to_numpy(np.int64), rows)
         self.seen_ = ((self.seen_ + support.matrix(binary=True)) > 0).astype(np.float64).tocsr()
         return self
@@ -761,7 +770,7 @@ class MetaRecommender(Recommender):
         """Every parameter as each user sees it: {name: (len(users), ...)}; the ones the inner
         loop does not adapt are the global ones, repeated."""
         users = np.asarray(users, np.int64)
-        with torch.no_grad():
+        with cuda_determinism(self.device_), torch.no_grad():
             own = self._user_params(users)
             return {
                 n: own[n] if n in own else w.detach().expand(len(users), *w.shape).clone()
@@ -839,7 +848,7 @@ class MetaRecommender(Recommender):
         users = np.asarray(users, np.int64)
         out = np.empty((len(users), self.n_items_), np.float32)
         step = self._score_step(self.module_)
-        with torch.no_grad():
+        with cuda_determinism(self.device_), torch.no_grad():  # adapting on the fly: gradients
             for start in range(0, len(users), step):
                 block = users[start : start + step]
                 params = self._user_params(block)

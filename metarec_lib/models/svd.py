@@ -39,7 +39,7 @@ from metarec_lib.data.dataset import Interactions
 from metarec_lib.evaluate import rmse_on
 from metarec_lib.models.base import Recommender, resolve_device
 from metarec_lib.models.registry import register
-from metarec_lib.models.training import adam
+from metarec_lib.models.training import adam, cuda_determinism
 from metarec_lib.tuning import Choice, LogUniform
 
 FREQUENCY_EXPONENT = 0.5  # factor penalty of a row with n ratings: reg * n**FREQUENCY_EXPONENT
@@ -456,6 +456,12 @@ class SVDpp(_RatingModel):
 
     def _fit(self, train: Interactions, *, valid: Interactions | None, seed: int) -> None:
         device = resolve_device(self.device)
+        with cuda_determinism(device):
+            self._train(train, valid, seed, device)
+
+    def _train(
+        self, train: Interactions, valid: Interactions | None, seed: int, device: str
+    ) -> None:
         f = train.frame
         users, items = f["user"].to_numpy(np.int64), f["item"].to_numpy(np.int64)
         ratings = f["rating"].to_numpy(np.float64)

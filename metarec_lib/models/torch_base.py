@@ -15,11 +15,9 @@ and, only where one Adam step per batch does not fit (a GAN), `optimiser` and `s
 Determinism: all sampling draws from one CPU `torch.Generator` seeded by `fit`'s seed, and the
 global torch RNG (dropout) is seeded inside `torch.random.fork_rng`, so the caller's RNG state
 is untouched and the same seed gives the same model on the same machine and device. On CUDA,
-`fit` also runs under `cuda_determinism()`: deterministic algorithms where torch has them
-(`warn_only`: an op without one warns instead of failing), cuDNN autotuning off, and cuBLAS's
-fixed workspace (`CUBLAS_WORKSPACE_CONFIG=:4096:8`, effective when set before the process's first
-cuBLAS call: importing this module sets it unless it is set already). GPU and CPU results still
-differ in the last bits (different kernels), so committed numbers are CPU numbers.
+`fit` also runs under `training.cuda_determinism()`: torch's deterministic algorithms, strictly
+(an op without one raises), cuDNN autotuning off and cuBLAS's fixed workspace. GPU and CPU
+results still differ in the last bits (different kernels), so committed numbers are CPU numbers.
 
 Full-catalogue ranking on a GPU (`recommend`) scores, masks and sorts each batch of users on the
 device and copies back only the top k; the batch holds as many users as fit a quarter of the
@@ -52,10 +50,9 @@ from metarec_lib.models.training import (
     EarlyStopping,
     adam,
     cpu_threads,
+    cuda_determinism,
     epoch_record,
 )
-
-os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 Batch = tuple[torch.Tensor, ...]
 
@@ -281,6 +278,7 @@ def csr_tensor(matrix: sp.spmatrix) -> torch.Tensor:
     m.sort_indices()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly")
         return torch.sparse_csr_tensor(
             torch.from_numpy(m.indptr.astype(np.int64)),
             torch.from_numpy(m.indices.astype(np.int64)), torch.from_numpy(m.data),
@@ -294,32 +292,3 @@ def rows_that_fit(n_items: int, device: str, share: float = 0.25) -> int:
         return 1024
     free, _ = torch.cuda.mem_get_info(torch.device(device))
     return max(1, int(share * free // (16 * max(n_items, 1))))
-
-
-class cuda_determinism:
-    """Within: deterministic torch algorithms (warn-only) and no cuDNN autotuning, on a CUDA
-    device; the previous settings come back on exit. A no-op elsewhere."""
-
-    def __init__(self, device: str) -> None:
-        self.active = str(device).startswith("cuda")
-
-    def __enter__(self) -> None:
-        if not self.active:
-            return
-        self._before = (
-            torch.are_deterministic_algorithms_enabled(),
-            torch.is_deterministic_algorithms_warn_only_enabled(),
-            torch.backends.cudnn.benchmark,
-            torch.backends.cudnn.deterministic,
-        )
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-
-    def __exit__(self, *exc: object) -> None:
-        if not self.active:
-            return
-        enabled, warn_only, benchmark, deterministic = self._before
-        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
-        torch.backends.cudnn.benchmark = benchmark
-        torch.backends.cudnn.deterministic = deterministic

@@ -1,4 +1,5 @@
-"""Training helpers shared by iterative models: early stopping, CPU thread control, Adam.
+"""Training helpers shared by iterative models: early stopping, CPU thread control, Adam, and
+the deterministic-algorithm settings every PyTorch fit on CUDA runs under (`cuda_determinism`).
 
 `EarlyStopping` is the one place that decides when a model stops and which weights it keeps,
 so BPR, iALS, the rating factorisations and every PyTorch model stop by the same rule.
@@ -6,11 +7,16 @@ so BPR, iALS, the rating factorisations and every PyTorch model stop by the same
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+
+# cuBLAS's fixed workspace, needed for deterministic products on CUDA; effective when set
+# before the process's first cuBLAS call, so at import (unless the caller set it already).
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 class EarlyStopping:
@@ -95,3 +101,43 @@ def epoch_record(name: str, epoch: int, mean_loss: float, seconds: float, sample
     return {"epoch": epoch, "loss": mean_loss, "seconds": seconds, "samples": samples,
             "samples_per_second": samples / seconds if seconds > 0 else np.nan,
             "valid_score": np.nan}  # fmt: skip
+
+
+class cuda_determinism:
+    """Within, on a CUDA device: torch's deterministic algorithms, strictly, and no cuDNN
+    autotuning; the previous settings come back on exit. A no-op elsewhere.
+
+    Strict, not warn-only: an op without a deterministic kernel raises rather than warns, and
+    memory-efficient attention's backward (SASRec, CL4SRec) uses its deterministic algorithm
+    only in this mode. Every GPU-capable model trains under it, twice from one seed to the same
+    bits (`tests/test_cuda.py`, on an H200 with torch 2.11). Not covered by torch's flag, and
+    so avoided on CUDA: cuSPARSE's CSR-times-dense product, which gave different bits on
+    repeats there (CFGAN reads dense inputs on CUDA)."""
+
+    def __init__(self, device: str) -> None:
+        self.active = str(device).startswith("cuda")
+
+    def __enter__(self) -> None:
+        import torch
+
+        if not self.active:
+            return
+        self._before = (
+            torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(),
+            torch.backends.cudnn.benchmark,
+            torch.backends.cudnn.deterministic,
+        )
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+    def __exit__(self, *exc: object) -> None:
+        import torch
+
+        if not self.active:
+            return
+        enabled, warn_only, benchmark, deterministic = self._before
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
+        torch.backends.cudnn.deterministic = deterministic

@@ -71,7 +71,7 @@ from metarec_lib.models.losses import bpr_triple_loss
 from metarec_lib.models.memo import TrainingMemo
 from metarec_lib.models.registry import register
 from metarec_lib.models.torch_base import TORCH_DEFAULTS, Batch, TorchRecommender
-from metarec_lib.models.training import adam, cpu_threads
+from metarec_lib.models.training import adam, cpu_threads, cuda_determinism
 from metarec_lib.tuning import Choice, LogUniform
 
 # The base model's hyperparameters. Adam's weight decay is not one: `reg` is the L2 penalty, and
@@ -540,7 +540,7 @@ class EMCDR(TransferMF):
                   "items": np.bincount(self.seen_.indices, minlength=train.n_items)}  # fmt: skip
         maps = {"users": source.user_to_target, "items": source.item_to_target}
         generator = torch.Generator().manual_seed(int(seed))
-        with cpu_threads(self.device_, 1):
+        with cpu_threads(self.device_, 1), cuda_determinism(self.device_):
             for side in ("users", "items"):
                 self._map_side(side, module, maps[side], counts[side], generator)
         self.module_ = module.eval()
