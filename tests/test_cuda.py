@@ -68,6 +68,24 @@ def test_model_trains_and_ranks_on_cuda(name, data):
     assert common > 0.95, f"{name}: CPU copy shares only {common:.0%} of the top 10"
 
 
+def test_product_operands_are_dense_on_cuda_and_repeat_to_the_bit():
+    """cuSPARSE's CSR-times-dense product gave other bits on repeats (an H200), so
+    `product_operand` is dense on CUDA; the product then repeats exactly."""
+    import scipy.sparse as sp
+
+    from metarec_lib.models.torch_base import product_operand
+    from metarec_lib.models.training import cuda_determinism
+
+    m = sp.random(128, 4000, density=0.02, format="csr", random_state=1, dtype=np.float32)
+    operand = product_operand(m, "cuda")
+    assert operand.is_cuda and operand.layout == torch.strided
+    assert np.array_equal(operand.cpu().numpy(), m.toarray())
+    w = torch.randn(4000, 256, generator=torch.Generator().manual_seed(0)).cuda()
+    with cuda_determinism("cuda"):
+        first = (operand @ w).cpu()
+        assert all(torch.equal(first, (operand @ w).cpu()) for _ in range(4))
+
+
 def test_costs_on_cuda_count_device_memory():
     """`measure("cuda")` adds the block's peak device memory: a 64 MiB tensor made inside it
     counts at least 64 MB."""

@@ -355,3 +355,17 @@ def test_adam_is_fused_on_cpu_and_steps_like_the_loop():
     assert TinyMF().optimiser(_Factors(3, 4, 2, 0.0, gen)).defaults["fused"] is True
     on_meta = nn.Parameter(torch.zeros(2, device="meta"))
     assert adam([on_meta], lr=0.1).defaults["fused"] is None  # no fused kernel there
+
+
+def test_product_operand_is_csr_on_the_cpu_and_multiplies_like_the_matrix():
+    import scipy.sparse as sp
+
+    from metarec_lib.models.torch_base import product_operand
+
+    m = sp.csr_matrix(np.array([[0.0, 2.0, 0.0], [1.0, 0.0, 3.0]]))
+    operand = product_operand(m, "cpu")
+    assert operand.layout == torch.sparse_csr and operand.dtype == torch.float32
+    assert torch.equal(operand.to_dense(), torch.tensor([[0.0, 2.0, 0.0], [1.0, 0.0, 3.0]]))
+    w = torch.tensor([[1.0, -1.0], [0.5, 2.0], [4.0, 0.0]])
+    # rows: 2 * (0.5, 2) = (1, 4); (1, -1) + 3 * (4, 0) = (13, -1)
+    assert torch.equal(operand @ w, torch.tensor([[1.0, 4.0], [13.0, -1.0]]))

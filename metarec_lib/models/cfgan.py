@@ -44,7 +44,13 @@ from torch import nn
 
 from metarec_lib.data.dataset import Interactions
 from metarec_lib.models.registry import register
-from metarec_lib.models.torch_base import TORCH_DEFAULTS, Batch, TorchRecommender, csr_tensor
+from metarec_lib.models.torch_base import (
+    TORCH_DEFAULTS,
+    Batch,
+    TorchRecommender,
+    csr_tensor,
+    product_operand,
+)
 from metarec_lib.models.training import adam
 from metarec_lib.tuning import LogUniform, Uniform
 
@@ -306,9 +312,7 @@ class CFGAN(TorchRecommender):
     def score_users(self, module: nn.Module, users: torch.Tensor) -> torch.Tensor:
         seen = self.seen_[users.cpu().numpy()]
         if users.device.type == "cuda":  # dense, as in training (`batches`)
-            return module.generate(
-                torch.from_numpy(seen.toarray().astype(np.float32)).cuda(users.device)
-            )
+            return module.generate(product_operand(seen, users.device))
         return module.generate(tuple(r.to(users.device) for r in purchase_rows(seen)))
 
     def __getstate__(self) -> dict[str, Any]:

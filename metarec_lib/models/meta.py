@@ -102,7 +102,7 @@ from metarec_lib.models.base import Recommender, resolve_device
 from metarec_lib.models.memo import TrainingMemo
 from metarec_lib.models.multitask import MLP, Features, PairEncoder, _linear, encode_features
 from metarec_lib.models.registry import register
-from metarec_lib.models.torch_base import csr_tensor
+from metarec_lib.models.torch_base import product_operand
 from metarec_lib.models.training import (
     LOG_COLUMNS,
     EarlyStopping,
@@ -352,7 +352,7 @@ class MetaRecommender(Recommender):
     cpu_threads: ClassVar[int | None] = 1
     budget_floats: ClassVar[int] = 1 << 22  # activations per block when adapting or scoring
     # What is derived from the fitted module's items and kept: `_feature_rows`, `_feature_matrix`.
-    _derived: ClassVar[tuple[str, ...]] = ("_feature_rows_", "_feature_csr_")
+    _derived: ClassVar[tuple[str, ...]] = ("_feature_rows_", "_feature_operand_")
 
     # -- what a model writes --------------------------------------------------------------
     @abstractmethod
@@ -797,9 +797,10 @@ class MetaRecommender(Recommender):
         """(len(users), n_items) predicted ratings (unclipped), user t with params[.][t].
 
         Where each user has its own feature projection W_t (every parameter adapts), the
-        items' projected features F W_t^T come from one sparse product over the block (F has
-        3.5 nonzeros an item on ml-latest-small, against 573 columns a dense product
-        multiplies) and reach the network as its features with an identity projection."""
+        items' projected features F W_t^T come from one product over the block, sparse on the
+        CPU (F has 3.5 nonzeros an item on ml-latest-small, against 573 columns a dense product
+        multiplies; dense on CUDA, see `product_operand`), and reach the network as its
+        features with an identity projection."""
         items = torch.arange(self.n_items_, device=self.device_)
         index = torch.from_numpy(users).to(self.device_)
         if ITEM_PROJ not in params:
@@ -830,11 +831,12 @@ class MetaRecommender(Recommender):
         return rows
 
     def _feature_matrix(self, module: MetaNet) -> torch.Tensor:
-        """`_feature_rows` as a torch CSR tensor on the module's device (kept)."""
-        matrix = self.__dict__.get("_feature_csr_")
+        """`_feature_rows` as a product operand on the module's device (kept)."""
+        matrix = self.__dict__.get("_feature_operand_")
         if matrix is None:
-            matrix = csr_tensor(self._feature_rows(module)).to(module.encoder.item_features.device)
-            self._feature_csr_ = matrix
+            device = module.encoder.item_features.device
+            matrix = product_operand(self._feature_rows(module), device)
+            self._feature_operand_ = matrix
         return matrix
 
     def _score_step(self, module: MetaNet) -> int:

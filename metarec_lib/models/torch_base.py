@@ -16,8 +16,10 @@ Determinism: all sampling draws from one CPU `torch.Generator` seeded by `fit`'s
 global torch RNG (dropout) is seeded inside `torch.random.fork_rng`, so the caller's RNG state
 is untouched and the same seed gives the same model on the same machine and device. On CUDA,
 `fit` also runs under `training.cuda_determinism()`: torch's deterministic algorithms, strictly
-(an op without one raises), cuDNN autotuning off and cuBLAS's fixed workspace. GPU and CPU
-results still differ in the last bits (different kernels), so committed numbers are CPU numbers.
+(an op without one raises), cuDNN autotuning off and cuBLAS's fixed workspace; sparse operands
+are dense there (`product_operand`). GPU and CPU results differ: in the last bits for the
+factorisations, by a different fit of the same quality for the deeper networks (other
+rounding, other dropout streams; benchmarks/README.md), so committed numbers are CPU numbers.
 
 Full-catalogue ranking on a GPU (`recommend`) scores, masks and sorts each batch of users on the
 device and copies back only the top k; the batch holds as many users as fit a quarter of the
@@ -283,6 +285,17 @@ def csr_tensor(matrix: sp.spmatrix) -> torch.Tensor:
             torch.from_numpy(m.indptr.astype(np.int64)),
             torch.from_numpy(m.indices.astype(np.int64)), torch.from_numpy(m.data),
             size=m.shape, check_invariants=False)  # fmt: skip
+
+
+def product_operand(matrix: sp.spmatrix, device: str | torch.device) -> torch.Tensor:
+    """`matrix` as float32 on `device`, to multiply a dense tensor with: CSR on the CPU (the
+    product reads only the nonzeros), dense on CUDA, where cuSPARSE's CSR-times-dense product
+    gave other bits on repeats of one product (an H200; torch's deterministic mode does not
+    cover it) and cuBLAS's dense one, under `training.cuda_determinism`, does not."""
+    if torch.device(device).type == "cuda":
+        dense = sp.csr_matrix(matrix, dtype=np.float32).toarray()
+        return torch.from_numpy(dense).to(device)
+    return csr_tensor(matrix).to(device)
 
 
 def rows_that_fit(n_items: int, device: str, share: float = 0.25) -> int:

@@ -112,7 +112,7 @@ class cuda_determinism:
     only in this mode. Every GPU-capable model trains under it, twice from one seed to the same
     bits (`tests/test_cuda.py`, on an H200 with torch 2.11). Not covered by torch's flag, and
     so avoided on CUDA: cuSPARSE's CSR-times-dense product, which gave different bits on
-    repeats there (CFGAN reads dense inputs on CUDA)."""
+    repeats there (`torch_base.product_operand` is dense on CUDA; so are CFGAN's batches)."""
 
     def __init__(self, device: str) -> None:
         self.active = str(device).startswith("cuda")
