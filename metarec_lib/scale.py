@@ -339,7 +339,7 @@ def run_scale(
         metric_rows += [{**key, "metric": m, "value": v} for m, v in row.pop("_metrics").items()]
         costs = {"fit_seconds": row["fit_seconds"], "predict_seconds": row["eval_seconds"],
                  "peak_memory_mb": row["peak_memory_mb"], "n_parameters": row["n_parameters"],
-                 "device": device}  # fmt: skip
+                 "device": row["device"]}  # fmt: skip
         cost_rows.append({**key, **costs})
     _write(out, rows, metric_rows, cost_rows)
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
@@ -350,9 +350,9 @@ def scale_chain(
     eval_users: int = EVAL_USERS, progress: bool = False,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """One model of `run_scale` at every size, smallest first: the table rows of its cells
-    (`scale_cell`; a fitted row keeps its metrics under "_metrics"). The model is warmed up
-    first (`warm_up`), and each size's data is generated here, so the chain needs nothing
-    from the process that sends it."""
+    (`scale_cell`; a fitted row also keeps its "device" and, under "_metrics", its metrics).
+    The model is warmed up first (`warm_up`), and each size's data is generated here, so the
+    chain needs nothing from the process that sends it."""
     warm_up([name], device)
     history: tuple[list[float], list[float]] = ([], [])
     rows = []
@@ -415,7 +415,8 @@ def scale_cell(
 ) -> dict[str, Any]:  # fmt: skip
     """One (size, model) cell of `run_scale`: skipped with a reason (memory estimate over
     `limit` MB, or fit seconds predicted from `history` = (fitted sizes, their fit seconds)
-    over `budget`), or fitted, evaluated and measured. Returns the cell's table fields."""
+    over `budget`), or fitted, evaluated and measured. Returns the cell's table fields, and for
+    a fitted cell the device it computed on and its metrics (for the cost and metric rows)."""
     params = dict(PASSES.get(name, {}))
     n_inter = len(train.frame)
     estimate = estimate_memory_mb(name, train.n_users, train.n_items, n_inter, params)
@@ -436,6 +437,7 @@ def scale_cell(
     model = get_model(name, device=device, **params)
     if hasattr(model, "progress"):
         model.progress = False
+    device = model.compute_device()  # where it computes, as `runner.evaluate_cell` bills it
     release_memory()
     try:
         with measure(device) as fit_cost:
@@ -453,7 +455,7 @@ def scale_cell(
             "eval_seconds": eval_cost.seconds,
             "peak_memory_mb": max(fit_cost.peak_memory_mb, eval_cost.peak_memory_mb),
             "n_parameters": n_parameters, "ndcg@10": metrics[f"ndcg@{K}"],
-            "_metrics": metrics}  # fmt: skip
+            "device": device, "_metrics": metrics}  # fmt: skip
 
 
 def _write(out: Path, rows: list[dict], metric_rows: list[dict], cost_rows: list[dict]) -> None:

@@ -96,6 +96,15 @@ def test_a_fit_predicted_over_budget_is_skipped_with_the_prediction():
     assert row["predicted_fit_seconds"] == pytest.approx(1000.0)
 
 
+def test_a_numpy_model_asked_for_cuda_computes_and_is_billed_on_the_cpu():
+    # EASE has no PyTorch: "cuda" must not reach its measurement (a CUDA synchronise and peak)
+    # nor its cost row, as in `runner.evaluate_cell` (`Recommender.compute_device`).
+    train, users, relevant = scale.sampled_holdout(_tiny(), 50, seed=0)
+    row = scale.scale_cell("EASE", train, users, relevant, ([], []), 2e3, seed=0,
+                           device="cuda", budget=60.0, limit=2_000.0)  # fmt: skip
+    assert row["status"] == "fitted" and row["device"] == "cpu"
+
+
 def test_sampled_holdout_keeps_each_users_last_quarter_by_time():
     data = _tiny(n_users=30, per_user=8)
     train, users, relevant = scale.sampled_holdout(data, 10, seed=3)
@@ -126,6 +135,7 @@ def test_run_scale_writes_the_results_contract(tmp_path):
     assert len(costs) == 4 and len(saved) == 4
     assert set(costs["protocol"]) == {"scale@n=2000", "scale@n=4000"}
     assert set(costs["family"]) == {"collaborative"} and set(costs["dataset"]) == {"synthetic"}
+    assert set(costs["device"]) == {"cpu"}
     assert (costs[["fit_seconds", "predict_seconds", "peak_memory_mb"]] >= 0).all().all()
     assert set(metrics["metric"]) == {f"{m}@10" for m in scale.RANKING_NAMES}
     assert metrics["value"].between(0, 1).all()
