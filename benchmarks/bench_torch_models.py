@@ -52,7 +52,7 @@ from metarec_lib.evaluate import ndcg_on
 from metarec_lib.metrics import topk_overlap
 from metarec_lib.models.base import Recommender, resolve_device
 from metarec_lib.models.registry import model_class, torch_model_names
-from metarec_lib.testing import capped_model, gpu_training_sets, training_set_for
+from metarec_lib.testing import capped_model, gpu_training_sets, score_gap, training_set_for
 
 SYNTHETIC_100K = {"n_users": 943, "n_items": 1682, "density": 0.063}
 WARM_UP_USERS = 100
@@ -100,8 +100,7 @@ def agreement(cpu: Recommender, gpu: Recommender, n_users: int) -> dict[str, flo
     top_cpu, _ = cpu.recommend(users, 10)
     top_gpu, _ = gpu.recommend(users, 10)
     common = topk_overlap(top_cpu, top_gpu)
-    s_cpu, s_gpu = np.asarray(cpu.score(users)), np.asarray(gpu.score(users))
-    gap = float(np.abs(s_cpu - s_gpu).max() / max(np.abs(s_cpu).max(), 1e-12))
+    gap = score_gap(cpu.score(users), gpu.score(users))
     return {"top-10 common": float(common), "score gap": gap}
 
 

@@ -111,6 +111,14 @@ def capped_model(name: str, device: str, epochs: int) -> Recommender:
     return model
 
 
+def score_gap(reference: np.ndarray, other: np.ndarray) -> float:
+    """max |other - reference| / max |reference|: how far two fits' scores of the same pairs
+    differ, relative to the reference's largest magnitude (the CPU-GPU agreement that the
+    benchmark reports and the CUDA tests bound)."""
+    a, b = np.asarray(reference), np.asarray(other)
+    return float(np.abs(b - a).max() / max(np.abs(a).max(), 1e-12))
+
+
 def check_space_holds_defaults(cls: type[Recommender]) -> None:
     """Assert every tuned hyperparameter's default lies in its search space (a Choice's values,
     or a Uniform / LogUniform's [low, high]), so tuning can find the default again."""

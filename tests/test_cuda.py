@@ -17,7 +17,7 @@ from metarec_lib.costs import measure
 from metarec_lib.data.dataset import Interactions
 from metarec_lib.metrics import topk_overlap
 from metarec_lib.models.registry import torch_model_names
-from metarec_lib.testing import capped_model, gpu_training_sets, training_set_for
+from metarec_lib.testing import capped_model, gpu_training_sets, score_gap, training_set_for
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -61,7 +61,7 @@ def test_model_trains_and_ranks_on_cuda(name, data):
         assert restored.device_ == "cpu"
         assert all(not w.is_cuda for w in restored.module_.parameters())
     cpu_scores = np.asarray(restored.score(users))
-    gap = np.abs(cpu_scores - scores).max() / max(np.abs(scores).max(), 1e-12)
+    gap = score_gap(scores, cpu_scores)
     assert gap < 1e-3, f"{name}: CPU copy scores differ by {gap:.1e} of the largest score"
     cpu_top, _ = restored.recommend(users, 10)
     common = topk_overlap(cpu_top, top)

@@ -9,6 +9,7 @@ from metarec_lib.testing import (
     check_recommender,
     checkerboard,
     gpu_training_sets,
+    score_gap,
     training_set_for,
 )
 
@@ -94,6 +95,15 @@ def test_gpu_training_sets_and_capped_models():
     emcdr = capped_model("EMCDR", "cpu", 2)
     assert (emcdr.params["epochs"], emcdr.params["source_epochs"]) == (2, 2)
     assert capped_model("EMCDR", "cpu", 10**6).params["epochs"] == emcdr.defaults["epochs"]
+
+
+def test_score_gap_is_the_largest_difference_over_the_references_largest_magnitude():
+    reference = np.array([[1.0, -4.0], [2.0, 0.0]])
+    other = np.array([[1.0, -3.0], [2.0, 0.5]])
+    assert score_gap(reference, other) == 0.25  # |(-3) - (-4)| = 1 over |-4|
+    assert score_gap(other, reference) == 1 / 3  # the same difference over |-3|
+    assert score_gap(reference, reference) == 0.0
+    assert score_gap(np.zeros(3), np.array([0.0, 1e-13, 0.0])) == pytest.approx(0.1)
 
 
 def test_device_auto_resolves():
