@@ -31,8 +31,10 @@ def per_user_means(out: Path, dataset: str, protocol: str, model: str, metric: s
 def leaderboard(out: str | Path, dataset: str, protocol: str, metric: str) -> pd.DataFrame:
     """One row per model: mean, CI, seeds, median costs, and the paired test against the best.
 
-    `out` is a notebook's results folder (`results/<stem>`). The paired test uses per-user values
-    averaged over seeds, on the users every model was evaluated on.
+    `out` is a notebook's results folder (`results/<stem>`). Rows are ranked by the mean over
+    seeds (ties keep the models' first-appearance order); the paired test compares every model
+    with rank 1, on per-user values averaged over seeds and the users every model was evaluated
+    on. No test when rank 1 has no per-user values.
     """
     out = Path(out)
     metrics = pd.read_csv(out / "metrics.csv")
@@ -44,17 +46,18 @@ def leaderboard(out: str | Path, dataset: str, protocol: str, metric: str) -> pd
     table = aggregate_frame(sel, by=["family", "model"])
     cost = median_costs(costs, dataset, protocol)
     table = table.merge(cost, left_on="model", right_index=True, how="left")
+    better = higher_is_better(metric)
+    table = table.sort_values("mean", ascending=not better, kind="stable").reset_index(drop=True)
     per_user = {m: per_user_means(out, dataset, protocol, m, metric) for m in table["model"]}
     per_user = {m: v for m, v in per_user.items() if len(v)}
-    better = higher_is_better(metric)
-    if len(per_user) >= 2:
+    best = table["model"].iloc[0]
+    if len(per_user) >= 2 and best in per_user:
         users = sorted(set.intersection(*(set(v.index) for v in per_user.values())))
         vectors = {m: v.reindex(users).to_numpy() for m, v in per_user.items()}
-        tests = compare_to_best(vectors, higher_is_better=better).rename(
+        tests = compare_to_best(vectors, higher_is_better=better, best=best).rename(
             columns={"mean": "per_user_mean", "n": "n_users"}
         )
         table = table.merge(tests, on="model", how="left")
-    table = table.sort_values("mean", ascending=not better).reset_index(drop=True)
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     return table
 
@@ -75,10 +78,11 @@ def summary_table(board: pd.DataFrame, metric: str) -> pd.DataFrame:
                     for m, h in zip(board["mean"], board["ci_high"], strict=True)]  # fmt: skip
     view["seeds"] = board["n"]
     if "wilcoxon_p_holm" in board:
-        view["p vs best (Holm)"] = board["wilcoxon_p_holm"].map(
-            lambda p: "best" if pd.isna(p) else f"{p:.2g}"
-        )
-        view.loc[board["is_best"].fillna(False).astype(bool), "p vs best (Holm)"] = "best"
+        best = board["is_best"].fillna(False).astype(bool)
+        view["p vs best (Holm)"] = [
+            "best" if b else ("n/a" if pd.isna(p) else f"{p:.2g}")
+            for b, p in zip(best, board["wilcoxon_p_holm"], strict=True)
+        ]
     view["fit s"] = board["fit_seconds"].round(3)
     view["params"] = board["n_parameters"].round().astype("Int64")
     return view
@@ -134,19 +138,11 @@ def narrative(
             continue
         metric = primary_metric(protocol)
         best = board.iloc[0]
-        ties = []
-        if "significant" in board:
-            ties = board[
-                (~board["is_best"].fillna(False).astype(bool))
-                & (~board["significant"].fillna(True).astype(bool))
-            ]["model"].tolist()
         text = (f"- **{dataset} / {protocol}**: best is **{best['model']}** ({best['family']}) "
                 f"with {metric} {best['mean']:.4f} (95% CI {best['ci_low']:.4f}–"
                 f"{best['ci_high']:.4f}, {int(best['n'])} runs)")  # fmt: skip
-        text += (f"; not significantly different from it (Holm-corrected Wilcoxon across "
-                 f"users, p ≥ 0.05): {', '.join(ties)}" if ties else
-                 "; every other model is significantly worse (Holm-corrected Wilcoxon, p < 0.05)"
-                 if "significant" in board else "")  # fmt: skip
+        if "significant" in board:
+            text += _ties_text(board)
         target = (targets or {}).get((dataset, protocol, metric))
         if target:
             op, value = target
@@ -162,6 +158,27 @@ def narrative(
                      f"**{'met' if met else 'not met'}**")  # fmt: skip
         lines.append(text + ".")
     return "\n".join(lines)
+
+
+def _ties_text(board: pd.DataFrame) -> str:
+    """The models of a tested board that are not significantly worse than rank 1 (its paired
+    test's `significant`), and those that were not tested (no per-user values)."""
+    others = board[~board["is_best"].fillna(False).astype(bool)]
+    untested = others[others["wilcoxon_p_holm"].isna()]["model"].tolist()
+    tested = others[others["wilcoxon_p_holm"].notna()]
+    ties = tested[~tested["significant"].astype(bool)]["model"].tolist()
+    if ties:
+        text = (f"; not significantly worse (Holm-corrected Wilcoxon across users, p ≥ 0.05, "
+                f"or a per-user mean no worse): {', '.join(ties)}")  # fmt: skip
+    elif len(tested):
+        text = (
+            "; every other model tested is significantly worse (Holm-corrected Wilcoxon, p < 0.05)"
+        )
+    else:
+        text = ""
+    if untested:
+        text += f"; not tested (no paired per-user values): {', '.join(untested)}"
+    return text
 
 
 def head_to_head(out: str | Path, dataset: str, protocol: str, model: str,

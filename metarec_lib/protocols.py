@@ -60,8 +60,13 @@ def seeds_for(protocol: str, seeds: list[int]) -> list[int]:
     return list(FOLDS) if protocol == "rating-5fold" else list(seeds)
 
 
-def carveout_how(protocol: str) -> Literal["per_user", "temporal"]:
-    """How validation is carved out of a protocol's training data (temporal stays temporal)."""
+def carveout_how(protocol: str) -> Literal["per_user", "temporal", "global"]:
+    """How validation is carved out of a protocol's training data, the way the protocol
+    splits: topn-temporal's global time cut-off by another cut-off before it (so no row the
+    fit holds is later than a validation row), another temporal protocol by each user's latest
+    ratings, the rest per user at random."""
+    if protocol == "topn-temporal":
+        return "global"
     return "temporal" if "temporal" in protocol else "per_user"
 
 

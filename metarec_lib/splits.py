@@ -10,6 +10,7 @@ order before any random number is drawn, and every returned part is in that orde
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -320,15 +321,21 @@ def validation_carveout(
     *,
     fraction: float = 0.1,
     seed: Seed | None = None,
-    how: Literal["per_user", "temporal"] = "per_user",
+    how: Literal["per_user", "temporal", "global"] = "per_user",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Carve a validation set out of TRAINING data only; returns (smaller train, valid).
 
     per_user: each user's ratings in a seeded random order (needs `seed`), as
         `holdout_per_user`; temporal: each user's latest ratings (ties broken by item_id).
     Either way a user keeps max(1, floor((1 - fraction) * n_u)) ratings in train.
+    global: one time cut-off, as `temporal_global` (the last `fraction` of the rows by time
+        are valid, rows of users or items absent before the cut-off are in neither part), so
+        no train row is later than a valid one: validation for a global time split.
     """
     _check_fraction(fraction, "fraction")
+    if how == "global":
+        part = temporal_global(train, test_fraction=fraction)
+        return part.train, part.test
     data = _canonical(train, "validation_carveout train", timestamp=how == "temporal")
     if how == "per_user":
         if seed is None:
@@ -339,7 +346,9 @@ def validation_carveout(
         from_end, count = _rank_from_end(data)
         rank = count - 1 - from_end
     else:
-        raise ValueError(f"validation_carveout: how={how!r}; expected 'per_user' or 'temporal'")
+        raise ValueError(
+            f"validation_carveout: how={how!r}; expected 'per_user', 'temporal' or 'global'"
+        )
     keep = rank < _n_keep(count, fraction)
     return data[keep].reset_index(drop=True), data[~keep].reset_index(drop=True)
 
@@ -349,24 +358,23 @@ def with_validation(
     *,
     fraction: float = 0.1,
     seed: Seed | None = None,
-    how: Literal["per_user", "temporal"] = "per_user",
+    how: Literal["per_user", "temporal", "global"] = "per_user",
 ) -> Split:
-    """The same split with `valid` carved out of its train part (`validation_carveout`)."""
+    """The same split (every other field kept: source, cold and valid users) with `valid`
+    carved out of its train part (`validation_carveout`)."""
     if split.valid is not None:
         raise ValueError(f"with_validation: split {split.name!r} already has a valid part")
     train, valid = validation_carveout(split.train, fraction=fraction, seed=seed, how=how)
-    out = Split(
-        train,
-        split.test,
+    out = dataclasses.replace(
+        split,
+        train=train,
         valid=valid,
         name=f"{split.name}+valid-{how}",
-        seed=split.seed,
         notes=split.notes
         + (
             f"validation_carveout: {len(valid)} of {len(split.train)} train rows to valid "
             f"(fraction={fraction}, how={how})",
         ),
-        dropped=split.dropped,
     )
     return out.check()
 

@@ -143,14 +143,23 @@ def compare_to_best(
     *,
     alpha: float = 0.05,
     test: Literal["wilcoxon", "ttest"] = "wilcoxon",
+    best: str | None = None,
 ) -> pd.DataFrame:
-    """Compare every model with the best one (highest, or lowest, mean of its per-user vector).
+    """Compare every model with the best one: `best` when given, else the model with the
+    highest (or lowest) mean of its per-user vector.
 
     per_user: model -> (n_users,) per-user metric, aligned across models (NaN: no value).
     Returns one row per model, best first then by mean: model, mean (nanmean), n (pairs),
     diff (mean of model - best over pairs), wilcoxon_p, ttest_p, their Holm adjustments over the
-    comparisons with the best, is_best, and significant (the Holm-adjusted p of `test` < alpha).
-    The best model's own row has diff 0 and NaN p-values. Ties for best go to the first model.
+    comparisons with the best, is_best, and significant: significantly worse than the best (the
+    Holm-adjusted p of `test` < alpha and `diff` in the worse direction). The best model's own
+    row has diff 0 and NaN p-values. Ties for best go to the first model.
+
+    A leaderboard ranks by the mean over runs of each run's metric, which need not order the
+    models as their per-user means do (a run's RMSE weighs a user by their test ratings, the
+    per-user mean weighs users equally), so it passes its rank-1 model as `best`: the model
+    every other is tested against is then the one it calls best, and a model whose per-user
+    mean beats that one is never "significantly worse".
     """
     if not per_user:
         raise ValueError("compare_to_best: no models given")
@@ -166,7 +175,12 @@ def compare_to_best(
     }
     sign = 1.0 if higher_is_better else -1.0
     ranked = sorted(means, key=lambda m: -sign * means[m] if not np.isnan(means[m]) else np.inf)
-    best = ranked[0]
+    if best is None:
+        best = ranked[0]
+    elif best not in vectors:
+        raise ValueError(f"compare_to_best: best={best!r} is not among {sorted(vectors)}")
+    else:
+        ranked = [best] + [m for m in ranked if m != best]
     rows = []
     for m in ranked:
         if m == best:
@@ -188,5 +202,6 @@ def compare_to_best(
     out["wilcoxon_p_holm"] = holm(out["wilcoxon_p"].to_numpy())
     out["ttest_p_holm"] = holm(out["ttest_p"].to_numpy())
     out["is_best"] = out["model"] == best
-    out["significant"] = (out[f"{test}_p_holm"] < alpha).to_numpy()
+    worse = (sign * out["diff"] < 0).to_numpy()
+    out["significant"] = (out[f"{test}_p_holm"] < alpha).to_numpy() & worse
     return out

@@ -42,8 +42,8 @@ EPOCH_PARAMS = ("epochs", "iterations", "source_epochs")  # what SMOKE_EPOCHS ca
 @dataclass(frozen=True)
 class Plan:
     """Models to run under one protocol; `tune_on` reuses another protocol's tuned values
-    (rating models ranking under a top-N protocol keep their RMSE-tuned hyperparameters),
-    `tune_data` another data set's."""
+    (only one with the same split: its training data must not hold this protocol's test
+    pairs), `tune_data` another data set's, `tune_metric` names a search's validation metric."""
 
     protocol: str
     models: Sequence[str]
@@ -53,6 +53,9 @@ class Plan:
     tune_data: dict[str, str] = field(default_factory=dict)
     # Data sets this plan runs on (None: every loaded one).
     datasets: tuple[str, ...] | None = None
+    # model -> validation metric its search reads instead of the protocol's ("rmse": a rating
+    # model on a top-N protocol is tuned for its ratings on that protocol's own carve-out).
+    tune_metric: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -69,7 +72,8 @@ class Tuned:
 class TuneRequest:
     """One search: `budget` configurations of model `name` on `dataset` under `protocol`,
     with `fixed` values over every configuration and `split` (seed -> Split) standing in for
-    the protocol's registered split factory (see `tune`)."""
+    the protocol's registered split factory (see `tune`); `metric` ("rmse" or "ndcg@10")
+    overrides the validation metric the protocol's task implies."""
 
     dataset: Dataset
     protocol: str
@@ -77,6 +81,7 @@ class TuneRequest:
     budget: int
     fixed: dict[str, Any] = field(default_factory=dict)
     split: Callable[[int], Split] | None = None
+    metric: str | None = None
 
 
 def tune(
@@ -125,7 +130,8 @@ def tune_many(
     first_of: dict[str, int] = {}
     for i, req in enumerate(requests):
         cls = model_class(req.name)
-        key = _key(req.dataset.digest, req.protocol, req.name, cls, req.budget, seed, req.fixed)
+        key = _key(req.dataset.digest, req.protocol, req.name, cls, req.budget, seed, req.fixed,
+                   req.metric)  # fmt: skip
         if req.split is None and key in first_of:
             same[i] = first_of[key]
             continue
@@ -178,10 +184,12 @@ def tune_many(
 
 def _validation_data(req: TuneRequest, seed: int) -> tuple[Any, Any, str]:
     """(train, valid, metric kind) of a request: the protocol's own validation part when it
-    has one (leave-last-one-out), else a carve-out of the first split's training data (cold
-    start: meta-valid and meta-test rows are supports). Rating models are tuned on RMSE (a
-    cold-start rating model on its query RMSE), multi-task models on their joint score of both
-    tasks ("joint"), the others on NDCG@10."""
+    has one (leave-last-one-out, cold start's meta-valid queries), else a carve-out of the first
+    split's training data (`carveout_how`). Cold start fits on the meta-train users and the
+    meta-valid users' supports: the meta-test users' rows are left out, since their supports
+    at one k hold query items of a smaller k. Rating models are tuned on RMSE (a cold-start
+    rating model on its query RMSE), multi-task models on their joint score of both tasks
+    ("joint"), the others on NDCG@10, unless the request names its `metric`."""
     cls = model_class(req.name)
     task = task_of(req.protocol)
     first = seeds_for(req.protocol, [seed])[0]
@@ -193,20 +201,28 @@ def _validation_data(req: TuneRequest, seed: int) -> tuple[Any, Any, str]:
             split.train, fraction=VALID_FRACTION, seed=first, how=carveout_how(req.protocol)
         )
     encoder = req.dataset.encoder()
-    train, valid = encoder.encode(fit_part), encoder.encode(valid_part)
     if split.cold_users is not None:
-        new = np.concatenate([split.cold_users, split.valid_users])
+        fit_part = fit_part[~fit_part["user_id"].isin(split.cold_users)]
+    train, valid = encoder.encode(fit_part), encoder.encode(valid_part)
+    if split.valid_users is not None:
+        new = np.asarray(split.valid_users)
         train = dataclasses.replace(train, cold_users=np.sort(encoder.user_index(new)))
     rating = task == "rating" or (task == "coldstart" and cls.predicts_ratings)
     kind = "rmse" if rating else "ndcg@10"
     if task == "multitask" and hasattr(cls, "validation_score"):
         kind = "joint"
+    if req.metric is not None:
+        if req.metric not in ("rmse", "ndcg@10"):
+            raise ValueError(f"tune {req.name}: metric={req.metric!r}; expected 'rmse' or "
+                             f"'ndcg@10'")  # fmt: skip
+        kind = req.metric
     return train, valid, kind
 
 
 def request_for(config: NotebookConfig, dataset: Dataset, protocol: str, name: str, budget: int,
                 fixed: dict[str, Any] | None = None,
-                split: Callable[[int], Split] | None = None) -> TuneRequest:  # fmt: skip
+                split: Callable[[int], Split] | None = None,
+                metric: str | None = None) -> TuneRequest:  # fmt: skip
     """A `TuneRequest` as the notebook asks it (`tune_all` runs it with the notebook's first
     seed, device and shared tuning cache): in smoke runs every epoch parameter (EPOCH_PARAMS)
     is capped at SMOKE_EPOCHS, over `fixed`."""
@@ -214,7 +230,7 @@ def request_for(config: NotebookConfig, dataset: Dataset, protocol: str, name: s
     if config.smoke:
         cls = model_class(name)
         fixed.update({p: SMOKE_EPOCHS for p in EPOCH_PARAMS if p in cls.defaults})
-    return TuneRequest(dataset, protocol, name, budget, fixed, split)
+    return TuneRequest(dataset, protocol, name, budget, fixed, split, metric)
 
 
 def tune_all(config: NotebookConfig, requests: Sequence[TuneRequest]) -> list[Tuned]:
@@ -230,6 +246,7 @@ def epoch_param(cls: type[Recommender]) -> str | None:
 
 
 def tune_for_data(config: NotebookConfig, wanted: Sequence[tuple[Dataset, Dataset, str, str, int]],
+                  metrics: Sequence[str | None] | None = None,
                   ) -> list[tuple[Tuned, Tuned | None, Tuned | None]]:  # fmt: skip
     """For each (dataset, tune_ds, protocol, name, budget): (the values tuned on `tune_ds`,
     the recalibration, the recalibration when it is used). When `tune_ds` is another data set
@@ -239,15 +256,19 @@ def tune_for_data(config: NotebookConfig, wanted: Sequence[tuple[Dataset, Datase
     passes depends on the data (CL4SRec's best on ml-latest-small is 21 epochs where
     ML-100K's was 7), so it is not carried from another data set, unless the recalibration
     found no count (`informative`). All searches run as one batch (`tune_many`), then all
-    recalibrations as another."""
-    tuned = tune_all(config, [request_for(config, tune_ds, protocol, name, budget)
-                              for _, tune_ds, protocol, name, budget in wanted])  # fmt: skip
+    recalibrations as another. `metrics` (one per wanted search, None: the protocol's) are
+    the `TuneRequest.metric`s."""
+    metrics = list(metrics) if metrics is not None else [None] * len(wanted)
+    tuned = tune_all(config, [request_for(config, tune_ds, protocol, name, budget, metric=m)
+                              for (_, tune_ds, protocol, name, budget), m
+                              in zip(wanted, metrics, strict=True)])  # fmt: skip
     recalibrate, params = {}, {}
     for i, ((dataset, tune_ds, protocol, name, _), t) in enumerate(zip(wanted, tuned, strict=True)):
         param = epoch_param(model_class(name))
         if tune_ds is not dataset and param is not None:
             carried = {k: v for k, v in t.params.items() if k != param}
-            recalibrate[i] = request_for(config, dataset, protocol, name, 1, carried)
+            recalibrate[i] = request_for(config, dataset, protocol, name, 1, carried,
+                                         metric=metrics[i])  # fmt: skip
             params[i] = param
     own = dict(zip(recalibrate, tune_all(config, list(recalibrate.values())), strict=True))
     return [(t, own.get(i), own[i] if i in own and informative(own[i], params[i]) else None)
@@ -300,13 +321,15 @@ def best_epoch_of(model: Recommender, *, higher_is_better: bool) -> int | None:
 
 
 def _key(digest: str, protocol: str, name: str, cls: type[Recommender], budget: int,
-         seed: int, fixed: dict[str, Any]) -> str:  # fmt: skip
+         seed: int, fixed: dict[str, Any], metric: str | None = None) -> str:  # fmt: skip
     config = {"digest": digest, "protocol": protocol, "model": name, "defaults": cls.defaults,
               "space": repr(cls.space), "budget": budget, "seed": seed, "version": __version__,
               "code": code_fingerprint(),
               "valid": VALID_FRACTION}  # fmt: skip
     if fixed:  # absent when empty, so existing cache keys stay valid
         config["fixed"] = fixed
+    if metric is not None:
+        config["metric"] = metric
     blob = json.dumps(
         config,
         sort_keys=True, default=str,
@@ -337,8 +360,9 @@ def run_plans(
     wanted = [(ds, data.get(plan.tune_data.get(name, ds.name), ds),
                plan.tune_on.get(name, plan.protocol), name, (budgets or {}).get(name, budget))
               for ds, plan in boards for name in plan.models]  # fmt: skip
+    metrics = [plan.tune_metric.get(name) for _, plan in boards for name in plan.models]
     # every search first, as one batch
-    searches = iter(zip(wanted, tune_for_data(config, wanted), strict=True))
+    searches = iter(zip(wanted, tune_for_data(config, wanted, metrics), strict=True))
     runs = []
     for ds, plan in boards:
         models: dict[str, Recommender] = {}

@@ -83,7 +83,7 @@ def family_boards(results: str | Path) -> pd.DataFrame:
                 continue
             table = aggregate_frame(part, by=["family", "model", "notebook"])
             better = higher_is_better(metric)
-            table = table.sort_values("mean", ascending=not better)
+            table = table.sort_values("mean", ascending=not better, kind="stable")
             best = table.drop_duplicates("family").reset_index(drop=True)
             vectors = {
                 r.model: per_user_means(results / r.notebook, dataset, protocol, r.model, metric)
@@ -94,7 +94,8 @@ def family_boards(results: str | Path) -> pd.DataFrame:
                 users = sorted(set.intersection(*(set(v.index) for v in vectors.values())))
                 if users:
                     aligned = {m: v.reindex(users).to_numpy() for m, v in vectors.items()}
-                    tests = compare_to_best(aligned, higher_is_better=better)
+                    tests = compare_to_best(aligned, higher_is_better=better,
+                                            best=best["model"].iloc[0])  # fmt: skip
             cost = median_costs(costs, dataset, protocol)
             for r in best.itertuples(index=False):
                 row = {

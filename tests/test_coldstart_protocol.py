@@ -103,9 +103,11 @@ class _SeesColdUsers(MostPop):
 
     name = "_SeesColdUsers"
     seen_cold: list = []  # noqa: RUF012
+    seen_users: list = []  # noqa: RUF012  (the users with rows in each fit's train)
 
     def _fit(self, train, *, valid, seed):
         type(self).seen_cold.append(None if train.cold_users is None else train.cold_users.copy())
+        type(self).seen_users.append(np.unique(train.frame["user"].to_numpy()))
         super()._fit(train, valid=valid, seed=seed)
 
 
@@ -137,12 +139,24 @@ def test_runner_scores_queries_and_marks_new_users(tmp_path, tiny):
     assert not _pairs(top) & _pairs(split(1).train)  # supports are never recommended back
 
 
-def test_tuning_marks_meta_valid_and_meta_test_users_as_cold(tmp_path, tiny, registered):
+def test_tuning_fits_without_meta_test_users_and_marks_meta_valid_users_cold(
+    tmp_path, tiny, registered
+):
+    """A meta-test user's support at the tuned k (5) holds query items of a smaller k, so the
+    tuning fit leaves the meta-test users out; the meta-valid users are its cold users."""
     from metarec_lib.study import tune
 
     _SeesColdUsers.seen_cold.clear()
-    tune(tiny, "coldstart-users@k=3", "_SeesColdUsers", budget=1, seed=2, device="cpu",
+    _SeesColdUsers.seen_users.clear()
+    tune(tiny, "coldstart-users@k=5", "_SeesColdUsers", budget=1, seed=2, device="cpu",
          cache_dir=tmp_path, progress=False)  # fmt: skip
-    split = protocols.split_factory("coldstart-users@k=3", tiny)(2)
-    both = tiny.encoder().user_index(np.concatenate([split.cold_users, split.valid_users]))
-    np.testing.assert_array_equal(_SeesColdUsers.seen_cold[0], np.sort(both))
+    split = protocols.split_factory("coldstart-users@k=5", tiny)(2)
+    encoder = tiny.encoder()
+    valid_users = np.sort(encoder.user_index(split.valid_users))
+    np.testing.assert_array_equal(_SeesColdUsers.seen_cold[0], valid_users)
+    test_users = encoder.user_index(split.cold_users)
+    assert len(test_users) and not np.isin(test_users, _SeesColdUsers.seen_users[0]).any()
+    assert np.isin(valid_users, _SeesColdUsers.seen_users[0]).all()  # their supports stay
+    k1_queries = protocols.split_factory("coldstart-users@k=1", tiny)(2).test
+    fit_users = encoder.user_index(k1_queries["user_id"].unique())
+    assert not np.isin(fit_users, _SeesColdUsers.seen_users[0]).any()

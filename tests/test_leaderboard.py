@@ -86,3 +86,38 @@ def test_head_to_head_and_model_targets(tree):
     )
     assert f"Target for Better: ndcg@10 >= 0.99, measured {mean:.4f}: **not met**" in text
     assert "Target for Same: ndcg@10 >= 0.1" in text and text.count("**met**") == 1
+
+
+def test_the_paired_test_reads_rank_one_and_untested_models_are_named(tmp_path):
+    """A run's RMSE weighs users by their ratings, the per-user mean weighs them equally, so
+    the two can order models differently: the board ranks by the runs' mean and tests every
+    model against its rank 1; a model without per-user values is shown untested."""
+    out = tmp_path / "20_x"
+    heavy = USERS <= 10  # say, 50 test ratings each, against one for the others
+    a = np.where(heavy, 0.5, 1.5)  # per-user mean 1.25
+    b = np.ones(len(USERS))  # per-user mean 1.0: better per user
+    c = np.full(len(USERS), 2.0)
+    write_results_tree(out, {("d", "rating", "collaborative", m): {"rmse": v}
+                             for m, v in {"A": a, "B": b, "C": c}.items()}, USERS)  # fmt: skip
+    metrics = pd.read_csv(out / "metrics.csv")
+    # each run's RMSE over all ratings: A sqrt((500 * 0.25 + 30 * 2.25) / 530) = 0.60, B 1, C 2
+    run_rmse = {"A": np.sqrt((500 * 0.25 + 30 * 2.25) / 530), "B": 1.0, "C": 2.0}
+    metrics["value"] = metrics["model"].map(run_rmse)
+    metrics.to_csv(out / "metrics.csv", index=False)
+    for path in (out / "per_user").glob("*__C__*"):
+        path.unlink()
+
+    board = leaderboard.leaderboard(out, "d", "rating", "rmse").set_index("model")
+    assert list(board.index) == ["A", "B", "C"] and board.loc["A", "rank"] == 1
+    assert board.loc["A", "is_best"] and not board.loc["B", "is_best"]
+    assert board.loc["B", "diff"] == pytest.approx(-0.25)  # B - A per user: lower RMSE
+    assert board.loc["B", "wilcoxon_p_holm"] < 0.05 and not board.loc["B", "significant"]
+    assert np.isnan(board.loc["C", "wilcoxon_p_holm"])  # no per-user values: untested
+    view = leaderboard.summary_table(board.reset_index(), "rmse").set_index("model")
+    assert view["p vs best (Holm)"].tolist() == ["best", f"{board.loc['B', 'wilcoxon_p_holm']:.2g}",
+                                                 "n/a"]  # fmt: skip
+    text = leaderboard.narrative({("d", "rating"): board.reset_index()})
+    assert "best is **A**" in text
+    assert "not significantly worse" in text and ": B;" in text
+    assert "not tested (no paired per-user values): C" in text
+    assert "every other model" not in text

@@ -354,6 +354,44 @@ def test_validation_carveout_per_user_and_temporal():
         validation_carveout(df, fraction=0.2)
 
 
+def test_validation_carveout_global_is_one_time_cut_off():
+    """10 rows, fraction 0.3: the first 7 by (timestamp, user, item) fit, the last 3 are
+    validation, except a row whose user or item the fit never saw (as temporal_global)."""
+    df = frame([(1, 10, 0), (2, 11, 1), (1, 11, 2), (2, 10, 3), (3, 12, 4), (1, 12, 5),
+                (2, 12, 6), (1, 13, 7), (3, 10, 8), (4, 10, 9)])  # fmt: skip
+    train, valid = validation_carveout(df, fraction=0.3, how="global")
+    assert sorted(train["row"]) == [0, 1, 2, 3, 4, 5, 6]
+    # rows 7 (item 13) and 9 (user 4) are unseen before the cut-off: in neither part
+    assert valid["row"].tolist() == [8]
+    assert train["timestamp"].max() < valid["timestamp"].min()
+    # no seed needed, the same parts every call
+    pd.testing.assert_frame_equal(validation_carveout(df, fraction=0.3, how="global")[0], train)
+    with pytest.raises(ValueError, match="'per_user', 'temporal' or 'global'"):
+        validation_carveout(df, fraction=0.3, how="random")
+
+
+def test_carveout_how_follows_the_protocol():
+    from metarec_lib.protocols import carveout_how
+
+    assert carveout_how("topn-temporal") == "global"
+    assert carveout_how("loo-temporal") == "temporal"
+    assert carveout_how("topn-75-25") == carveout_how("rating-5fold") == "per_user"
+
+
+def test_with_validation_keeps_the_other_fields():
+    """A transfer split's source and a cold-start split's user sets survive the carve-out."""
+    df = random_frame(30, 20, 0.5, seed=5)
+    base = holdout_per_user(df, seed=0)
+    cold = np.array([1, 2], dtype=np.int64)
+    source = df.iloc[:5].reset_index(drop=True)
+    marked = Split(base.train, base.test, name="x", seed=0, source=source, cold_users=cold,
+                   valid_users=np.array([3], dtype=np.int64))  # fmt: skip
+    split = with_validation(marked, fraction=0.25, seed=1)
+    assert split.source is source
+    np.testing.assert_array_equal(split.cold_users, cold)
+    np.testing.assert_array_equal(split.valid_users, [3])
+
+
 def test_with_validation_never_touches_test():
     df = random_frame(30, 20, 0.5, seed=4)
     base = holdout_per_user(df, seed=0)

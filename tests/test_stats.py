@@ -180,3 +180,21 @@ def test_compare_to_best_lower_is_better_and_errors():
     assert out["diff"].iloc[1] == pytest.approx(1.0)  # a - b: 0.5, 1, 1.5
     with pytest.raises(ValueError, match="different lengths"):
         compare_to_best({"a": [1.0], "b": [1.0, 2.0]})
+
+
+def test_compare_to_best_against_a_named_best():
+    """A leaderboard names its rank 1; a model whose per-user mean beats it is not worse."""
+    a = np.arange(1.0, 21.0)  # users' values 1..20
+    per_user = {"a": a, "b": a + 1.0, "c": a - 1.0}
+    out = compare_to_best(per_user, best="a").set_index("model")
+    assert list(out.index) == ["a", "b", "c"]  # the named best first, then by mean
+    assert out["is_best"].tolist() == [True, False, False]
+    assert out.loc["b", "diff"] == 1.0 and out.loc["c", "diff"] == -1.0
+    # a constant difference over 20 users: both two-sided p are far below 0.05 ...
+    assert out.loc["b", "wilcoxon_p_holm"] < 0.05 and out.loc["c", "wilcoxon_p_holm"] < 0.05
+    # ... but only c, lower per user, is significantly worse than the best
+    assert not out.loc["b", "significant"] and out.loc["c", "significant"]
+    lower = compare_to_best(per_user, higher_is_better=False, best="a").set_index("model")
+    assert lower.loc["b", "significant"] and not lower.loc["c", "significant"]
+    with pytest.raises(ValueError, match="best='z' is not among"):
+        compare_to_best(per_user, best="z")

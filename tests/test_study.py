@@ -238,3 +238,35 @@ def test_tuning_fits_each_configuration_once_and_keeps_the_best_ones_epoch(tmp_p
     assert len(fits) == 3
     best = t.curve.loc[t.curve["valid"].idxmax(), "epoch"]
     assert t.params["epochs"] == best and t.score == t.curve["valid"].max()
+
+
+def test_tuning_data_of_topn_temporal_and_a_named_metric(tiny):
+    """topn-temporal tunes on a time cut-off inside its training data (nothing the fit holds is
+    later than validation, no test row in either); a request's `metric` overrides the task's."""
+    from metarec_lib.protocols import split_factory
+    from metarec_lib.study import TuneRequest, _validation_data
+
+    train, valid, kind = _validation_data(TuneRequest(tiny, "topn-temporal", "BiasedMF", 1), 0)
+    assert kind == "ndcg@10"
+    assert train.frame["timestamp"].max() <= valid.frame["timestamp"].min()
+    test = split_factory("topn-temporal", tiny)(0).test
+    assert valid.frame["timestamp"].max() <= test["timestamp"].min()
+    assert 0 < len(valid) < 0.1 * (len(train) + len(valid)) + 1  # rows unseen in the fit dropped
+    _, _, kind = _validation_data(TuneRequest(tiny, "topn-temporal", "BiasedMF", 1,
+                                              metric="rmse"), 0)  # fmt: skip
+    assert kind == "rmse"
+    with pytest.raises(ValueError, match="metric='auc'"):
+        _validation_data(TuneRequest(tiny, "topn-75-25", "BiasedMF", 1, metric="auc"), 0)
+
+
+def test_every_model_is_tuned_under_the_protocol_it_is_evaluated_on_or_its_split():
+    """tune_on may only name a protocol with the same split (mtl-75-25 is topn-75-25's);
+    another protocol's training data holds this one's test pairs."""
+    same_split = {("mtl-75-25", "topn-75-25")}
+    for stem, chosen in plans.PLANS.items():
+        for plan in chosen:
+            for model, source in plan.tune_on.items():
+                if stem == "60_meta":  # every k's episodes from one user split; fit sans test users
+                    assert source.startswith("coldstart-users@k=5")
+                    continue
+                assert (plan.protocol, source) in same_split, (stem, plan.protocol, model, source)
