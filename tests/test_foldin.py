@@ -331,3 +331,19 @@ def test_bad_cold_users_are_named(cls):
         with pytest.raises(ValueError, match=message) as err:
             _small(cls).fit(_with_cold(train, cold))
         assert cls.name in str(err.value)
+
+
+def test_ials_users_without_any_row_never_enter_the_warm_fit():
+    """Catalogue users with no row (meta-train users outside a smaller pool) change neither
+    the item factors nor the mean user weight: the warm fit is iALS on the warm users alone."""
+    train, _ = _cold_start()
+    frame = train.frame.copy()
+    n_extra = 40  # users 38..77: in the catalogue, no rows
+    bigger = Interactions(frame, train.n_users + n_extra, train.n_items,
+                          cold_users=train.cold_users)  # fmt: skip
+    a = _small(IALSFoldIn).fit(train, seed=3)
+    b = _small(IALSFoldIn).fit(bigger, seed=3)
+    assert b.mean_user_weight_ == a.mean_user_weight_
+    np.testing.assert_array_equal(b.item_factors_, a.item_factors_)
+    np.testing.assert_array_equal(b.score(train.cold_users), a.score(train.cold_users))
+    assert not b.user_factors_[train.n_users :].any()  # no rows: zero vectors

@@ -148,12 +148,14 @@ class IALSFoldIn(IALS):
     """`IALS` on warm users only; cold users' vectors by the exact iALS user step.
 
     Same hyperparameters, defaults and search space as `IALS` (the same dicts). The warm fit
-    is `IALS` on the warm users re-indexed 0..n_warm-1: implicit ALS counts every user as
-    zeros on unseen items, so a cold user left in with an empty row would still enter the
-    item steps (through its random initial vector, the conjugate-gradient remainders and the
-    mean user weight); re-indexed, the item factors are those of iALS on the warm users
-    alone. Cold users are then solved exactly (also with solver="cg", as `IALS.fold_in`).
-    Fitted attributes as `IALS`, over all n_users; mean_user_weight_ is the warm users' mean.
+    is `IALS` on the warm users (those with a non-cold row) re-indexed 0..n_warm-1: implicit
+    ALS counts every user as zeros on unseen items, so a cold user left in with an empty row,
+    or a catalogue user with no row at all, would still enter the item steps (through its
+    random initial vector, the conjugate-gradient remainders and the mean user weight);
+    re-indexed, the item factors are those of iALS on the warm users alone, however many
+    users the catalogue has. Cold users are then solved exactly (also with solver="cg", as
+    `IALS.fold_in`); users with no row at all get zero vectors. Fitted attributes as `IALS`,
+    over all n_users; mean_user_weight_ is the warm users' mean.
     """
 
     name = "iALSFoldIn"
@@ -164,7 +166,9 @@ class IALSFoldIn(IALS):
             super()._fit(train, valid=valid, seed=seed)
             return
         warm, support = split_cold(train, cold, self.name)
-        warm_users = np.setdiff1d(np.arange(train.n_users), cold)
+        # Only users with warm rows: a catalogue user with none (a meta-train user outside
+        # the pool, a test user with too few ratings for k) would enter the fit as an empty row.
+        warm_users = np.unique(warm["user"].to_numpy(np.int64))
         warm["user"] = np.searchsorted(warm_users, warm["user"].to_numpy(np.int64))
         compact = Interactions(warm, len(warm_users), train.n_items)
         self._pending: tuple[Any, ...] | None = (warm_users, cold, support)
