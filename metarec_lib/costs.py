@@ -4,8 +4,10 @@ Peak memory is the growth of the process's resident set, sampled every few milli
 NumPy, PyTorch and BLAS buffers alike). With `trace_heap=True` the Python-heap peak from
 `tracemalloc` (NumPy registers its buffers there) is taken too, which catches memory the
 allocator reuses without growing the resident set; it is off by default because tracing slows
-Python-heavy training loops and would distort their timings. On CUDA the peak of
-`torch.cuda.max_memory_allocated` is added, since device memory is not in the resident set.
+Python-heavy training loops and would distort their timings. On CUDA the growth of
+`torch.cuda.max_memory_allocated` over what was allocated when the block began is added, since
+device memory is not in the resident set (after `reset_peak_memory_stats` the peak starts at the
+memory already allocated: a fitted model's weights during its predict, earlier cells' tensors).
 
 Before a block, the memory the process freed but glibc's allocator kept is returned to the
 system (`release_freed_memory`, `malloc_trim`). Without that, a worker that had run other jobs
@@ -90,7 +92,8 @@ def measure(device: str = "cpu", *, trace_heap: bool = False) -> Iterator[Measur
         import torch
 
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats()  # the peak restarts at what is allocated now
+        cuda_start = torch.cuda.memory_allocated()
     was_tracing = tracemalloc.is_tracing()
     if trace_heap and not was_tracing:
         tracemalloc.start()
@@ -114,4 +117,4 @@ def measure(device: str = "cpu", *, trace_heap: bool = False) -> Iterator[Measur
                 tracemalloc.stop()
         result.peak_memory_mb = max(rss_mb, heap_mb, 0.0)
         if cuda:
-            result.peak_memory_mb += torch.cuda.max_memory_allocated() / MB
+            result.peak_memory_mb += (torch.cuda.max_memory_allocated() - cuda_start) / MB

@@ -125,7 +125,8 @@ def run_transfer(
                                      config.device, **smoke_caps)  # fmt: skip
         runs.append(Run(setting.target, protocol, split, models, list(config.seeds)))
     exp.prefetch(runs)  # every cell of every setting and fraction as one batch
-    frames = [exp.run(r.dataset, r.protocol, r.split, r.models, r.seeds) for r in runs]
+    with exp.deferred_tables():  # the tables once, complete (an interruption leaves the old)
+        frames = [exp.run(r.dataset, r.protocol, r.split, r.models, r.seeds) for r in runs]
     tuned = pd.DataFrame(tuned_rows)
     atomic_write_csv(config.out / "tables" / "hyperparameters.csv", tuned)
     return pd.concat(frames, ignore_index=True), tuned

@@ -20,10 +20,11 @@ PROTOCOL = "topn-75-25"
 def run_floors(data: dict[str, Dataset], config: NotebookConfig) -> pd.DataFrame:
     """Run Random and MostPop on `topn-75-25` for every data set and seed; long metric rows."""
     exp = Experiment(config.stem, config.results_dir)
-    frames = [
-        exp.run(ds, PROTOCOL, split_factory(PROTOCOL, ds), [Random(), MostPop()], config.seeds)
-        for ds in data.values()
-    ]
+    with exp.deferred_tables():  # the tables once, complete (an interruption leaves the old)
+        frames = [
+            exp.run(ds, PROTOCOL, split_factory(PROTOCOL, ds), [Random(), MostPop()], config.seeds)
+            for ds in data.values()
+        ]
     return pd.concat(frames, ignore_index=True)
 
 

@@ -3,6 +3,7 @@ every model against the best one across users (Holm corrected)."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +21,36 @@ def higher_is_better(metric: str) -> bool:
 
 def per_user_means(out: Path, dataset: str, protocol: str, model: str, metric: str) -> pd.Series:
     """A model's per-user metric, averaged over the seeds/folds it ran (index user_id); empty
-    when none was saved (a metric with one value per run, such as auc, has no per-user one)."""
-    paths = sorted((out / "per_user").glob(f"{dataset}__{protocol}__{model}__seed*.csv.gz"))
+    when none was saved (a metric with one value per run, such as auc, has no per-user one).
+    Only the seeds `metrics.csv` holds for the model count: a per-user file an earlier run left
+    (another seed list, a model since dropped) is not read."""
+    prefix = f"{dataset}__{protocol}__{model}__seed"
+    ran = _runs(Path(out) / "metrics.csv").get((dataset, protocol, model), set())
+    paths = [path for path in sorted((Path(out) / "per_user").glob(f"{prefix}*.csv.gz"))
+             if path.name[len(prefix) : -len(".csv.gz")] in ran]  # fmt: skip
     frames = [frame[["user_id", metric]] for frame in map(pd.read_csv, paths) if metric in frame]
     if not frames:
         return pd.Series(dtype=float)
     return pd.concat(frames).groupby("user_id")[metric].mean()
+
+
+def _runs(metrics_csv: Path) -> dict[tuple[str, str, str], set[str]]:
+    """{(dataset, protocol, model): the seeds (as text) of its rows} in a metrics.csv."""
+    try:
+        stat = metrics_csv.stat()
+    except FileNotFoundError:
+        return {}
+    return _runs_at(str(metrics_csv), (stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=16)
+def _runs_at(path: str, stamp: tuple[int, int]) -> dict[tuple[str, str, str], set[str]]:
+    """`_runs` of the file as it was at `stamp` (modification time, size): read once."""
+    cells = pd.read_csv(path, usecols=["dataset", "protocol", "model", "seed"]).drop_duplicates()
+    out: dict[tuple[str, str, str], set[str]] = {}
+    for d, p, m, seed in cells.itertuples(index=False):
+        out.setdefault((d, p, m), set()).add(str(seed))
+    return out
 
 
 def leaderboard(out: str | Path, dataset: str, protocol: str, metric: str) -> pd.DataFrame:

@@ -25,7 +25,8 @@ import dataclasses
 import hashlib
 import json
 import pickle
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -123,6 +124,8 @@ class Experiment:
     _splits: dict[tuple[str, str], dict[int, Split]] = field(default_factory=dict, repr=False)
     # Cells whose audit files (top-K, per-user) `prefetch` wrote as they came back.
     _audited: set[str] = field(default_factory=set, repr=False)
+    # Inside `deferred_tables`: metrics.csv and costs.csv are written once, at its end.
+    _deferred: bool = field(default=False, repr=False)
 
     @property
     def out(self) -> Path:
@@ -283,8 +286,24 @@ class Experiment:
         self.write_tables()
 
     # -- files ----------------------------------------------------------------------------
+    @contextmanager
+    def deferred_tables(self) -> Iterator[None]:
+        """Within: `run` and `record` keep their rows but leave metrics.csv and costs.csv as
+        they were; both are written once at the end. A notebook running several boards wraps
+        them in it, so a run interrupted at a later board leaves the previous complete tables
+        (with the notebook and run.json they belong to), not the first boards' rows alone."""
+        self._deferred = True
+        try:
+            yield
+        finally:
+            self._deferred = False
+        self.write_tables()  # not reached when the block raised
+
     def write_tables(self) -> None:
-        """Rewrite metrics.csv and costs.csv from every cell this experiment has run."""
+        """Rewrite metrics.csv and costs.csv from every cell this experiment has run (not
+        inside `deferred_tables`, which writes them at its end)."""
+        if self._deferred:
+            return
         metrics = pd.DataFrame(self._metrics, columns=METRIC_COLUMNS)
         costs = pd.DataFrame(self._costs, columns=COST_COLUMNS)
         order = ["dataset", "protocol", "family", "model", "seed"]

@@ -130,8 +130,9 @@ def tune_many(
     first_of: dict[str, int] = {}
     for i, req in enumerate(requests):
         cls = model_class(req.name)
+        compute = get_model(req.name, device=device).compute_device()
         key = _key(req.dataset.digest, req.protocol, req.name, cls, req.budget, seed, req.fixed,
-                   req.metric)  # fmt: skip
+                   req.metric, compute)  # fmt: skip
         if req.split is None and key in first_of:
             same[i] = first_of[key]
             continue
@@ -321,11 +322,14 @@ def best_epoch_of(model: Recommender, *, higher_is_better: bool) -> int | None:
 
 
 def _key(digest: str, protocol: str, name: str, cls: type[Recommender], budget: int,
-         seed: int, fixed: dict[str, Any], metric: str | None = None) -> str:  # fmt: skip
+         seed: int, fixed: dict[str, Any], metric: str | None = None,
+         device: str = "cpu") -> str:  # fmt: skip
+    """The tuning cache key: everything a search's result depends on, the device the model
+    computes on included (a CPU search is not a CUDA one: 11 models fit otherwise there)."""
     config = {"digest": digest, "protocol": protocol, "model": name, "defaults": cls.defaults,
               "space": repr(cls.space), "budget": budget, "seed": seed, "version": __version__,
               "code": code_fingerprint(),
-              "valid": VALID_FRACTION}  # fmt: skip
+              "valid": VALID_FRACTION, "device": device}  # fmt: skip
     if fixed:  # absent when empty, so existing cache keys stay valid
         config["fixed"] = fixed
     if metric is not None:
@@ -391,8 +395,9 @@ def run_plans(
         runs.append(Run(ds, protocol, split_factory(protocol, ds), models,
                         seeds_for(protocol, config.seeds), task_of(protocol)))  # fmt: skip
     exp.prefetch(runs)  # every cell of every board as one batch on a parallel executor
-    metric_frames = [exp.run(r.dataset, r.protocol, r.split, r.models, r.seeds, task=r.task)
-                     for r in runs]  # fmt: skip
+    with exp.deferred_tables():  # the tables once, complete (an interruption leaves the old)
+        metric_frames = [exp.run(r.dataset, r.protocol, r.split, r.models, r.seeds, task=r.task)
+                         for r in runs]  # fmt: skip
     tuned = pd.DataFrame(tuned_rows)
     atomic_write_csv(config.out / "tables" / "hyperparameters.csv", tuned)
     if trial_frames:

@@ -62,3 +62,19 @@ def test_measure_sees_a_block_that_reuses_memory_freed_before():
     assert 180 < first < 260
     assert kept < 20  # what every measured block after the first saw before
     assert 180 < released < 260
+
+
+def test_cuda_peak_counts_only_what_the_block_allocated(monkeypatch):
+    """After reset_peak_memory_stats the CUDA peak starts at what is allocated already (1 GiB
+    of a model's weights here); the block's peak extra is what it allocated beyond that."""
+    import torch
+
+    state = {"allocated": 1 << 30, "peak": 1 << 30}
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats",
+                        lambda *a, **k: state.update(peak=state["allocated"]))  # fmt: skip
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a, **k: state["allocated"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a, **k: state["peak"])
+    with measure("cuda") as m:
+        state["peak"] += 10 * (1 << 20)  # a 10 MiB temporary, freed before the end
+    assert 10 <= m.peak_memory_mb < 30  # 10 MiB plus the resident set's noise, not 1,034

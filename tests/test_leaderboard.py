@@ -121,3 +121,18 @@ def test_the_paired_test_reads_rank_one_and_untested_models_are_named(tmp_path):
     assert "not significantly worse" in text and ": B;" in text
     assert "not tested (no paired per-user values): C" in text
     assert "every other model" not in text
+
+
+def test_per_user_means_read_only_the_seeds_metrics_csv_holds(tmp_path):
+    """A per-user file an earlier run left (a seed since dropped) is not averaged in."""
+    out = tmp_path / "20_x"
+    values = np.linspace(0.1, 0.5, len(USERS))
+    write_results_tree(out, {("d", "p", "collaborative", "A"): {"ndcg@10": values}}, USERS)
+    stale = out / "per_user" / "d__p__A__seed2.csv.gz"
+    pd.DataFrame({"user_id": USERS, "ndcg@10": values + 0.3}).to_csv(stale, index=False)
+    got = leaderboard.per_user_means(out, "d", "p", "A", "ndcg@10")
+    np.testing.assert_allclose(got.to_numpy(), values + 0.15)  # both seeds in metrics.csv
+    metrics = pd.read_csv(out / "metrics.csv")
+    metrics[metrics["seed"] == 1].to_csv(out / "metrics.csv", index=False)  # a rerun on seed 1
+    got = leaderboard.per_user_means(out, "d", "p", "A", "ndcg@10")
+    np.testing.assert_allclose(got.to_numpy(), values)

@@ -91,6 +91,26 @@ def test_crash_leaves_no_partial_file_and_rerun_resumes(tmp_path, tiny):
     assert set(pd.read_csv(out / "metrics.csv")["seed"]) == {1, 2}
 
 
+def test_a_rerun_interrupted_at_a_later_board_keeps_the_complete_tables(tmp_path, tiny):
+    """Inside deferred_tables the boards' rows reach metrics.csv once, at the end: a crash at
+    board 2 leaves the previous run's complete file, not board 1's rows alone."""
+    Flaky.fits, Flaky.crash_on = 0, None
+    out = tmp_path / "35_test"
+
+    def boards(exp):
+        with exp.deferred_tables():
+            exp.run(tiny, "topn-75-25", split(tiny), [MostPop()], seeds=[1])
+            exp.run(tiny, "topn-temporal", split(tiny), [Flaky()], seeds=[1])
+
+    boards(Experiment("35_test", tmp_path, progress=False, use_cache=False))
+    before = pd.read_csv(out / "metrics.csv")
+    assert set(before["protocol"]) == {"topn-75-25", "topn-temporal"}
+    Flaky.crash_on = 1
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        boards(Experiment("35_test", tmp_path, progress=False, use_cache=False))
+    pd.testing.assert_frame_equal(pd.read_csv(out / "metrics.csv"), before)
+
+
 def test_rerun_gives_identical_metrics_file(tmp_path, tiny):
     for cache in (True, False):
         Experiment("40_test", tmp_path / str(cache), use_cache=cache, progress=False).run(

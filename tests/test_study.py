@@ -270,3 +270,19 @@ def test_every_model_is_tuned_under_the_protocol_it_is_evaluated_on_or_its_split
                     assert source.startswith("coldstart-users@k=5")
                     continue
                 assert (plan.protocol, source) in same_split, (stem, plan.protocol, model, source)
+
+
+def test_the_tuning_cache_keys_on_the_device_the_model_computes_on(tmp_path, tiny):
+    """A search on the CPU is not reused for CUDA (torch models fit otherwise there); a NumPy
+    model computes on the CPU whatever it is asked, so its search is shared."""
+    from metarec_lib.models.registry import model_class
+    from metarec_lib.study import _key, tune
+
+    cls = model_class("BPR")
+    cpu = _key("d", "topn-75-25", "BPR", cls, 2, 0, {}, None, "cpu")
+    assert _key("d", "topn-75-25", "BPR", cls, 2, 0, {}, None, "cuda") != cpu
+    tune(tiny, "topn-75-25", "MostPop", budget=1, seed=0, device="cpu", cache_dir=tmp_path,
+         progress=False)  # fmt: skip
+    tune(tiny, "topn-75-25", "MostPop", budget=1, seed=0, device="cuda", cache_dir=tmp_path,
+         progress=False)  # fmt: skip
+    assert len(list(tmp_path.glob("tune-*.json"))) == 1
