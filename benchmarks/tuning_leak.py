@@ -31,34 +31,31 @@ from metarec_lib.evaluate import score_on
 from metarec_lib.models.registry import get_model, model_class
 from metarec_lib.protocols import carveout_how, seeds_for, split_factory
 from metarec_lib.splits import validation_carveout
-from metarec_lib.study import VALID_FRACTION, best_epoch_of, epoch_param
-from metarec_lib.tuning import configurations
+from metarec_lib.study import VALID_FRACTION, describe_fit, refit_params
+from metarec_lib.tuning import configurations, random_search
 
 SEEDS = [42, 43, 44]
 
 
 def choose(name: str, configs: list[dict], ds: Dataset, protocol: str, seed: int,
            kind: str) -> tuple[int, dict]:  # fmt: skip
-    """(index, values to refit with) of the best configuration on seed `seed`'s carve-out."""
+    """(index in `configs`, values to refit with) of the best of the study's configurations
+    on seed `seed`'s carve-out: `tuning.random_search` with the study's seed, which draws
+    `configs` again, and `study.refit_params`, as `study.tune_many` keeps a search's winner."""
     split = split_factory(protocol, ds)(seed)
     fit, valid = validation_carveout(split.train, fraction=VALID_FRACTION, seed=seed,
                                      how=carveout_how(protocol))  # fmt: skip
     encoder = ds.encoder()
     fit, valid = encoder.encode(fit), encoder.encode(valid)
     higher = kind != "rmse"
-    scores, chosen = [], []
-    for config in configs:
-        model = get_model(name, device="cpu", **config).fit(fit, valid=valid, seed=SEEDS[0])
-        scores.append(score_on(model, valid, kind))
-        params = dict(config)
-        epoch = best_epoch_of(model, higher_is_better=higher)
-        param = epoch_param(model_class(name))
-        if epoch is not None and param is not None:
-            params[param] = epoch
-        chosen.append(params)
-    values = np.asarray(scores, dtype=np.float64)
-    best = int(np.nanargmax(values) if higher else np.nanargmin(values))
-    return best, chosen[best]
+    cls = model_class(name)
+    result = random_search(
+        lambda **c: get_model(name, device="cpu", **c), cls.space, fit, valid,
+        lambda model, part: score_on(model, part, kind), budget=len(configs), seed=SEEDS[0],
+        higher_is_better=higher, progress=False,
+        describe=lambda model: describe_fit(model, higher_is_better=higher),
+    )  # fmt: skip
+    return configs.index(result.best), refit_params(cls, result)
 
 
 def test_score(name: str, params: dict, ds: Dataset, protocol: str, seed: int, kind: str) -> float:

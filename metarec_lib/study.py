@@ -32,7 +32,7 @@ from metarec_lib.notebook import NotebookConfig
 from metarec_lib.protocols import carveout_how, seeds_for, split_factory, task_of
 from metarec_lib.runner import Experiment, Run, cache_dir, longest_first
 from metarec_lib.splits import Split, validation_carveout
-from metarec_lib.tuning import choose, configurations
+from metarec_lib.tuning import SearchResult, choose, configurations
 
 VALID_FRACTION = 0.1
 SMOKE_EPOCHS = 2  # smoke runs check the plumbing, not the models: iterative fits stop here
@@ -167,11 +167,7 @@ def tune_many(
         result = choose(configs, outcomes[first_job : first_job + len(configs)], cls.space,
                         higher_is_better=kind != "rmse",
                         desc=f"tune {req.name} {req.dataset.name} {req.protocol}")  # fmt: skip
-        params = {**result.best, **req.fixed}
-        param = epoch_param(cls)
-        best_epoch = result.best_info["best_epoch"]
-        if best_epoch is not None and param is not None:
-            params[param] = int(best_epoch)
+        params = refit_params(cls, result, req.fixed)
         metric = cls.validation_metric if kind == "joint" else kind
         tuned = Tuned(params, result.best_score, metric, result.trials, result.best_info["curve"])
         atomic_write_json(path, {"params": params, "score": tuned.score, "metric": tuned.metric,
@@ -239,6 +235,18 @@ def tune_all(config: NotebookConfig, requests: Sequence[TuneRequest]) -> list[Tu
     return tune_many(requests, seed=config.seeds[0], device=config.device,
                      cache_dir=cache_dir(config.results_dir, "tuning"),
                      progress=not config.smoke)  # fmt: skip
+
+
+def refit_params(cls: type[Recommender], result: SearchResult,
+                 fixed: Mapping[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The values a search's winner is refitted with: its configuration, `fixed` over it, and
+    for an iterative model the epoch count it did best at on validation (`best_epoch` of its
+    `describe_fit`)."""
+    params = {**result.best, **(fixed or {})}
+    param, best_epoch = epoch_param(cls), result.best_info.get("best_epoch")
+    if best_epoch is not None and param is not None:
+        params[param] = int(best_epoch)
+    return params
 
 
 def epoch_param(cls: type[Recommender]) -> str | None:
