@@ -156,6 +156,8 @@ def test_start_spawns_warm_workers_once_and_the_first_batch_uses_them(monkeypatc
         asked = "all(m in __import__('sys').modules for m in " \
                 "('metarec_lib.runner', 'metarec_lib.models.sasrec', 'torch'))"  # fmt: skip
         assert [p.submit(eval, asked).result() for p in pools] == [True, True]
+        # ... and each fitted a PyTorch model once, so torch's start-up is paid there.
+        assert [f.result() for f in pool._warming] == [ex.WARM_UP_MODELS] * 2
         got = dict(pool.completed([SimpleNamespace(affinity="", value=v) for v in range(4)]))
         assert pool._pools == pools and [got[i][0] for i in range(4)] == [0, 1, 4, 9]
     finally:
