@@ -78,6 +78,28 @@ def test_dataset_digest_is_computed_once_and_travels_with_a_pickle(monkeypatch):
     assert calls == [3, 3]
 
 
+def test_a_model_sees_the_tags_of_its_own_pairs_and_of_unrated_pairs_only():
+    items = pd.DataFrame({"tags": ["x|y", "z", ""]}, index=pd.Index([10, 20, 30], name="item_id"))
+    users = pd.DataFrame(index=pd.Index([1, 2, 3], name="user_id"))
+    events = pd.DataFrame({"user_id": [1, 2, 3, 1, 9], "item_id": [10, 10, 10, 20, 10],
+                           "tag": ["x", "y", "w", "z", "v"]})  # fmt: skip
+    # Rated pairs: (1, 10), (1, 20), (2, 10). User 3 tagged item 10 without rating it; user 9
+    # is not in the catalogue.
+    ds = Dataset("t", frame(), items, users, (1, 5), tag_events=events)
+    enc = ds.encoder()
+    assert len(enc.tag_events) == 4  # user 9's event dropped
+    # Train (1, 10) and (2, 10); (1, 20) held out: its tag "z" is not seen, the unrated
+    # pair's "w" is.
+    train = enc.encode(ds.interactions.iloc[[0, 2]])
+    assert train.items["tags"].tolist() == ["w|x|y", "", ""]
+    held_out = enc.encode(ds.interactions.iloc[[1]])
+    assert held_out.items["tags"].tolist() == ["w", "z", ""]
+    assert enc.encode(ds.interactions).items["tags"].tolist() == ["w|x|y", "z", ""]
+    # Without tagging events the items' tags pass through as they are.
+    plain = Dataset("t", frame(), items, users, (1, 5)).encoder()
+    assert plain.encode(ds.interactions.iloc[[0]]).items["tags"].tolist() == ["x|y", "z", ""]
+
+
 def test_encoder_round_trip_and_catalogue():
     items = pd.DataFrame({"title": ["a", "b", "c"]}, index=pd.Index([10, 20, 30], name="item_id"))
     users = pd.DataFrame(index=pd.Index([1, 2], name="user_id"))

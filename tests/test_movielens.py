@@ -134,6 +134,8 @@ def test_fake_latest_parses_to_the_hand_worked_frames(fakelatest, tmp_path):
     assert items["year"].tolist()[:2] == [1995, 1995] and pd.isna(items["year"].iloc[2])
     assert items["genres"].tolist() == ["Adventure|Animation", "Comedy|Drama|Romance", ""]
     assert items["tags"].tolist() == ["fun|pixar", "", ""]
+    assert ds.tag_events.to_dict("list") == {"user_id": [3, 2, 4], "item_id": [1, 1, 1],
+                                             "tag": ["fun", "pixar", "pixar"]}  # fmt: skip
     assert items["imdb_id"].tolist() == [114709, 112346, 105946]
     assert items["tmdb_id"].isna().tolist() == [False, True, False]
     assert ds.users.empty and ds.users.index.name == "user_id" and list(ds.users.columns) == []

@@ -1,3 +1,4 @@
+import dataclasses
 from collections import Counter
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metarec_lib.data.dataset import Interactions
+from metarec_lib.data.dataset import Encoder, Interactions
 from metarec_lib.models.sequences import (
     PAD,
     last_window,
@@ -15,7 +16,7 @@ from metarec_lib.models.sequences import (
     sliding_windows,
     user_sequences,
 )
-from metarec_lib.splits import pair_hash
+from metarec_lib.splits import leave_last_one_out, pair_hash
 
 
 def _seqs(*rows: list[int]) -> list[np.ndarray]:
@@ -30,7 +31,7 @@ unique_sequences = st.lists(
 
 
 # -- user_sequences -------------------------------------------------------------------------
-def test_user_sequences_order_by_time_then_item_and_shift_by_one():
+def test_user_sequences_order_by_time_then_pair_hash_and_shift_by_one():
     frame = pd.DataFrame({"user": [0, 0, 0, 2, 0], "item": [3, 1, 2, 4, 0], "rating": 1.0,
                           "timestamp": [5, 5, 1, 7, 9]})  # fmt: skip
     seqs = user_sequences(Interactions(frame, 4, 5))
@@ -58,6 +59,27 @@ def test_user_sequences_are_each_users_items_sorted_by_time_then_pair_hash(rows)
     for u in range(4):
         expected = sorted((t, int(pair_hash(u, i)), i) for v, i, t in rows if v == u)
         np.testing.assert_array_equal(seqs[u], [i + 1 for _, _, i in expected])
+
+
+def test_ties_are_ordered_as_the_split_orders_them_so_the_validation_item_comes_last():
+    # Raw ids far from the dense indices, and every user's ratings in two seconds, so ties
+    # decide the order: hashing indices and hashing raw ids would give different orders.
+    rng = np.random.default_rng(0)
+    rows = [(1000 + 7 * u, 50 + 13 * i, int(rng.integers(2)))
+            for u in range(30) for i in rng.choice(40, size=8, replace=False)]  # fmt: skip
+    raw = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).assign(rating=1.0)
+    split = leave_last_one_out(raw)
+    encoder = Encoder(np.unique(raw["user_id"]), np.unique(raw["item_id"]))
+    history = encoder.encode(pd.concat([split.train, split.valid]))
+    seqs = user_sequences(history)
+    valid = encoder.encode(split.valid).frame
+    assert len(valid) == 30
+    for u, i in zip(valid["user"], valid["item"], strict=True):
+        assert seqs[u][-1] == i + 1  # the final fit's history ends with the validation item
+    # ... and hashing indices instead (no raw ids known) orders some of them differently.
+    bare = dataclasses.replace(history, user_ids=None, item_ids=None)
+    last = [user_sequences(bare)[u][-1] for u in valid["user"]]
+    assert sum(a != i + 1 for a, i in zip(last, valid["item"], strict=True)) > 0
 
 
 # -- left_pad / last_window -----------------------------------------------------------------

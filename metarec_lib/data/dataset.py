@@ -7,7 +7,7 @@ Raw ids stay at the edges (results, audit files); inside, models work on dense i
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -34,6 +34,10 @@ class Dataset:
     canonical_folds: the test (user_id, item_id) pairs of published folds (ML-100K u1..u5),
         or None where the source does not ship them.
     source: where the data came from (a folder, a URL, the package-index mirror, "generated").
+    tag_events: where `items.tags` come from users' tagging (ml-latest-small's tags.csv): one
+        row per (user_id, item_id, tag), lower-cased. A model never sees `items.tags` as they
+        are: `Encoder.encode` rebuilds them from the events of the interactions it encodes (see
+        `Encoder`), since a user's tag on an item tells that the user watched it.
     """
 
     name: str
@@ -44,6 +48,7 @@ class Dataset:
     source: str = ""
     canonical_folds: tuple[pd.DataFrame, ...] | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    tag_events: pd.DataFrame | None = None
 
     @cached_property
     def digest(self) -> str:
@@ -66,12 +71,38 @@ class Dataset:
         """An encoder over every user and item of the data set (the full catalogue)."""
         users = np.union1d(self.interactions["user_id"].to_numpy(), self.users.index.to_numpy())
         items = np.union1d(self.interactions["item_id"].to_numpy(), self.items.index.to_numpy())
-        return Encoder(users.astype(np.int64), items.astype(np.int64), self.users, self.items)
+        encoder = Encoder(users.astype(np.int64), items.astype(np.int64), self.users, self.items)
+        if self.tag_events is None:
+            return encoder
+        return replace(encoder, tag_events=_tag_events(self.tag_events, self.interactions,
+                                                       encoder))  # fmt: skip
 
     def describe(self) -> dict[str, float]:
         """Counts and density, for data cards and logs."""
         n, u, i = len(self.interactions), self.n_users, self.n_items
         return {"interactions": n, "users": u, "items": i, "density": n / (u * i) if n else 0.0}
+
+
+def _tag_events(events: pd.DataFrame, rated: pd.DataFrame, encoder: Encoder) -> pd.DataFrame:
+    """The tagging events in dense indices: `key` (the pair's `pair_key`), `item`, `tag`, and
+    `rated`: whether the pair is among the data set's interactions. Events of users or items
+    outside the catalogue are dropped (nothing could be held out of them)."""
+    known = (np.isin(events["user_id"].to_numpy(), encoder.user_ids)
+             & np.isin(events["item_id"].to_numpy(), encoder.item_ids))  # fmt: skip
+    events = events[known]
+    user = encoder.user_index(events["user_id"].to_numpy())
+    item = encoder.item_index(events["item_id"].to_numpy())
+    key = pair_key(user, item, encoder.n_items)
+    rated_users = encoder.user_index(rated["user_id"].to_numpy())
+    all_keys = pair_key(rated_users, encoder.item_index(rated["item_id"].to_numpy()),
+                        encoder.n_items)  # fmt: skip
+    return pd.DataFrame({"key": key, "item": item, "tag": events["tag"].to_numpy(),
+                         "rated": np.isin(key, all_keys)})  # fmt: skip
+
+
+def pair_key(users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
+    """One int64 per (user, item) index pair: user * n_items + item."""
+    return np.asarray(users, np.int64) * np.int64(n_items) + np.asarray(items, np.int64)
 
 
 def interactions_digest(frame: pd.DataFrame) -> str:
@@ -155,6 +186,11 @@ class Interactions:
     # sets to adapt to, not data to (meta-)train on; None elsewhere. A model that ignores it
     # simply treats the support rows as more training data (EASE, ItemKNN: score from them).
     cold_users: np.ndarray | None = None
+    # The raw ids of the dense indices (row i = index i), set by `Encoder.encode`: a split breaks
+    # equal timestamps by `splits.pair_hash` of raw ids, and `tie_keys` lets a model order them
+    # the same way. None for interactions built otherwise (indices are hashed instead).
+    user_ids: np.ndarray | None = None
+    item_ids: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -169,6 +205,13 @@ class Interactions:
         )
         m.sum_duplicates()
         return m
+
+    def raw_ids(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's (user, item) raw ids where the encoder's are known, else its indices."""
+        users, items = self.frame["user"].to_numpy(np.int64), self.frame["item"].to_numpy(np.int64)
+        if self.user_ids is not None and self.item_ids is not None:
+            return self.user_ids[users], self.item_ids[items]
+        return users, items
 
 
 @dataclass(frozen=True)
@@ -218,6 +261,8 @@ class Encoder:
     item_ids: np.ndarray  # sorted raw item ids
     users: pd.DataFrame | None = None
     items: pd.DataFrame | None = None
+    # `Dataset.tag_events` in dense indices (`_tag_events`); None where the data have none.
+    tag_events: pd.DataFrame | None = None
 
     @property
     def n_users(self) -> int:
@@ -234,7 +279,13 @@ class Encoder:
         return _lookup(self.item_ids, np.asarray(raw), "item_id")
 
     def encode(self, frame: pd.DataFrame) -> Interactions:
-        """Encode a raw-id interactions frame (a split's train or test part)."""
+        """Encode a raw-id interactions frame (a split's train or test part).
+
+        With `tag_events`, the items' `tags` are rebuilt from the events this frame allows:
+        those of its own (user, item) pairs and those of pairs the data set has no rating for.
+        A tag on a held-out pair (validation, test, a cold user's query) would tell a model
+        which item the user watched; on ml-latest-small 1,003 of 3,683 tagging events were on
+        pairs of the topn-75-25 test split of seed 42."""
         out = pd.DataFrame(
             {
                 "user": self.user_index(frame["user_id"]),
@@ -249,7 +300,20 @@ class Encoder:
         )
         users = self.users.reindex(self.user_ids) if self.users is not None else None
         items = self.items.reindex(self.item_ids) if self.items is not None else None
-        return Interactions(out, self.n_users, self.n_items, users, items)
+        if items is not None and self.tag_events is not None:
+            items = items.assign(tags=self._tags(out["user"].to_numpy(), out["item"].to_numpy()))
+        return Interactions(out, self.n_users, self.n_items, users, items,
+                            user_ids=self.user_ids, item_ids=self.item_ids)  # fmt: skip
+
+    def _tags(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Per item (dense index order) its '|'-joined sorted unique tags from the events of
+        these (user, item) pairs and of unrated pairs; "" for an item without."""
+        ev = self.tag_events
+        keep = ~ev["rated"].to_numpy() | np.isin(ev["key"].to_numpy(),
+                                                 pair_key(users, items, self.n_items))  # fmt: skip
+        kept = ev.loc[keep, ["item", "tag"]].drop_duplicates().sort_values(["item", "tag"])
+        joined = kept.groupby("item")["tag"].agg("|".join)
+        return joined.reindex(np.arange(self.n_items), fill_value="").to_numpy(object)
 
 
 def _lookup(vocab: np.ndarray, raw: np.ndarray, column: str) -> np.ndarray:

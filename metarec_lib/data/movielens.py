@@ -593,8 +593,10 @@ def _parse_latest(spec: MovieLensSpec, folder: Path) -> Dataset:
     frame = frame.rename(columns={"userId": "user_id", "movieId": "item_id"})
     ratings = _check_interactions(frame, spec, path, f"{path} (userId/movieId as user_id/item_id)")
     items = _read_movies(folder / "movies.csv")
+    tag_events = None
     if "tags.csv" in spec.files:
-        items["tags"] = _read_tags(folder / "tags.csv").reindex(items.index, fill_value="")
+        tag_events = _read_tags(folder / "tags.csv")
+        items["tags"] = _joined_tags(tag_events).reindex(items.index, fill_value="")
     if "links.csv" in spec.files:
         items = items.join(_read_links(folder / "links.csv"))
     _check_known(ratings["item_id"], items.index, path, "movieId", folder / "movies.csv")
@@ -608,7 +610,10 @@ def _parse_latest(spec: MovieLensSpec, folder: Path) -> Dataset:
         notes=(
             "items: year from the title's trailing '(yyyy)' (NA where absent); "
             "tags lower-cased, unique, sorted; no user features",
+            "tags a model sees: those of its training pairs and of unrated pairs "
+            "(`Encoder.encode`), never a held-out pair's",
         ),
+        tag_events=tag_events,
     )
 
 
@@ -629,19 +634,27 @@ def _read_movies(path: Path) -> pd.DataFrame:
     )
 
 
-def _read_tags(path: Path) -> pd.Series:
-    """tags.csv -> per movie '|'-joined unique lower-cased tags (sorted), indexed by item_id."""
+def _read_tags(path: Path) -> pd.DataFrame:
+    """tags.csv -> its tagging events: user_id, item_id, tag (stripped, lower-cased; empty
+    tags and repeats dropped), sorted."""
     raw = _read_csv(
         path, "CSV with header userId,movieId,tag,timestamp", dtype=str, keep_default_na=False
     )
     _require_columns(raw, ["userId", "movieId", "tag", "timestamp"], path)
     tags = pd.DataFrame(
         {
+            "user_id": _int_ids(raw["userId"], path, "userId"),
             "item_id": _int_ids(raw["movieId"], path, "movieId"),
             "tag": raw["tag"].str.strip().str.lower().to_numpy(),
         }
     )
-    tags = tags[tags["tag"] != ""].drop_duplicates().sort_values(["item_id", "tag"])
+    tags = tags[tags["tag"] != ""].drop_duplicates()
+    return tags.sort_values(["item_id", "tag", "user_id"]).reset_index(drop=True)
+
+
+def _joined_tags(events: pd.DataFrame) -> pd.Series:
+    """Per movie its '|'-joined unique tags (sorted), indexed by item_id."""
+    tags = events[["item_id", "tag"]].drop_duplicates()
     return tags.groupby("item_id")["tag"].agg("|".join).rename("tags")
 
 

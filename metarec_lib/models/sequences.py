@@ -2,9 +2,12 @@
 
 Sequence arrays hold item index + 1 so that 0 can be the padding token (`PAD`); embeddings of
 sequence models therefore have n_items + 1 rows. Order within a user is by timestamp, ties
-broken by `metarec_lib.splits.pair_hash` of the (user, item) indices: a fixed pseudo-random
-order, so that no model can learn an item-id order from ratings entered in the same second
-(`leave_last_one_out` breaks its ties the same way, on raw ids).
+broken by `metarec_lib.splits.pair_hash` of the (user, item) raw ids (`Interactions.raw_ids`): a
+fixed pseudo-random order, so that no model can learn an item-id order from ratings entered in
+the same second, and the order `leave_last_one_out` uses. So the item a split held out as
+validation is the last of the history a final fit on train + validation reads (before, ties
+were hashed on dense indices: on ML-100K's loo-temporal split 271 of 943 users' histories ended
+with another item of the validation item's second).
 
 Every window function returns inputs that contain only items strictly before their targets:
 `tests/test_sequences.py` builds sequences and checks that no target appears in its own input.
@@ -23,12 +26,12 @@ IntArray = npt.NDArray[np.int64]
 
 
 def user_sequences(train: Interactions) -> list[IntArray]:
-    """Each user's training items (index + 1) in time order (ties: `pair_hash`); an empty
-    array for users without."""
+    """Each user's training items (index + 1) in time order (ties: `pair_hash` of the raw
+    ids); an empty array for users without."""
     f = train.frame
     users = f["user"].to_numpy(np.int64)
     items = f["item"].to_numpy(np.int64)
-    order = np.lexsort((pair_hash(users, items), f["timestamp"].to_numpy(np.int64), users))
+    order = np.lexsort((pair_hash(*train.raw_ids()), f["timestamp"].to_numpy(np.int64), users))
     users, items = users[order], items[order] + 1
     bounds = np.searchsorted(users, np.arange(train.n_users + 1))
     return [items[bounds[u] : bounds[u + 1]] for u in range(train.n_users)]
