@@ -331,6 +331,22 @@ def test_emcdr_without_warm_shared_entities_is_target_only(case):
     np.testing.assert_array_equal(model.score(np.arange(20)), target.score(np.arange(20)))
 
 
+def test_an_emcdr_fit_does_not_change_the_remembered_target_network_others_start_from():
+    train, _ = low_rank(cold_from=100, warm_rows=10, seed=0)
+    clear_pretraining_cache()
+    users = np.arange(train.n_users)
+    fresh = EMCDR(**FAST, min_target=2).fit(train, seed=0).score(users)
+    clear_pretraining_cache()
+    first = EMCDR(**FAST, min_target=10, mapping="linear").fit(train, seed=0)
+    before = first.score(users)
+    again = EMCDR(**FAST, min_target=2).fit(train, seed=0)  # reuses the remembered target
+    np.testing.assert_array_equal(again.score(users), fresh)
+    np.testing.assert_array_equal(first.score(users), before)  # and left the first one alone
+    target = fit_mf(train, EMCDR(**FAST).params, seed=0)  # remembered: as TargetOnly fits it
+    np.testing.assert_array_equal(target.score(users),
+                                  TargetOnly(**FAST).fit(train, seed=0).score(users))  # fmt: skip
+
+
 def test_emcdr_rejects_an_unknown_mapping():
     with pytest.raises(ValueError, match="EMCDR: mapping='cubic'"):
         EMCDR(**{**BOARD, "mapping": "cubic"}).fit(with_board_source(checkerboard()[0]))

@@ -46,12 +46,14 @@ share nothing. The methods:
   (same seed, same scores).
 
 Every method but `TargetOnly` needs `train.source` and raises a ValueError naming the model
-without it. `n_parameters` counts the parameters the target scores use (the target network,
-plus EMCDR's mappings), not the source model's (kept as `source_model_`).
+without it. `n_parameters` counts the parameters of the model that scores the target (the
+target network, plus EMCDR's mappings), not the source model's (kept as `source_model_`);
+JointTraining's one network holds the source's users and items too, and counts them.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
@@ -532,7 +534,9 @@ class EMCDR(TransferMF):
         target = fit_mf(train, p, seed=seed, valid=valid, device=self.device)
         self.history_, self.best_epoch_ = target.history_, target.best_epoch_
         self.train_log_ = target.train_log_
-        module = target.module_
+        # A copy: the fitted target network may be the one `fit_mf` remembers for the next
+        # fit with the same base settings, which must not start from this fit's mapped rows.
+        module = copy.deepcopy(target.module_)
         self.mappings_: dict[str, nn.Module] = {}
         self.mapping_mse_: dict[str, tuple[float, float]] = {}
         self.replaced_: dict[str, np.ndarray] = {}
