@@ -42,8 +42,10 @@ exp(-s_t) L_t + 0.5 s_t.
 Early stopping and tuning read one number for both tasks, `joint_score`: the mean of each
 task's gain over its trivial predictor on validation data (NDCG@10 over that of the popularity
 ranking, the RMSE of the training mean over the model's RMSE). It is scale-free, so neither task
-dominates the choice, and `SingleTask` is chosen by the same rule: a difference between it and
-a multi-task model comes from sharing, not from the selection rule.
+dominates the choice, and `SingleTask` is chosen by the same rule, which so favours no model.
+The search spaces (`space`) differ: each model searches the knobs its design adds (experts,
+levels, negatives, the loss weighting), so part of a difference between two models can come
+from a knob only one of them searched.
 
 Scoring every item is vectorised: every first layer over [x_u; x_i] is split into its user and
 item halves (`SplitLinear`), so it runs once per user and once per item and the per-pair work
