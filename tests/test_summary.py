@@ -102,6 +102,42 @@ def test_every_claim_and_question_has_a_rule_with_the_hand_worked_verdict():
     assert "-0.50" in summary.CLAIM_RULES["C11"][1](boards).numbers
 
 
+def _pool_sweep(meta_full, meta_small, other_full, other_small, *, dataset="d"):
+    """ndcg@10 boards of one data set's pool sweep, each model's per-seed values given."""
+    rows = []
+    sweep = (("coldstart-users@k=5", meta_full, other_full),
+             ("coldstart-users@k=5,pool=0.1", meta_small, other_small))  # fmt: skip
+    for protocol, meta, other in sweep:
+        for family, seeds in (("meta", meta), ("collaborative", other)):
+            row = _row(protocol, family, float(np.mean(seeds)), np.nan, 1.0)
+            row["dataset"] = dataset
+            row["seeds"] = json.dumps({str(42 + i): v for i, v in enumerate(seeds)})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_data_need_needs_every_seed_to_lean_the_way_of_the_means():
+    # Meta loses 1 - 0.3/0.4 = 25% on the means, the other 10% (0.5 -> 0.45 in every seed).
+    agree = _pool_sweep([0.4, 0.4, 0.4], [0.3, 0.28, 0.32], [0.5] * 3, [0.45] * 3)
+    e = summary.data_need(agree, "x")
+    assert e.verdict == "supported"
+    assert "meta 25.0%, best other family 10.0%" in e.numbers
+    assert "+15.0 points, +20.0 points, +10.0 points" in e.numbers  # 25/30/20 minus 10
+    # The same means, but one seed where meta loses less than the other: mixed.
+    disagree = _pool_sweep([0.4, 0.4, 0.4], [0.2, 0.2, 0.5], [0.5] * 3, [0.45] * 3)
+    e = summary.data_need(disagree, "x")
+    assert e.verdict == "mixed" and "the seeds disagree" in e.numbers
+    assert "+40.0 points, +40.0 points, -35.0 points" in e.numbers  # 50/50/-25 minus 10
+
+
+def test_pool_boards_are_the_data_sets_with_a_pool_sweep_only():
+    swept = _pool_sweep([0.4] * 3, [0.3] * 3, [0.5] * 3, [0.45] * 3)
+    plain = swept[swept["protocol"] == "coldstart-users@k=5"].assign(dataset="e")
+    boards = pd.concat([swept, plain], ignore_index=True)
+    picked = boards[summary._pool_boards(boards)]
+    assert set(picked["dataset"]) == {"d"} and len(picked) == 4
+
+
 def test_outcome_share_verdict_and_cost_ratio_by_hand():
     board = pd.DataFrame(
         [
