@@ -111,7 +111,8 @@ def family_boards(results: str | Path) -> pd.DataFrame:
                     "ci_high": r.ci_high,
                     "n": r.n,
                 }
-                model_rows = part[part["model"] == r.model].sort_values("seed")
+                mine = (part["model"] == r.model) & (part["notebook"] == r.notebook)
+                model_rows = part[mine].sort_values("seed")
                 row["seeds"] = json.dumps({str(k): float(v) for k, v in
                                            zip(model_rows["seed"], model_rows["value"],
                                                strict=True)})  # fmt: skip
