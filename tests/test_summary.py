@@ -263,6 +263,32 @@ def test_family_boards_share_a_board_and_test_against_the_best(tree):
     assert cold.loc[cold["metric"] == "rmse", "family"].tolist() == ["meta"]  # only MAML has it
 
 
+def test_a_familys_own_baseline_is_not_its_best(tmp_path):
+    from metarec_lib import crossdomain, mtl
+
+    assert summary.FAMILY_BASELINES == {"multitask": mtl.BASELINE,
+                                        "transfer": crossdomain.BASELINE}  # fmt: skip
+    users = np.arange(1, 31)
+    base = np.random.default_rng(1).uniform(0.2, 0.4, len(users))
+    write_results_tree(
+        tmp_path / "40_multitask",
+        {
+            ("ml-100k", "mtl-75-25", "multitask", "SingleTask"): {"ndcg@10": base + 0.05},
+            ("ml-100k", "mtl-75-25", "multitask", "ESMM"): {"ndcg@10": base + 0.02},
+            ("ml-100k", "mtl-75-25", "collaborative", "iALS"): {"ndcg@10": base + 0.1},
+        },
+        users,
+        seeds=(42, 43),
+    )
+    boards = summary.family_boards(tmp_path)
+    board = boards[boards["metric"] == "ndcg@10"].set_index("family")
+    # SingleTask has the multi-task family's highest mean, but it is the family's baseline.
+    assert board.loc["multitask", "model"] == "ESMM"
+    assert board.loc["multitask", "mean"] == pytest.approx(base.mean() + 0.02)
+    assert board.loc["collaborative", "model"] == "iALS"
+    assert "SingleTask" not in set(boards["model"])
+
+
 def test_build_writes_every_table_and_figure_the_outline_names(tree):
     out = tree / "90_summary"
     sections = summary.build(tree, CLAIMS_MD, out)
