@@ -1,5 +1,7 @@
 """What a model costs: wall seconds, peak memory, parameters, device.
 
+Memory is in MiB (2**20 bytes), though the contract's column is named `peak_memory_mb`.
+
 Peak memory is the growth of the process's resident set, sampled every few milliseconds (it sees
 NumPy, PyTorch and BLAS buffers alike). With `trace_heap=True` the Python-heap peak from
 `tracemalloc` (NumPy registers its buffers there) is taken too, which catches memory the
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 
 import psutil
 
-MB = 1024.0 * 1024.0
+MB = 1024.0 * 1024.0  # "MB" in `peak_memory_mb` and every label means MiB: 2**20 bytes
 
 
 @functools.cache

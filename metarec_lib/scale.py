@@ -17,8 +17,9 @@ grows as n^ITEM_EXPONENT, users carry the rest of the growth), and for each mode
 Before the first size every model is fitted once on a tiny data set (`warm_up`, not recorded),
 and before every measurement freed memory is handed back to the OS (`release_memory`), so
 neither one-time start-up costs nor a previous fit's heap distort the smallest sizes.
-Quality is a sanity check only: each sampled user's last quarter of interactions by time (at
-least one) is held out of training and scored with the ranking metrics @10 of the study.
+Quality is a sanity check only: each sampled user's last quarter of interactions by time
+(rounded up, so at least one) is held out of training and scored with the ranking metrics @10
+of the study.
 Results follow the study's contract under `results/<stem>/` (`metrics.csv`, `costs.csv`, with
 protocol `scale@n=<n:g>`, e.g. `scale@n=1e+06`) plus `tables/scale.csv`, one row per size and
 model, fitted or skipped with the reason. No top-K lists or splits are written: nothing here is
@@ -123,8 +124,9 @@ def estimate_memory_mb(
     n_items: int,
     n_interactions: int,
     params: dict[str, Any] | None = None,
+    eval_users: int = EVAL_USERS,
 ) -> float:
-    """Peak extra memory (MB) a fit plus the top-10 evaluation needs, from the sizes alone.
+    """Peak extra memory (MiB) a fit plus the top-10 evaluation needs, from the sizes alone.
 
     EASE: the dense item x item matrices (float64 up to 4,096 items, float32 above): the Gram
     matrix inverted in place plus B (two; the dual route: one plus three users x items work
@@ -134,13 +136,14 @@ def estimate_memory_mb(
     (windows, max_len) arrays), the embeddings with Adam, and the full-softmax logits of a batch
     (batch x max_len x items, float32, three copies) or, with loss "bce", the batch activations.
     The two PyTorch models add TORCH_OVERHEAD_MB.
-    Every model adds the evaluation's float64 score blocks (SCORE_BLOCK users x items, three
-    copies). An estimate, not a bound: it says whether a fit is plausible before it allocates.
+    Every model adds the evaluation's float64 score blocks (SCORE_BLOCK users x items, or
+    `eval_users` x items when fewer, three copies). An estimate, not a bound: it says whether a
+    fit is plausible before it allocates.
     """
     p = _params(model_name, params)
     nnz, users, items = float(n_interactions), float(n_users), float(n_items)
     sparse = nnz * 16.0  # a CSR matrix and its transpose (float32 / int32 + indices)
-    scores = min(EVAL_USERS, SCORE_BLOCK) * items * 8.0 * 3
+    scores = min(eval_users, SCORE_BLOCK) * items * 8.0 * 3
     if model_name == "EASE":
         size = 8.0 if n_items <= FLOAT64_MAX_ITEMS else 4.0
         if users <= DUAL_RATIO * items:
@@ -214,8 +217,8 @@ def predict_seconds(sizes: Sequence[float], seconds: Sequence[float], n: float) 
 def sampled_holdout(
     data: Interactions, n_users: int, seed: int, test_fraction: float = TEST_FRACTION
 ) -> tuple[Interactions, npt.NDArray[np.int64], sp.csr_matrix]:
-    """Hold out the last `test_fraction` (by time; at least one) of the interactions of
-    `n_users` users drawn (seeded) among those with at least two.
+    """Hold out the last `test_fraction` (by time; rounded up, so at least one) of the
+    interactions of `n_users` users drawn (seeded) among those with at least two.
 
     Returns (training interactions: everything else, the sampled users (sorted dense indices),
     their relevant test items: binary CSR (len(users), n_items)).
@@ -419,7 +422,9 @@ def scale_cell(
     a fitted cell the device it computed on and its metrics (for the cost and metric rows)."""
     params = dict(PASSES.get(name, {}))
     n_inter = len(train.frame)
-    estimate = estimate_memory_mb(name, train.n_users, train.n_items, n_inter, params)
+    estimate = estimate_memory_mb(
+        name, train.n_users, train.n_items, n_inter, params, eval_users=len(users)
+    )
     predicted = predict_seconds(history[0], history[1], n)
     row: dict[str, Any] = {"family": model_class(name).family, "model": name,
                            "passes": _passes(name), "estimated_memory_mb": estimate,

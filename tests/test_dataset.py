@@ -34,6 +34,8 @@ def test_validate_coerces_types():
         ({"item_id": [1.5, 2, 3]}, "'item_id'", "non-integer"),
         ({"rating": [4.0, 6.0, 1.0]}, "'rating'", "outside the scale"),
         ({"timestamp": [100, "yesterday", 300]}, "'timestamp'", "unparseable"),
+        ({"user_id": ["1", "inf", "2"]}, "'user_id'", "non-integer"),
+        ({"timestamp": [100.0, 200.0, float("inf")]}, "'timestamp'", "unparseable"),
     ],
 )
 def test_validate_names_file_column_and_problem(bad, column, words):

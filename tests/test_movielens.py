@@ -164,6 +164,7 @@ BAD_100K = [
     ),
     ("u.item", "10|T (1995)|01-Jan-1995||u|0|0|2\n", r"u\.item: genre flag for 'Drama'.* is '2'"),
     ("u.item", "10|T (1995)|1995-01-01||u|0|0|1\n", r"u\.item: field 3 \(release date\).*1995-01"),
+    ("u.item", "10|T (1995)|29-Feb-1995||u|0|0|1\n", r"u\.item: field 3 .*not a date.*29-Feb"),
     ("u.item", "10|T|||u|0|1\n", r"u\.item: found 7 column\(s\); expected 8"),
     ("u.item", "x|T|||u|0|0|1\n", r"u\.item: column 'movie id \(field 1\)'.*'x'"),
     ("u.item", "10|A|||u|0|0|1\n10|B|||u|0|0|1\n", r"u\.item: item_id 10 appears more than once"),

@@ -167,6 +167,15 @@ def test_fill_keeps_integer_and_categorical_dtypes():
     assert rep.filled == {"year": 1, "genre": 1}
 
 
+def test_fill_has_no_rule_for_a_flag_column_even_after_a_merge_made_it_object():
+    merged, _ = merge_item_features(behaviour(), products().assign(flag=[True, False, True]))
+    assert merged["flag"].dtype == object and merged["flag"].isna().sum() == 1  # item 99
+    with pytest.raises(DataError, match=r"column 'flag' \(object\) has 1 missing value\(s\)"):
+        fill_missing(merged)
+    out, rep = fill_missing(merged, columns=["price"])  # the other columns are still fillable
+    assert rep.filled == {"price": 2}
+
+
 def test_fill_refuses_ids_and_ratings():
     f = behaviour().astype({"user_id": float})
     with pytest.raises(ValueError, match="refusing to fill"):

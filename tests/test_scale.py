@@ -58,6 +58,9 @@ def test_ease_memory_estimate_is_its_dense_matrices():
     assert scale.estimate_memory_mb("EASE", 50_000, 20_000, 1_000_000) > 3.9 * dense
     with pytest.raises(ValueError, match="no memory estimate"):
         scale.estimate_memory_mb("MostPop", 10, 10, 100)
+    # The score blocks: min(eval users, SCORE_BLOCK) x items float64, three copies.
+    fewer = scale.estimate_memory_mb("EASE", 50_000, 10_000, 1_000_000, eval_users=24)
+    assert mb - fewer == pytest.approx((1000 - 24) * 10_000 * 8 * 3 / 2**20)
 
 
 def _tiny(n_users=400, n_items=60, per_user=8, seed=0) -> Interactions:

@@ -132,7 +132,7 @@ def validate_interactions(
     out = frame.copy()
     for col in ("user_id", "item_id"):
         values = pd.to_numeric(out[col], errors="coerce")
-        bad = values.isna() | (values != np.floor(values.fillna(0)))
+        bad = values.isna() | ~np.isfinite(values) | (values != np.floor(values.fillna(0)))
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
             raise DataError(
@@ -156,7 +156,7 @@ def validate_interactions(
         bad = ts.isna()
     else:
         secs = pd.to_numeric(ts, errors="coerce")
-        bad = secs.isna() | (secs != np.floor(secs.fillna(0)))
+        bad = secs.isna() | ~np.isfinite(secs) | (secs != np.floor(secs.fillna(0)))
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise DataError(

@@ -40,8 +40,10 @@ __all__ = [
 CHUNK = 1 << 20
 MAX_EXTRACT_BYTES = 1 << 30  # MovieLens archives unpack to < 20 MB; more is a zip bomb
 
-# (resolved path, mtime_ns, size) -> hex digest: each file is hashed once per process
-_HASHES: dict[tuple[str, int, int], str] = {}
+# (resolved path, inode, mtime_ns, ctime_ns, size) -> hex digest: each file is hashed once per
+# process. ctime is in the key because `os.utime` can put an edited file's mtime back, not its
+# ctime; a replaced file has a new inode.
+_HASHES: dict[tuple[str, int, int, int, int], str] = {}
 
 
 class DataUnavailable(DataError):
@@ -53,10 +55,11 @@ class SourceAbsent(Exception):
 
 
 def file_sha256(path: str | Path) -> str:
-    """SHA-256 hex digest of a file, cached by (path, mtime, size) so reloads are cheap."""
+    """SHA-256 hex digest of a file, cached by (path, inode, mtime, ctime, size) so reloads are
+    cheap and an edit in place is still seen."""
     p = Path(path).resolve()
     st = p.stat()
-    key = (str(p), st.st_mtime_ns, st.st_size)
+    key = (str(p), st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
     digest = _HASHES.get(key)
     if digest is None:
         h = hashlib.sha256()

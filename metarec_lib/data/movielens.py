@@ -529,12 +529,16 @@ def _read_u_item(path: Path, genres: list[str]) -> pd.DataFrame:
             f"{_first_bad(date, bad)}"
         )
     iso = parts[2] + "-" + month + "-" + parts[0].str.zfill(2)
+    dates = pd.to_datetime(iso, format="%Y-%m-%d", errors="coerce")
+    bad = ((date != "") & dates.isna()).to_numpy(bool)  # e.g. 32-Jan-1995, 29-Feb-1995
+    if bad.any():
+        raise DataError(f"{path}: field 3 (release date) is not a date; {_first_bad(date, bad)}")
     return pd.DataFrame(
         {
             "title": raw[1].str.strip().to_numpy(),
             "year": pd.to_numeric(parts[2]).astype("Int64").array,
             "genres": joined,
-            "release_date": pd.to_datetime(iso, format="%Y-%m-%d").astype(DATE).to_numpy(),
+            "release_date": dates.astype(DATE).to_numpy(),
             "imdb_url": raw[4].str.strip().to_numpy(),
         },
         index=_index(ids, path, "item_id"),

@@ -205,11 +205,17 @@ def fill_missing(
         filled[col] = n
         if n == 0:
             continue
-        if pd.api.types.is_bool_dtype(s) or not (
-            pd.api.types.is_numeric_dtype(s)
-            or pd.api.types.is_string_dtype(s)
-            or isinstance(s.dtype, pd.CategoricalDtype)
-            or s.dtype == object
+        # A bool column that a left merge left with missing values has dtype object.
+        flags = bool(len(s.dropna())) and s.dropna().map(type).isin((bool, np.bool_)).all()
+        if (
+            pd.api.types.is_bool_dtype(s)
+            or flags
+            or not (
+                pd.api.types.is_numeric_dtype(s)
+                or pd.api.types.is_string_dtype(s)
+                or isinstance(s.dtype, pd.CategoricalDtype)
+                or s.dtype == object
+            )
         ):
             raise DataError(f"column {col!r} ({s.dtype}) has {n} missing value(s) and no fill rule")
         if pd.api.types.is_numeric_dtype(s):
