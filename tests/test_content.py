@@ -247,8 +247,11 @@ def test_regression_biases_only_hand_worked_and_cold_start():
     x = np.linalg.solve(a.T @ a + np.eye(4), a.T @ np.array([1.0, -1.0, 0.0]))
     np.testing.assert_allclose(model.user_bias_[:2], x[:2], atol=1e-9)
     np.testing.assert_allclose(model.item_bias_[:2], x[2:], atol=1e-9)
-    # User 2 and item 2 have no ratings: bias 0, so user 2 gets mu + b_i (clipped to [3, 5]).
-    np.testing.assert_allclose(model.score([2])[0], np.clip(mu + model.item_bias_, 3, 5))
+    # User 2 and item 2 have no ratings: bias 0, so user 2 gets mu + b_i (clipped to [3, 5] when
+    # predicted, not when ranked).
+    np.testing.assert_allclose(model.score([2])[0], mu + model.item_bias_)
+    np.testing.assert_allclose(model.predict([2, 2, 2], [0, 1, 2]),
+                               np.clip(mu + model.item_bias_, 3, 5))  # fmt: skip
     assert model.item_bias_[2] == 0.0 and model.user_bias_[2] == 0.0
     # A cold-start user with support ratings gets the shrunk mean residual as bias.
     pred = model.predict_profile(None, [0, 2], support_items=[1], support_ratings=[4.5])

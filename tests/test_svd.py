@@ -187,9 +187,28 @@ def test_predictions_stay_in_the_training_rating_range(seed, half_stars):
     for model in (BiasedMF(factors=3, reg=0.001, reg_bias=0.01, epochs=5),
                   SVDpp(factors=3, reg=0.001, reg_bias=0.01, epochs=3, batch_size=16)):  # fmt: skip
         model.fit(train, seed=seed)
-        scores = model.score(np.arange(14))
-        assert np.isfinite(scores).all() and scores.min() >= lo and scores.max() <= hi
+        u, i = np.meshgrid(np.arange(14), np.arange(16), indexing="ij")
+        predicted = model.predict(u.ravel(), i.ravel()).reshape(14, 16)
+        assert np.isfinite(predicted).all() and predicted.min() >= lo and predicted.max() <= hi
         assert model.rating_range_ == (lo, hi)
+        # Ranking reads the unclipped values: clipping them gives the predictions.
+        scores = model.score(np.arange(14))
+        np.testing.assert_allclose(np.clip(scores, lo, hi), predicted, atol=1e-5)
+
+
+def test_ranking_scores_are_not_clipped_so_items_above_the_top_rating_do_not_tie():
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, 12, 120), rng.integers(0, 15, 120)
+    keep = ~pd.DataFrame({"u": users, "i": items}).duplicated().to_numpy()
+    ratings = rng.choice(np.arange(1.0, 6.0), 120)
+    train = _interactions(users[keep], items[keep], ratings[keep], 14, 16)
+    model = BiasedMF(factors=3, reg=0.001, reg_bias=0.01, epochs=5).fit(train, seed=0)
+    scores = model.score(np.arange(14))
+    above = scores > 5.0
+    assert above.sum() >= 10  # with clipping, every one of them would read 5.0
+    assert len(np.unique(scores[above])) == above.sum()
+    user, item = np.argwhere(above)[0]
+    assert model.predict([user], [item])[0] == 5.0
 
 
 def test_biasedmf_is_deterministic_and_seed_dependent():

@@ -496,11 +496,12 @@ class ContentRegression(Recommender):
         return out
 
     def score(self, users: npt.ArrayLike) -> np.ndarray:
-        """Predicted ratings of every item, shape (len(users), n_items)."""
+        """Unclipped predicted ratings of every item, shape (len(users), n_items): the ranking
+        scores (clipping would tie every item predicted above the top rating; `predict` clips)."""
         users = np.asarray(users, np.int64)
         codes = {k: c[users] for k, c in self.user_codes_.items()}
         pred = self.mu_ + self.user_main_[users, None] + self.item_main_[None, :]
-        return np.clip(pred + self._cross(codes, len(users)), *self.range_)
+        return pred + self._cross(codes, len(users))
 
     def predict(self, users: npt.ArrayLike, items: npt.ArrayLike) -> np.ndarray:
         """Predicted ratings of aligned (user, item) pairs, shape (n,)."""
