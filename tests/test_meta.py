@@ -525,6 +525,9 @@ def test_a_diverging_adaptation_keeps_the_global_parameters():
     assert np.isfinite(model.score(train.cold_users)).all()
     f = query.frame
     assert np.isfinite(model.predict(f["user"], f["item"])).all()
+    model.params["inner_lr"] = 0.01
+    model.fit(train, seed=0)  # a sane refit of the same object lists no one
+    assert not hasattr(model, "diverged_users_")
 
 
 # ----------------------------------------------------------------------------- feature columns
