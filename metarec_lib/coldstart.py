@@ -1,7 +1,7 @@
 """Reading a cold-start run: metric-versus-k and metric-versus-pool curves, and per board the
 best meta-learning method against the best method of the other families (paired test).
 
-Protocol names carry the support size and the meta-train pool (`coldstart-users@k=5`,
+Protocol names carry the support size and the warm-user pool (`coldstart-users@k=5`,
 `coldstart-users@k=5,pool=0.25`, see `protocols.coldstart_variant`).
 """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 
 from metarec_lib.protocols import coldstart_name
@@ -81,12 +82,16 @@ PLANS: dict[str, list[Plan]] = {
 
 def _coldstart_plans() -> list[Plan]:
     """Every cold-start method at every k, and at k = 5 with smaller meta-train pools (ML-100K
-    only); all tuned on ML-100K's k = 5 meta-validation users."""
+    only); all tuned on ML-100K's k = 5 meta-validation users, the pools' pass counts
+    recalibrated on their own training users."""
     models = [*META, *COLDSTART_OTHERS]
     tuned = {"tune_on": dict.fromkeys(models, coldstart_name(5)),
              "tune_data": dict.fromkeys(models, "ml-100k")}  # fmt: skip
     plans = [Plan(coldstart_name(k), models, **tuned) for k in COLDSTART_KS]
-    plans += [Plan(coldstart_name(5, pool), models, **tuned, datasets=("ml-100k",))
+    # A smaller pool is less data per epoch: each recalibrates its pass count on its own
+    # training users against the (unchanged) meta-valid users.
+    plans += [Plan(coldstart_name(5, pool), models, **tuned, datasets=("ml-100k",),
+                   recalibrate=True)
               for pool in COLDSTART_POOLS]  # fmt: skip
     return plans
 
@@ -116,9 +121,11 @@ def plans_for(
         keep = [m for m in plan.models if not models or m in models]
         only = (datasets or {}).get(plan.protocol)
         if keep:
-            out.append(Plan(plan.protocol, keep, plan.tune_on, plan.tune_data,
-                            tuple(only) if only is not None else plan.datasets,
-                            plan.tune_metric))  # fmt: skip
+            out.append(
+                dataclasses.replace(
+                    plan, models=keep, datasets=tuple(only) if only is not None else plan.datasets
+                )
+            )
     return out
 
 

@@ -51,7 +51,8 @@ def coldstart_variant(protocol: str) -> tuple[int, float]:
 
 
 def coldstart_name(k: int, pool: float = 1.0) -> str:
-    """The protocol name of k-shot cold start with a share `pool` of the meta-train users."""
+    """The protocol name of k-shot cold start with a share `pool` of the warm users
+    (meta-train, and meta-valid once tuning is done; `splits.coldstart_users`)."""
     return f"{COLDSTART}@k={k}" + ("" if pool == 1.0 else f",pool={pool:g}")
 
 

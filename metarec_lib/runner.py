@@ -392,8 +392,9 @@ def evaluate_cell(
     device = model.compute_device()
     model.device = device
     # A split's valid part (leave-last-one-out) served tuning; the final fit sees it as
-    # history, as the test item's predecessor, exactly like a deployed model would.
-    history = split.train if split.valid is None else pd.concat([split.train, split.valid])
+    # history, as the test item's predecessor, exactly like a deployed model would (a
+    # cold-start pool variant: the pooled share of it, `Split.refit_valid`).
+    history = split.history()
     train = encoder.encode(history)
     if split.source is not None:  # a transfer protocol: the model sees the source domain too
         train = dataclasses.replace(train, source=encode_source(split.source, encoder))

@@ -49,7 +49,11 @@ class Split:
     cold_users / valid_users: a cold-start protocol's meta-test and meta-validation user ids
         (raw): their rows in `train` are support sets only (their queries are `test` / `valid`).
         The runner marks `cold_users` as `train.cold_users`; tuning, which scores `valid`,
-        marks both.
+        marks `valid_users` (and leaves the meta-test users' rows out).
+    refit_valid: the rows of `valid` that the final fit adds to its history after tuning
+        (None: all of `valid`). A cold-start pool variant keeps the same share of the meta-valid
+        users there as of the meta-train users, so its warm pool shrinks as its name says; the
+        other meta-valid users leave the final fit altogether (their supports too).
     """
 
     train: pd.DataFrame
@@ -62,6 +66,20 @@ class Split:
     source: pd.DataFrame | None = None
     cold_users: np.ndarray | None = None
     valid_users: np.ndarray | None = None
+    refit_valid: pd.DataFrame | None = None
+
+    def history(self) -> pd.DataFrame:
+        """What the final fit trains on: `train` plus `valid`, which served tuning and is
+        history once the values are chosen; with `refit_valid`, only those rows of `valid`,
+        and no row of the other `valid_users`."""
+        if self.valid is None:
+            return self.train
+        if self.refit_valid is None:
+            return pd.concat([self.train, self.valid])
+        kept = self.refit_valid["user_id"].unique()
+        left_out = np.setdiff1d(self.valid_users if self.valid_users is not None else [], kept)
+        train = self.train[~self.train["user_id"].isin(left_out)]
+        return pd.concat([train, self.refit_valid])
 
     def parts(self) -> dict[str, pd.DataFrame]:
         """The parts by name, in order: train, valid (where there is one), test."""
@@ -80,6 +98,13 @@ class Split:
         for a, b in (("test", "train"), ("test", "valid"), ("valid", "train")):
             if a in parts and b in parts:
                 _disjoint_pairs(parts[a], parts[b], f"split {self.name!r}: {a}", b)
+        if self.refit_valid is not None:
+            valid = self.valid if self.valid is not None else self.refit_valid.iloc[:0]
+            outside = ~np.isin(*_pair_keys(self.refit_valid, valid))
+            if outside.any():
+                at = _pair_at(self.refit_valid, outside)
+                raise SplitError(f"split {self.name!r}: refit_valid has {int(outside.sum())} "
+                                 f"pair(s) not in valid, {at}")  # fmt: skip
         return self
 
 
@@ -89,6 +114,8 @@ class ColdStartSplit:
 
     train: every interaction of the meta-train users (of a `pool_fraction` subsample of them).
     valid_users, test_users: sorted raw ids of the meta-valid and meta-test users, shape (n,).
+    refit_valid_users: the meta-valid users whose queries join the final fit once tuning is
+        done (the same `pool_fraction` of them; None: all). Tuning still scores them all.
     support[k], query[k]: for each meta-test user with at least k + min_query ratings, k
         ratings drawn once per seed (support) and all the others (query). Supports are nested:
         support[k] of a user contains its support[j] for every j < k.
@@ -107,6 +134,7 @@ class ColdStartSplit:
     name: str = "coldstart-users"
     seed: int | None = None
     notes: tuple[str, ...] = ()
+    refit_valid_users: npt.NDArray[np.int64] | None = None
 
     def check(self) -> ColdStartSplit:
         """Raise SplitError unless meta-valid/test users are unseen in train and episodes are
@@ -128,6 +156,11 @@ class ColdStartSplit:
                 f"{where}: {both.size} user(s) both meta-valid and meta-test, e.g. user_id="
                 f"{both[0]}; expected disjoint user groups"
             )
+        if self.refit_valid_users is not None:
+            stray = np.setdiff1d(self.refit_valid_users, self.valid_users)
+            if stray.size:
+                raise SplitError(f"{where}: refit_valid_users has {stray.size} user(s) that are "
+                                 f"not meta-valid, e.g. user_id={stray[0]}")  # fmt: skip
         for label, users, support, query in (
             ("support", self.test_users, self.support, self.query),
             ("valid_support", self.valid_users, self.valid_support, self.valid_query),
@@ -392,8 +425,11 @@ def coldstart_users(
 
     fractions: shares of users for (meta-train, meta-valid, meta-test); valid and test get
         round(share * n_users) users, train the rest.
-    pool_fraction: keep only this share of meta-train users (at least one) in `train`; the
-        kept users are a prefix of one seeded order, so smaller pools are subsets of larger.
+    pool_fraction: keep only this share of meta-train users (at least one) in `train`, and of
+        meta-valid users in what the final fit adds after tuning (`refit_valid_users`; tuning
+        still validates on every meta-valid user), so the final fit's warm users shrink by
+        that share; the kept users are a prefix of one seeded order (one for each group), so
+        smaller pools are subsets of larger.
     Supports are the first k of each user's ratings in one seeded order, so they are nested
     across k and do not depend on `ks`, `min_query` or `pool_fraction`.
     """
@@ -425,6 +461,10 @@ def coldstart_users(
     valid_users = np.sort(perm[n_test : n_test + n_valid])
     train_order = perm[n_test + n_valid :]
     pool = np.sort(train_order[: max(1, int(np.floor(pool_fraction * n_train + 0.5)))])
+    refit_valid = None
+    if pool_fraction < 1 and n_valid:
+        valid_order = perm[n_test : n_test + n_valid]
+        refit_valid = np.sort(valid_order[: max(1, int(np.floor(pool_fraction * n_valid + 0.5)))])
 
     rank, count = _within_user_rank(_codes(data["user_id"]), rng_rows.random(len(data)))
     user_ids = data["user_id"].to_numpy()
@@ -434,6 +474,9 @@ def coldstart_users(
         f"(pool_fraction={pool_fraction}), {len(valid_users)} meta-valid, {len(test_users)} "
         f"meta-test users"
     ]
+    if refit_valid is not None:
+        notes.append(f"coldstart_users: the final fit adds the queries of {len(refit_valid)} of "
+                     f"{n_valid} meta-valid users (pool_fraction={pool_fraction})")  # fmt: skip
     for label, group in (("", test_users), ("valid_", valid_users)):
         member = np.isin(user_ids, group)
         for part in ("support", "query"):
@@ -459,6 +502,7 @@ def coldstart_users(
         min_query=int(min_query),
         seed=seed_value,
         notes=tuple(notes),
+        refit_valid_users=None if refit_valid is None else refit_valid.astype(np.int64),
     )
     return split.check()
 
@@ -473,7 +517,8 @@ def episode_split(cold: ColdStartSplit, k: int, *, valid_k: int = VALID_K) -> Sp
     train: the meta-train users' rows plus every meta-test user's k-row support and every
     meta-valid user's `valid_k`-row support; valid / test: the meta-valid / meta-test users'
     queries; valid_users / cold_users: the users whose rows in train are supports only (users
-    with fewer than k + min_query, resp. valid_k + min_query, ratings are in no part). A model
+    with fewer than k + min_query, resp. valid_k + min_query, ratings are in no part);
+    refit_valid: the queries of `cold.refit_valid_users` (None: all of valid). A model
     that ignores `cold_users` treats the supports as ordinary training rows, which is what
     scoring from a new user's profile means for item-based models.
 
@@ -490,15 +535,20 @@ def episode_split(cold: ColdStartSplit, k: int, *, valid_k: int = VALID_K) -> Sp
         notes += (f"episode_split: valid_k={valid_k} not in ks={cold.ks}; meta-valid at k={k}",)
         valid_k = k
     support, valid_support = cold.support[k], cold.valid_support[valid_k]
+    valid = cold.valid_query[valid_k]
+    refit = None
+    if cold.refit_valid_users is not None:
+        refit = valid[valid["user_id"].isin(cold.refit_valid_users)].reset_index(drop=True)
     split = Split(
         pd.concat([cold.train, valid_support, support], ignore_index=True),
         cold.query[k],
-        valid=cold.valid_query[valid_k],
+        valid=valid,
         name=f"{cold.name}@k={k}",
         seed=cold.seed,
         notes=notes,
         cold_users=np.unique(support["user_id"].to_numpy()).astype(np.int64),
         valid_users=np.unique(valid_support["user_id"].to_numpy()).astype(np.int64),
+        refit_valid=refit,
     )
     return split.check()
 

@@ -56,6 +56,10 @@ class Plan:
     # model -> validation metric its search reads instead of the protocol's ("rmse": a rating
     # model on a top-N protocol is tuned for its ratings on that protocol's own carve-out).
     tune_metric: dict[str, str] = field(default_factory=dict)
+    # The plan trains on other data than the protocol it is tuned on (a cold-start pool
+    # variant: fewer meta-train users), so an iterative model's pass count is recalibrated on
+    # this protocol's own validation data, as on another data set (`tune_for_data`).
+    recalibrate: bool = False
 
 
 @dataclass
@@ -256,28 +260,32 @@ def epoch_param(cls: type[Recommender]) -> str | None:
 
 def tune_for_data(config: NotebookConfig, wanted: Sequence[tuple[Dataset, Dataset, str, str, int]],
                   metrics: Sequence[str | None] | None = None,
+                  recalibrate_on: Sequence[str | None] | None = None,
                   ) -> list[tuple[Tuned, Tuned | None, Tuned | None]]:  # fmt: skip
     """For each (dataset, tune_ds, protocol, name, budget): (the values tuned on `tune_ds`,
-    the recalibration, the recalibration when it is used). When `tune_ds` is another data set
-    and the model is iterative, the recalibration keeps the carried values and trains one
-    configuration on `dataset`'s own validation data with early stopping; its best epoch is
-    the count the cells train (the third is then the recalibration, else None). The number of
+    the recalibration, the recalibration when it is used). When `tune_ds` is another data set,
+    or `recalibrate_on` (one per wanted search, None: no) names a protocol whose training data
+    differ from `protocol`'s, and the model is iterative, the recalibration keeps the carried
+    values and trains one configuration on `dataset`'s own validation data (of that protocol)
+    with early stopping; its best epoch is the count the cells train (the third is then the
+    recalibration, else None). The number of
     passes depends on the data (CL4SRec's best on ml-latest-small is 21 epochs where
     ML-100K's was 7), so it is not carried from another data set, unless the recalibration
     found no count (`informative`). All searches run as one batch (`tune_many`), then all
     recalibrations as another. `metrics` (one per wanted search, None: the protocol's) are
     the `TuneRequest.metric`s."""
     metrics = list(metrics) if metrics is not None else [None] * len(wanted)
+    own_protocol = list(recalibrate_on) if recalibrate_on is not None else [None] * len(wanted)
     tuned = tune_all(config, [request_for(config, tune_ds, protocol, name, budget, metric=m)
                               for (_, tune_ds, protocol, name, budget), m
                               in zip(wanted, metrics, strict=True)])  # fmt: skip
     recalibrate, params = {}, {}
     for i, ((dataset, tune_ds, protocol, name, _), t) in enumerate(zip(wanted, tuned, strict=True)):
         param = epoch_param(model_class(name))
-        if tune_ds is not dataset and param is not None:
+        if (tune_ds is not dataset or own_protocol[i] is not None) and param is not None:
             carried = {k: v for k, v in t.params.items() if k != param}
-            recalibrate[i] = request_for(config, dataset, protocol, name, 1, carried,
-                                         metric=metrics[i])  # fmt: skip
+            recalibrate[i] = request_for(config, dataset, own_protocol[i] or protocol, name, 1,
+                                         carried, metric=metrics[i])  # fmt: skip
             params[i] = param
     own = dict(zip(recalibrate, tune_all(config, list(recalibrate.values())), strict=True))
     return [(t, own.get(i), own[i] if i in own and informative(own[i], params[i]) else None)
@@ -373,8 +381,11 @@ def run_plans(
                plan.tune_on.get(name, plan.protocol), name, (budgets or {}).get(name, budget))
               for ds, plan in boards for name in plan.models]  # fmt: skip
     metrics = [plan.tune_metric.get(name) for _, plan in boards for name in plan.models]
+    recalibrate_on = [plan.protocol if plan.recalibrate else None for _, plan in boards
+                      for _ in plan.models]  # fmt: skip
     # every search first, as one batch
-    searches = iter(zip(wanted, tune_for_data(config, wanted, metrics), strict=True))
+    searches = iter(zip(wanted, tune_for_data(config, wanted, metrics, recalibrate_on),
+                        strict=True))  # fmt: skip
     runs = []
     for ds, plan in boards:
         models: dict[str, Recommender] = {}
@@ -389,10 +400,15 @@ def run_plans(
                 "validation_metric": t.metric, "validation_score": t.score,
                 "configurations": len(t.trials), "params": json.dumps(params, sort_keys=True),
                 "epochs_on_data": ds.name if own else tune_ds.name,
+                "epochs_on_protocol": plan.protocol if own and plan.recalibrate else source,
                 "epochs_validation_score": (own or t).score,
             })  # fmt: skip
-            if recalibration is not None and source == plan.protocol and len(recalibration.curve):
-                curves.append(recalibration.curve.assign(dataset=ds.name, protocol=source,
+            if (
+                recalibration is not None
+                and len(recalibration.curve)
+                and (source == plan.protocol or plan.recalibrate)
+            ):
+                curves.append(recalibration.curve.assign(dataset=ds.name, protocol=plan.protocol,
                                                          model=name))  # fmt: skip
             if source == plan.protocol and tune_ds is ds:
                 trial_frames.append(t.trials.assign(dataset=ds.name, protocol=source,

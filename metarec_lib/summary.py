@@ -404,7 +404,7 @@ def _coldstart_k(boards: pd.DataFrame, ks: Sequence[int], pooled: bool = False) 
 
 
 def _pool_boards(boards: pd.DataFrame) -> pd.Series:
-    """The meta-train pool sweep: k = 5 at pool 0.1/0.25/0.5 and the full pool, on the data
+    """The warm-user pool sweep: k = 5 at pool 0.1/0.25/0.5 and the full pool, on the data
     sets that have a sweep (another data set's plain k = 5 board is no sweep)."""
     swept = boards.loc[boards["protocol"].str.contains("pool="), "dataset"].unique()
     return (_coldstart(boards) & boards["protocol"].str.contains(r"k=5(?:,|$)")
@@ -412,7 +412,7 @@ def _pool_boards(boards: pd.DataFrame) -> pd.Series:
 
 
 def data_need(boards: pd.DataFrame, claim: str) -> Evidence:
-    """Meta needs more data: from the full meta-train pool to the smallest one, the best meta
+    """Meta needs more data: from the full warm-user pool to the smallest one, the best meta
     method loses a larger share of its quality than the best other family does (ndcg@10,
     averaged over the data sets with a pool sweep; within 1 point: mixed).
 
@@ -440,9 +440,9 @@ def data_need(boards: pd.DataFrame, claim: str) -> Evidence:
                                for p in (pools[0], pools[-1]))  # fmt: skip
                 seed_drops[side].append(1 - small / full)
     if not drops["meta"] or not drops["other"]:
-        return Evidence("not testable here", "no meta-train pool sweep in the results", claim)
+        return Evidence("not testable here", "no warm-user pool sweep in the results", claim)
     meta, other = float(np.mean(drops["meta"])), float(np.mean(drops["other"]))
-    numbers = (f"ndcg@10 lost from the full to the smallest meta-train pool: "
+    numbers = (f"ndcg@10 lost from the full to the smallest warm-user pool: "
                f"meta {meta:.1%}, best other family {other:.1%}")  # fmt: skip
     verdict = (
         "mixed" if abs(meta - other) < 0.01 else "supported" if meta > other else "not supported"
@@ -536,8 +536,9 @@ CLAIM_RULES: dict[str, tuple[str, Callable[[pd.DataFrame], Evidence]]] = {
         ),
     ),
     "C5": (
-        "as C2 for the meta family on the meta-train pool sweep (k = 5 with 10%, 25%, 50% "
-        "and all meta-train users): generalising to unseen users from fewer training users",
+        "as C2 for the meta family on the warm-user pool sweep (k = 5 with 10%, 25%, 50% "
+        "and all of the meta-train and meta-valid users): generalising to unseen users from "
+        "fewer training users",
         lambda b: family_wins(b, "meta", "60_meta pool sweep", _pool_boards),
     ),
     "C6": (
@@ -555,7 +556,7 @@ CLAIM_RULES: dict[str, tuple[str, Callable[[pd.DataFrame], Evidence]]] = {
     ),
     "C8": (
         "supported when the best meta method loses a larger share of its ndcg@10 than the "
-        "best other family from the full to the smallest meta-train pool, on the seeds' means "
+        "best other family from the full to the smallest warm-user pool, on the seeds' means "
         "and in every seed (within 1 point, or seeds that disagree: mixed)",
         lambda b: data_need(b, "60_meta pool sweep"),
     ),

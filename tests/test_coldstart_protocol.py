@@ -85,6 +85,41 @@ def test_protocol_names_round_trip_and_supports_are_shared_across_pools(tiny):
     assert small.train["user_id"].nunique() < full.train["user_id"].nunique()
 
 
+def test_a_pool_shrinks_the_final_fits_warm_users_by_its_share(tiny):
+    """The final fit adds the meta-valid users' queries to its history after tuning; a pool
+    variant adds the same share of them as it keeps of the meta-train users, while tuning still
+    validates on every meta-valid user."""
+
+    def warm(split):  # users with more rows in the history than a support
+        counts = split.history()["user_id"].value_counts()
+        return set(counts[counts > 5].index)
+
+    full = protocols.split_factory("coldstart-users@k=5", tiny)(7)
+    assert full.refit_valid is None
+    pd.testing.assert_frame_equal(full.history(), pd.concat([full.train, full.valid]))
+    n_full = len(warm(full))
+    previous = None
+    for pool in (0.5, 0.25):
+        small = protocols.split_factory(f"coldstart-users@k=5,pool={pool}", tiny)(7)
+        pd.testing.assert_frame_equal(small.valid, full.valid)  # tuning: every meta-valid user
+        refit = set(small.refit_valid["user_id"])
+        assert refit < set(full.valid["user_id"])
+        assert _pairs(small.refit_valid) == _pairs(full.valid[full.valid["user_id"].isin(refit)])
+        cold = splits.coldstart_users(tiny.interactions, seed=7, pool_fraction=pool)
+        assert len(cold.refit_valid_users) == round(pool * len(cold.valid_users))
+        # The warm users of the final fit: the pooled meta-train and meta-valid users; the other
+        # meta-valid users are not in it at all, the meta-test users by their supports only.
+        assert (
+            warm(small)
+            == set(small.train["user_id"]) - set(small.cold_users) - set(small.valid_users) | refit
+        )
+        assert set(small.history()["user_id"]) == warm(small) | set(small.cold_users)
+        assert len(warm(small)) / n_full == pytest.approx(pool, abs=0.05)
+        if previous is not None:
+            assert warm(small) < previous  # nested: smaller pools are subsets
+        previous = warm(small)
+
+
 def test_query_ndcg_by_hand():
     # User 0: query ratings 5, 3, 1 predicted in the order 3, 5, 1.
     users = [0, 0, 0, 2, 2]

@@ -163,6 +163,34 @@ def test_tune_data_reuses_one_data_sets_values_and_smoke_caps_epochs(tmp_path, t
     }
 
 
+def test_a_pool_variant_recalibrates_its_pass_count_on_its_own_training_users(tmp_path):
+    """Tuned at k = 5 on every meta-train user, a smaller pool keeps the values but chooses its
+    own number of ALS sweeps on the meta-valid queries, fitted on its own (fewer) users."""
+    data = load_dataset("synthetic", n_users=200, n_items=60, density=0.25, seed=4)
+    config = validate_parameters("60_z", datasets=["synthetic"], seeds=[1], smoke=False,
+                                 results_dir=tmp_path, device="cpu")  # fmt: skip
+    tuned_on = {"tune_on": {"BiasedMFFoldIn": "coldstart-users@k=5"}}
+    chosen = [Plan("coldstart-users@k=5", ["BiasedMFFoldIn"]),
+              Plan("coldstart-users@k=5,pool=0.25", ["BiasedMFFoldIn"], **tuned_on,
+                   recalibrate=True),
+              Plan("coldstart-users@k=5,pool=0.5", ["BiasedMFFoldIn"], **tuned_on)]  # fmt: skip
+    _, tuned = run_plans(config, {"synthetic": data}, chosen, budget=1)
+    rows = tuned.set_index("protocol")
+    full, small, plain = (json.loads(rows.loc[p, "params"]) for p in rows.index)
+    assert {k: v for k, v in small.items() if k != "epochs"} == {
+        k: v for k, v in full.items() if k != "epochs"}  # fmt: skip
+    assert plain == full  # no recalibration asked: every value carried
+    curves = pd.read_csv(tmp_path / "60_z" / "tables" / "training_curves.csv")
+    own = curves[curves["protocol"] == "coldstart-users@k=5,pool=0.25"].dropna(subset=["valid"])
+    base = curves[curves["protocol"] == "coldstart-users@k=5"].dropna(subset=["valid"])
+    assert len(own) and len(base) and "coldstart-users@k=5,pool=0.5" not in set(curves["protocol"])
+    assert not own["valid"].reset_index(drop=True).equals(base["valid"].reset_index(drop=True))
+    expected = "coldstart-users@k=5,pool=0.25" if small != full else "coldstart-users@k=5"
+    assert rows.loc["coldstart-users@k=5,pool=0.25", "epochs_on_protocol"] == expected
+    assert all(p.recalibrate == ("pool" in p.protocol)
+               for p in plans.plans_for("60_meta", ["MeLU"]))  # fmt: skip
+
+
 def test_a_recalibration_counts_only_when_validation_rose_after_its_first_evaluation():
     from metarec_lib.study import Tuned, informative
 
