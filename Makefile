@@ -48,6 +48,7 @@ reproduce: setup ## The whole study: every notebook in order, the report, the ma
 report: setup ## Rerun the summary notebook from results/, then report.html, REPORT.md, LaTeX, PDF
 	$(PY) -m metarec_lib.pipeline --results $(RESULTS) $(SUMMARY)
 	$(PY) -m metarec_lib.report $(RESULTS)
+	$(PY) -m metarec_lib.manifest write $(RESULTS)
 
 manifest: setup ## Write results/manifest.json (commit, packages, hardware, data digests, SHA-256)
 	$(PY) -m metarec_lib.manifest write $(RESULTS)

@@ -35,6 +35,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -81,6 +82,21 @@ def _one_thread() -> None:
 
     torch.set_num_threads(1)
     threadpool_limits(1)
+
+
+@contextmanager
+def _threads_restored() -> Iterator[None]:
+    """Put torch's and BLAS/OpenMP's thread counts back afterwards: a job that runs in the
+    notebook's own process one-threaded (a batch of one) must not leave that process so."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    with threadpool_limits(None):  # restores the limits found here on exit
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -207,7 +223,11 @@ class LocalExecutor:
         if self.in_process or len(jobs) <= 1:
             for i, job in enumerate(jobs):
                 start = time.time()
-                result = fn(job, single_thread=not self.in_process)
+                if self.in_process:
+                    result = fn(job, single_thread=False)
+                else:
+                    with _threads_restored():
+                        result = fn(job, single_thread=True)
                 self._log(job, 0, start)
                 yield i, result
             return

@@ -73,8 +73,9 @@ def validate_parameters(
         raise ValueError(f"{stem}: `seeds` must be integers, got {bad}")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"{stem}: `seeds` has duplicates: {list(seeds)}")
-    if not isinstance(smoke, bool):
-        raise ValueError(f"{stem}: `smoke` must be True or False, got {smoke!r}")
+    for name, value in (("smoke", smoke), ("strict", strict)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{stem}: `{name}` must be True or False, got {value!r}")
     if device not in DEVICES and not str(device).startswith("cuda:"):
         raise ValueError(f"{stem}: unknown device {device!r}; expected one of {list(DEVICES)}")
     models = list(models or [])

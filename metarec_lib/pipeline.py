@@ -175,14 +175,21 @@ def run_pipeline(
 ) -> list[tuple[str, float]]:
     """Run notebooks in the order given; stop at the first failure. Returns (stem, seconds).
 
-    `extra` parameters go to every notebook whose parameters cell defines them.
+    `extra` parameters go to every notebook whose parameters cell defines them; one that no
+    notebook defines is an error (a misspelt name would otherwise be dropped without a word),
+    raised before any notebook runs.
     """
+    defaults = {nb: notebook_defaults(Path(nb)) for nb in notebooks}
+    unused = sorted(set(extra or {}) - {name for known in defaults.values() for name in known})
+    if unused:
+        stems = ", ".join(Path(nb).stem for nb in notebooks)
+        raise ValueError(f"parameter(s) {unused} are defined by none of the notebooks ({stems})")
     times = []
     for nb in notebooks:
         params: dict[str, Any] = {"smoke": smoke, "strict": strict}
         if seeds:
             params["seeds"] = list(seeds)
-        known = notebook_defaults(Path(nb))
+        known = defaults[nb]
         params.update({k: v for k, v in (extra or {}).items() if k in known})
         start = time.perf_counter()
         print(f"[metarec] {Path(nb).stem}: running{' (smoke)' if smoke else ''} ...", flush=True)
@@ -253,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NotebookFailed as err:
         print(f"[metarec] FAILED: {err}", file=sys.stderr)
         return 1
+    except ValueError as err:  # a parameter no notebook defines
+        parser.error(str(err))
     return 0
 
 

@@ -495,6 +495,9 @@ def build_report(results_dir: Path) -> dict[str, Path | list[Path] | None]:
             print(f"report.pdf: {pdf}")
         except RuntimeError as exc:  # the PDF is a convenience copy; the HTML is the report
             print(f"report.pdf: failed ({exc})")
+    if pdf is None and (results_dir / "report.pdf").exists():
+        (results_dir / "report.pdf").unlink()  # an earlier run's: it would not match the HTML
+        print("report.pdf: removed the previous one (it shows earlier results)")
     return {"html": page, "markdown": markdown, "pdf": pdf, "latex": latex}
 
 

@@ -338,3 +338,25 @@ def test_map_calls_runs_each_call_on_the_workers_in_order_and_traces_it(monkeypa
     assert sorted(x["label"] for x in lines) == ["mul 0", "mul 1", "mul 2", "mul 3"]
     assert {x["kind"] for x in lines} == {"call"}
     assert LocalExecutor(1).map_calls(jobs[:2]) == [0, 2]  # in this process
+
+
+def test_a_batch_of_one_in_the_notebooks_process_leaves_its_thread_counts_as_they_were():
+    import torch
+    from threadpoolctl import threadpool_info
+
+    import metarec_lib.executors as ex
+
+    def blas_threads():
+        return sorted(i["num_threads"] for i in threadpool_info())
+
+    before_torch, before_blas = torch.get_num_threads(), blas_threads()
+    seen = []
+    job = SimpleNamespace(affinity="", fn=lambda: seen.append(torch.get_num_threads()), args=(),
+                          label="")  # fmt: skip
+    pool = LocalExecutor(2)  # a batch of one runs here, one-threaded like a worker
+    try:
+        list(pool._run(ex.run_call, [job], [""]))
+    finally:
+        pool.close()
+    assert seen == [1]
+    assert torch.get_num_threads() == before_torch and blas_threads() == before_blas

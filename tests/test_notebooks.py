@@ -106,3 +106,13 @@ def test_the_summary_runs_last():
              "notebooks/60_meta.ipynb"]  # fmt: skip
     assert [Path(p).stem for p in run_order(given)] == ["00_data", "60_meta", "95_scale",
                                                         "90_summary"]  # fmt: skip
+
+
+def test_a_parameter_no_notebook_defines_is_an_error_before_anything_runs(tmp_path):
+    from metarec_lib.pipeline import run_pipeline
+
+    with pytest.raises(ValueError, match=r"\['budgett'\] are defined by none of the notebooks "
+                                         r"\(00_data\)"):  # fmt: skip
+        run_pipeline([ROOT / "notebooks" / "00_data.ipynb"], results_dir=tmp_path, smoke=True,
+                     extra={"budgett": 1, "seeds": [3]})  # fmt: skip
+    assert not (tmp_path / "00_data").exists()

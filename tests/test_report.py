@@ -324,3 +324,11 @@ def test_cli_exit_codes(tmp_path, png, no_browser, capsys):
     assert "REPORT.md: unrendered template marker '{{'" in capsys.readouterr().out
     assert report.main([str(tmp_path / "nowhere")]) == 2
     assert "outline.json: outline not found" in capsys.readouterr().err
+
+
+def test_a_build_without_a_pdf_removes_an_earlier_pdf(tmp_path, png, no_browser, capsys):
+    results = make_tree(tmp_path / "r", png)
+    (results / "report.pdf").write_bytes(b"%PDF- an earlier run's")
+    assert report.build_report(results)["pdf"] is None
+    assert not (results / "report.pdf").exists()
+    assert "report.pdf: removed the previous one" in capsys.readouterr().out
