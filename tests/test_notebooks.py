@@ -71,14 +71,21 @@ def test_parse_param_reads_json_or_keeps_the_string():
         parse_param("1bad=3")
 
 
-def test_extra_parameters_reach_only_the_notebooks_that_define_them(tmp_path):
-    from metarec_lib.pipeline import run_pipeline
+def test_extra_parameters_reach_only_the_notebooks_that_define_them(tmp_path, monkeypatch):
+    from metarec_lib import pipeline
 
     # 00_data has no `budget`: passing one must not fail it (papermill would inject it blindly).
-    run_pipeline([ROOT / "notebooks" / "00_data.ipynb"], results_dir=tmp_path, smoke=True,
-                 extra={"budget": 1, "seeds": [3]})  # fmt: skip
-    run = json.loads((tmp_path / "00_data" / "run.json").read_text())
-    assert "budget" not in run["parameters"] and run["parameters"]["seeds"] == [3]
+    given = {}
+
+    def record(nb, **kw):
+        given[Path(nb).stem] = kw["parameters"]
+
+    monkeypatch.setattr(pipeline, "run_notebook", record)
+    notebooks = [ROOT / "notebooks" / f"{stem}.ipynb" for stem in ("00_data", "10_content")]
+    pipeline.run_pipeline(notebooks, results_dir=tmp_path, smoke=True,
+                          extra={"budget": 1, "seeds": [3]})  # fmt: skip
+    assert "budget" not in given["00_data"] and given["00_data"]["seeds"] == [3]
+    assert given["10_content"]["budget"] == 1 and given["10_content"]["seeds"] == [3]
 
 
 def _results_fixture(root: Path) -> None:
