@@ -243,11 +243,32 @@ def test_cold_users_are_adapted_in_fit_and_kept():
     assert (np.delete(model.slot_, cold) == -1).all()
     n_local = sum(model.module_.get_parameter(n).numel() for n in model.local_names_)
     n_global = sum(w.numel() for w in model.module_.parameters())
-    assert model.n_parameters == n_global + len(cold) * n_local
+    # MeLU adapts the decision layers: most kept values are the user's own (not those behind a
+    # unit the user's support leaves inactive).
+    assert 0.5 * len(cold) * n_local < model.n_parameters - n_global <= len(cold) * n_local
     kept = model.score(cold)
     model.slot_[:] = -1  # forget: adapted again on the fly from the same rows
     np.testing.assert_allclose(model.score(cold), kept, rtol=1e-5, atol=1e-5)
     assert np.isfinite(mse(model, query))
+
+
+def test_parameters_count_the_adapted_values_that_differ_from_the_global_network():
+    """MAML adapts every parameter, but a user's support touches its own items' rows of the
+    item table only: the copies of the other rows are not the user's parameters."""
+    train, _ = cold_split()
+    model = MAML(**{**TINY, "epochs": 1, "inner_lr": 0.5}).fit(train, seed=0)
+    cold = train.cold_users
+    n_global = sum(w.numel() for w in model.module_.parameters())
+    table = model.adapted_["encoder.item_ids.weight"]  # (users, n_items, embedding)
+    base = model.module_.encoder.item_ids.weight.detach()
+    support = train.frame[train.frame["user"].isin(cold)]
+    for user, rows in support.groupby("user"):
+        changed = (table[model.slot_[user]] != base).any(1).numpy()
+        assert set(np.flatnonzero(changed)) == set(rows["item"])  # the support's rows only
+    own = sum(int((w != model.module_.get_parameter(n).detach()).sum())
+              for n, w in model.adapted_.items())  # fmt: skip
+    assert model.n_parameters == n_global + own
+    assert own < sum(w.numel() for w in model.adapted_.values())
 
 
 def test_adapting_again_replaces_a_users_kept_parameters():
@@ -257,11 +278,11 @@ def test_adapting_again_replaces_a_users_kept_parameters():
     model = MAML(**{**TINY, "epochs": 2}).fit(train, seed=0)
     fresh = MAML(**{**TINY, "epochs": 2}).fit(train, seed=0)
     model.adapt(support)
-    kept = model.n_parameters
+    slots = len(model.adapted_["encoder.item_ids.weight"])
     again = dataclasses.replace(query, frame=query.frame[query.frame["user"] < 52])
     model.adapt(again)
     fresh.adapt(again)
-    assert model.n_parameters == kept
+    assert len(model.adapted_["encoder.item_ids.weight"]) == slots
     users = np.arange(48, 52)
     np.testing.assert_allclose(model.score(users), fresh.score(users), rtol=1e-6, atol=1e-6)
     assert not np.allclose(model.score(users), MAML(**{**TINY, "epochs": 2}).fit(train, seed=0)
