@@ -601,7 +601,8 @@ CLAIM_RULES: dict[str, tuple[str, Callable[[pd.DataFrame], Evidence]]] = {
         lambda b: costlier(b, "meta", "predict_seconds", "60_meta costs.csv", _coldstart),
     ),
     "Q5": (
-        "as C7 (parameters; stored size follows them)",
+        "as C7 (the parameters a model holds of its own; a meta-learner's kept copies of values "
+        "that adaptation left unchanged do not count, though its pickle stores them)",
         lambda b: costlier(b, "meta", "n_parameters", "60_meta costs.csv", _coldstart),
     ),
 }
