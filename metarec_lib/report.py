@@ -53,6 +53,10 @@ PDF_TIMEOUT_S = 120
 # after whitespace, as templates write it (`{{ x }}`), so a nested JSON dict (`{"a": {"b": 1}}`)
 # in a table cell is not mistaken for one.
 TEMPLATE_MARKERS = re.compile(r"\{\{|\{%|\s\}\}|\s%\}")
+# A replacement field left by a string that lost its f-prefix (`{best_model}`, `{mean:.4f}`),
+# looked for in REPORT.md's text: not after a backslash, ^, _ or a letter (LaTeX `x^{n}`,
+# `\frac{a}{b}`) and not inside a JSON object (a key is quoted).
+FORMAT_FIELD = re.compile(r"(?<![\\^_\w{}])\{[A-Za-z_]\w*(?:\.\w+)*(?:![rsa])?(?::[^{}\s]*)?\}")
 _MD_LINK = re.compile(r"(!?)\[(?:[^\]\\]|\\.)*\]\((<[^>]+>|[^)\s]+)(?:\s+\"[^\"]*\")?\)")
 _MD_HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$", re.M)
 _OUTLINE_KEYS = {"title", "intro", "sections"}
@@ -506,6 +510,11 @@ def _markers(text: str, name: str) -> list[str]:
     return [f"{name}: unrendered template marker {m!r}" for m in found]
 
 
+def _format_fields(text: str, name: str) -> list[str]:
+    found = sorted({m.group(0) for m in FORMAT_FIELD.finditer(text)})
+    return [f"{name}: unformatted field {m!r} (a string without its f-prefix?)" for m in found]
+
+
 def check_report(results_dir: Path) -> list[str]:
     """Problems with the built report, one line each ([] when none): template markers left in
     REPORT.md or report.html, Markdown images, links or anchors that lead nowhere, HTML images
@@ -517,7 +526,7 @@ def check_report(results_dir: Path) -> list[str]:
         problems.append(f"{md_path}: missing")
     else:
         text = md_path.read_text(encoding="utf-8")
-        problems += _markers(text, md_path.name)
+        problems += _markers(text, md_path.name) + _format_fields(text, md_path.name)
         anchors = set(_unique_slugs(_MD_HEADING.findall(text)))
         for bang, target in _MD_LINK.findall(text):
             target = target.strip("<>")

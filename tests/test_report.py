@@ -258,7 +258,9 @@ def test_check_report_finds_problems(built, tmp_path):
     results = Path(shutil.copytree(built[0], tmp_path / "results"))
     (results / "90_summary" / "figures" / "pareto.png").unlink()
     md = results / "REPORT.md"
-    md.write_text(md.read_text(encoding="utf-8") + "\nvalue: {{ x }}\n[gone](#no-such-heading)\n")
+    md.write_text(md.read_text(encoding="utf-8") + "\nvalue: {{ x }}\n[gone](#no-such-heading)\n"
+                  "best: {best_model}, {mean:.4f}; fine: $n^{0.5}$, \\frac{a}{b}, "
+                  '{"42": 0.1}\n')  # fmt: skip
     page = results / "report.html"
     page.write_text(
         page.read_text(encoding="utf-8").replace(
@@ -268,11 +270,13 @@ def test_check_report_finds_problems(built, tmp_path):
     problems = report.check_report(results)
     assert "REPORT.md: unrendered template marker '{{'" in problems
     assert "REPORT.md: unrendered template marker '}}'" in problems
+    fields = [p for p in problems if "unformatted field" in p]
+    assert [p.split("'")[1] for p in fields] == ["{best_model}", "{mean:.4f}"]
     assert any("image '90_summary/figures/pareto.png' not found" in p for p in problems)
     assert "REPORT.md: link to missing heading '#no-such-heading'" in problems
     assert any("<img src='figures/x.png'> is not an embedded data: URI" in p for p in problems)
     assert "report.html: loads https://cdn.x/a.js (the report must read offline)" in problems
-    assert len(problems) == 6
+    assert len(problems) == 8
     md.unlink()
     assert f"{md}: missing" in report.check_report(results)
 
