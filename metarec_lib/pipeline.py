@@ -36,6 +36,10 @@ class NotebookFailed(RuntimeError):
     """A notebook raised: carries the notebook path and the failing cell."""
 
 
+class UnknownParameter(ValueError):
+    """A `-p` parameter that no notebook of the run defines."""
+
+
 def environment() -> dict[str, Any]:
     """Git commit, package versions and hardware, for run.json and the manifest."""
     versions = {}
@@ -183,7 +187,8 @@ def run_pipeline(
     unused = sorted(set(extra or {}) - {name for known in defaults.values() for name in known})
     if unused:
         stems = ", ".join(Path(nb).stem for nb in notebooks)
-        raise ValueError(f"parameter(s) {unused} are defined by none of the notebooks ({stems})")
+        raise UnknownParameter(f"parameter(s) {unused} are defined by none of the notebooks "
+                               f"({stems})")  # fmt: skip
     times = []
     for nb in notebooks:
         params: dict[str, Any] = {"smoke": smoke, "strict": strict}
@@ -260,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NotebookFailed as err:
         print(f"[metarec] FAILED: {err}", file=sys.stderr)
         return 1
-    except ValueError as err:  # a parameter no notebook defines
+    except UnknownParameter as err:
         parser.error(str(err))
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 
 from metarec_lib import datacard
 from metarec_lib.data.dataset import Dataset
+from metarec_lib.io import atomic_write_bytes
 
 
 def save(fig: plt.Figure, path: str | Path) -> Path:
@@ -18,18 +20,12 @@ def save(fig: plt.Figure, path: str | Path) -> Path:
 
     PNG metadata is fixed so reruns give the same bytes.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png", metadata={"Software": None})
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        fig.savefig(buf, dpi=110, bbox_inches="tight", format="png", metadata={"Software": None})
     finally:
         plt.close(fig)
-    return path
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def data_card_figure(ds: Dataset) -> plt.Figure:

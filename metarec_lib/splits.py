@@ -458,13 +458,14 @@ def coldstart_users(
         )
     perm = rng_users.permutation(users)
     test_users = np.sort(perm[:n_test])
-    valid_users = np.sort(perm[n_test : n_test + n_valid])
-    train_order = perm[n_test + n_valid :]
-    pool = np.sort(train_order[: max(1, int(np.floor(pool_fraction * n_train + 0.5)))])
-    refit_valid = None
-    if pool_fraction < 1 and n_valid:
-        valid_order = perm[n_test : n_test + n_valid]
-        refit_valid = np.sort(valid_order[: max(1, int(np.floor(pool_fraction * n_valid + 0.5)))])
+    valid_order, train_order = perm[n_test : n_test + n_valid], perm[n_test + n_valid :]
+    valid_users = np.sort(valid_order)
+
+    def pooled(order: np.ndarray) -> np.ndarray:  # the pool's share of a seeded order
+        return np.sort(order[: max(1, int(np.floor(pool_fraction * len(order) + 0.5)))])
+
+    pool = pooled(train_order)
+    refit_valid = pooled(valid_order) if pool_fraction < 1 and n_valid else None
 
     rank, count = _within_user_rank(_codes(data["user_id"]), rng_rows.random(len(data)))
     user_ids = data["user_id"].to_numpy()

@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
@@ -53,8 +51,8 @@ def test_a_figure_that_fails_to_save_leaves_neither_a_temp_file_nor_an_open_figu
     fig, ax = plt.subplots()
     ax.plot([0, 1])
 
-    def broken(path, **kwargs):
-        Path(path).write_bytes(b"half a png")
+    def broken(target, **kwargs):
+        target.write(b"half a png")
         raise OSError("disk full")
 
     monkeypatch.setattr(fig, "savefig", broken)

@@ -206,7 +206,8 @@ def fill_missing(
         if n == 0:
             continue
         # A bool column that a left merge left with missing values has dtype object.
-        flags = bool(len(s.dropna())) and s.dropna().map(type).isin((bool, np.bool_)).all()
+        present = s.dropna()
+        flags = len(present) > 0 and present.map(type).isin((bool, np.bool_)).all()
         if (
             pd.api.types.is_bool_dtype(s)
             or flags
