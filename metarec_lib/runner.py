@@ -494,18 +494,20 @@ def _add_query_metrics(
     users: np.ndarray,
 ) -> None:  # fmt: skip
     """In place: the cold-start query metrics. query_ndcg@3 and @10 rank each user's query
-    items by `predict` (ratings, or scores for a ranking model) with graded relevance; a model
-    that predicts ratings also gets rmse and mae on the query. Per-user values go to
-    `per_user` (rows `users`)."""
+    items by `predict_raw` (unclipped ratings, or scores for a ranking model: clipping would
+    tie the items predicted past an end of the rating scale) with graded relevance; a model
+    that predicts ratings also gets rmse and mae of its (clipped) `predict` on the query.
+    Per-user values go to `per_user` (rows `users`)."""
     f = test.frame
     test_users, test_items = f["user"].to_numpy(), f["item"].to_numpy()
     truth = f["rating"].to_numpy()
-    pred = np.asarray(model.predict(test_users, test_items), np.float64)
+    order = np.asarray(model.predict_raw(test_users, test_items), np.float64)
     for k in QUERY_KS:
-        values = query_ndcg_per_user(test_users, truth, pred, k, test.n_users)[users]
+        values = query_ndcg_per_user(test_users, truth, order, k, test.n_users)[users]
         per_user[f"query_ndcg@{k}"] = values
         metrics[f"query_ndcg@{k}"] = float(np.nanmean(values))
     if model.predicts_ratings:
+        pred = np.asarray(model.clip_ratings(order), np.float64)  # what `predict` gives
         metrics.update(rating_metrics(truth, pred))
         per = rating_metrics_per_user(truth, pred, test_users, test.n_users)
         for name, values in per.items():

@@ -202,6 +202,12 @@ def check_recommender(
     if model.predicts_ratings:
         pred = model.predict(users, held_out)
         assert pred.shape == (train.n_users,) and np.isfinite(pred).all(), f"{name}: predict"
+        raw = model.predict_raw(users, held_out)
+        np.testing.assert_array_equal(
+            model.clip_ratings(raw), pred, err_msg=f"{name}: predict != clip_ratings(predict_raw)"
+        )
+        pulled_in = model.clip_ratings(np.array([-1e9, 1e9]))
+        assert pulled_in[0] > -1e9 and pulled_in[1] < 1e9, f"{name}: clip_ratings clips nothing"
     if learns:
         hits = np.array([held_out[u] in top[u] for u in users])
         assert hits.all(), (

@@ -195,3 +195,39 @@ def test_tuning_fits_without_meta_test_users_and_marks_meta_valid_users_cold(
     k1_queries = protocols.split_factory("coldstart-users@k=1", tiny)(2).test
     fit_users = encoder.user_index(k1_queries["user_id"].unique())
     assert not np.isin(fit_users, _SeesColdUsers.seen_users[0]).any()
+
+
+class _PastTheScale(MostPop):
+    """A rating model with fixed raw predictions, some past the top of its 1-5 scale."""
+
+    name = "_PastTheScale"
+    predicts_ratings = True
+    raw = {0: 5.5, 1: 6.0, 2: 2.0}  # noqa: RUF012  (item -> raw predicted rating)
+
+    def predict_raw(self, users, items):
+        return np.array([self.raw[int(i)] for i in items])
+
+    def predict(self, users, items):
+        return self.clip_ratings(self.predict_raw(users, items))
+
+    def clip_ratings(self, values):
+        return np.clip(values, 1.0, 5.0)
+
+
+def test_query_metrics_rank_by_unclipped_ratings_and_score_clipped_ones():
+    """Clipped, items 0 and 1 tie at 5 and keep their input order (0 first); unclipped, item 1
+    (raw 6.0, true 5) ranks first, which is the ideal order: NDCG@3 = 1. RMSE and MAE are of
+    the clipped ratings: errors 2, 0, 1."""
+    from metarec_lib.data.dataset import Interactions
+    from metarec_lib.runner import _add_query_metrics
+
+    frame = pd.DataFrame({"user": [0, 0, 0], "item": [0, 1, 2], "rating": [3.0, 5.0, 1.0]})
+    test = Interactions(frame, n_users=1, n_items=3)
+    metrics, per_user = {}, pd.DataFrame(index=[0])
+    _add_query_metrics(_PastTheScale(), test, metrics, per_user, np.array([0]))
+    assert metrics["query_ndcg@3"] == pytest.approx(1.0)
+    clipped_order = (3 + 5 / np.log2(3) + 1 / 2) / (5 + 3 / np.log2(3) + 1 / 2)
+    assert clipped_order == pytest.approx(0.9001, abs=1e-4)  # what ranking by predict gave
+    assert metrics["rmse"] == pytest.approx(np.sqrt(5 / 3))
+    assert metrics["mae"] == pytest.approx(1.0)
+    assert per_user["query_ndcg@10"].tolist() == pytest.approx([1.0])

@@ -114,6 +114,17 @@ class Recommender(ABC):
             out[mask] = scores[inv[mask] - start, items[mask]]
         return out
 
+    def predict_raw(self, users: npt.ArrayLike, items: npt.ArrayLike) -> np.ndarray:
+        """`predict` before any clipping to the rating range: what orders a user's pairs
+        (clipping ties every pair predicted past an end of the range). A model whose `predict`
+        clips overrides this and `clip_ratings`; for the others it is `predict`."""
+        return self.predict(users, items)
+
+    def clip_ratings(self, values: np.ndarray) -> np.ndarray:
+        """What `predict` makes of `predict_raw`'s values: `values` itself, or for a model that
+        clips, `values` clipped to its rating range (so a caller needing both computes once)."""
+        return values
+
     def recommend(
         self,
         users: npt.ArrayLike,

@@ -503,13 +503,19 @@ class ContentRegression(Recommender):
         pred = self.mu_ + self.user_main_[users, None] + self.item_main_[None, :]
         return pred + self._cross(codes, len(users))
 
-    def predict(self, users: npt.ArrayLike, items: npt.ArrayLike) -> np.ndarray:
-        """Predicted ratings of aligned (user, item) pairs, shape (n,)."""
+    def predict_raw(self, users: npt.ArrayLike, items: npt.ArrayLike) -> np.ndarray:
+        """Unclipped predicted ratings of aligned (user, item) pairs, shape (n,): as `score`."""
         users, items = np.asarray(users, np.int64), np.asarray(items, np.int64)
         codes = {k: c[users] for k, c in self.user_codes_.items()}
         phi = self.coder_.design(codes, items)
-        pred = self.mu_ + self.user_bias_[users] + self.item_bias_[items] + phi @ self.weights_
-        return np.clip(pred, *self.range_)
+        return self.mu_ + self.user_bias_[users] + self.item_bias_[items] + phi @ self.weights_
+
+    def predict(self, users: npt.ArrayLike, items: npt.ArrayLike) -> np.ndarray:
+        """Predicted ratings of aligned (user, item) pairs, clipped to the training range: (n,)."""
+        return self.clip_ratings(self.predict_raw(users, items))
+
+    def clip_ratings(self, values: np.ndarray) -> np.ndarray:
+        return np.clip(values, *self.range_)
 
     def predict_profile(
         self,
@@ -538,7 +544,7 @@ class ContentRegression(Recommender):
             bias = float((s_ratings - base).sum() / (len(s_items) + float(self.params["reg_user"])))
         phi = self.coder_.design({k: np.repeat(c, len(items)) for k, c in codes.items()}, items)
         pred = self.mu_ + bias + self.item_bias_[items] + phi @ self.weights_
-        return np.clip(pred, *self.range_)
+        return self.clip_ratings(pred)
 
     @property
     def n_parameters(self) -> int:

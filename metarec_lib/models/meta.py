@@ -553,7 +553,7 @@ class MetaRecommender(Recommender):
                 scores = self._rate_all(module, params, block).double().cpu().numpy()
             mask = (inv >= start) & (inv < start + len(block))
             pred[mask] = scores[inv[mask] - start, items[mask]]
-        err = np.clip(pred, *self.range_) - f["rating"].to_numpy(np.float64)
+        err = self.clip_ratings(pred) - f["rating"].to_numpy(np.float64)
         return float(np.sqrt(np.mean(err**2)))
 
     # -- the inner loop -------------------------------------------------------------------
@@ -861,9 +861,16 @@ class MetaRecommender(Recommender):
                 )
         return out
 
+    def predict_raw(self, users: npt.ArrayLike, items: npt.ArrayLike) -> np.ndarray:
+        """Unclipped predicted ratings of aligned pairs, read from `score`: (n,)."""
+        return super().predict(users, items)
+
     def predict(self, users: npt.ArrayLike, items: npt.ArrayLike) -> np.ndarray:
         """Predicted ratings of aligned pairs, clipped to the warm training range: (n,)."""
-        return np.clip(super().predict(users, items), *self.range_)
+        return self.clip_ratings(self.predict_raw(users, items))
+
+    def clip_ratings(self, values: np.ndarray) -> np.ndarray:
+        return np.clip(values, *self.range_)
 
     @property
     def n_parameters(self) -> int:

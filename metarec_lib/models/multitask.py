@@ -843,10 +843,16 @@ class MultiTaskRecommender(TorchRecommender):
             }
         return out
 
+    def predict_raw(self, users: npt.ArrayLike, items: npt.ArrayLike) -> np.ndarray:
+        """Unclipped predicted ratings of aligned pairs: shape (n,)."""
+        return self.outputs(users, items, ("rating",))["rating"] + self.mu_
+
     def predict(self, users: npt.ArrayLike, items: npt.ArrayLike) -> np.ndarray:
         """Predicted ratings of aligned pairs, clipped to the training range: shape (n,)."""
-        rating = self.outputs(users, items, ("rating",))["rating"]
-        return np.clip(rating + self.mu_, *self.range_)
+        return self.clip_ratings(self.predict_raw(users, items))
+
+    def clip_ratings(self, values: np.ndarray) -> np.ndarray:
+        return np.clip(values, *self.range_)
 
     def predict_interest(self, users: npt.ArrayLike, items: npt.ArrayLike) -> np.ndarray:
         """p(rate) of aligned pairs, in (0, 1): shape (n,)."""

@@ -160,16 +160,22 @@ class _RatingModel(Recommender):
             + self.user_factors_[users] @ self.item_factors_.T
         )
 
-    def predict(self, users: npt.ArrayLike, items: npt.ArrayLike) -> np.ndarray:
-        """Predicted ratings of aligned (user, item) pairs, (n,), clipped to the train range."""
+    def predict_raw(self, users: npt.ArrayLike, items: npt.ArrayLike) -> np.ndarray:
+        """Unclipped predicted ratings of aligned (user, item) pairs, (n,): as `score`."""
         users, items = np.asarray(users, np.int64), np.asarray(items, np.int64)
-        raw = (
+        return (
             self.mu_
             + self.user_bias_[users]
             + self.item_bias_[items]
             + np.einsum("nk,nk->n", self.user_factors_[users], self.item_factors_[items])
         )
-        return np.clip(raw, *self.rating_range_)
+
+    def predict(self, users: npt.ArrayLike, items: npt.ArrayLike) -> np.ndarray:
+        """Predicted ratings of aligned (user, item) pairs, (n,), clipped to the train range."""
+        return self.clip_ratings(self.predict_raw(users, items))
+
+    def clip_ratings(self, values: np.ndarray) -> np.ndarray:
+        return np.clip(values, *self.rating_range_)
 
     def _start_history(self) -> None:
         self.history_: list[tuple[int, float]] = []
@@ -299,7 +305,7 @@ class BiasedMF(_RatingModel):
             + self.item_bias_[items]
             + self.item_factors_[items] @ np.asarray(p_u, np.float64)
         )
-        return np.clip(raw, *self.rating_range_)
+        return self.clip_ratings(raw)
 
     @property
     def n_parameters(self) -> int:
