@@ -24,7 +24,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from metarec_lib import __version__, code_fingerprint
-from metarec_lib.data.dataset import Dataset
+from metarec_lib.data.dataset import Dataset, Interactions
 from metarec_lib.io import atomic_write_csv, atomic_write_json
 from metarec_lib.models.base import Recommender
 from metarec_lib.models.registry import get_model, model_class
@@ -105,8 +105,9 @@ def tune(
 
     `fixed` hyperparameters override every configuration (smoke runs cap epochs with it).
     `split` (seed -> Split) stands in for the protocol's registered split factory, for protocols
-    built outside `protocols` (the transfer settings' target fractions); `protocol` must then
-    name it uniquely for `dataset`, since it keys the cache.
+    built outside `protocols` (the transfer settings' target fractions); the cache key then
+    also holds a digest of the validation data it gives, so two splits under one `protocol`
+    name never share a result.
     """
     request = TuneRequest(dataset, protocol, name, budget, dict(fixed or {}), split)
     [tuned] = tune_many([request], seed=seed, device=device, cache_dir=cache_dir,
@@ -135,8 +136,9 @@ def tune_many(
     for i, req in enumerate(requests):
         cls = model_class(req.name)
         compute = get_model(req.name, device=device).compute_device()
+        data = _validation_data(req, seed) if req.split is not None else None
         key = _key(req.dataset.digest, req.protocol, req.name, cls, req.budget, seed, req.fixed,
-                   req.metric, compute)  # fmt: skip
+                   req.metric, compute, split=data and validation_digest(*data[:2]))  # fmt: skip
         if req.split is None and key in first_of:
             same[i] = first_of[key]
             continue
@@ -148,7 +150,7 @@ def tune_many(
                            pd.DataFrame(cached["trials"]),
                            pd.DataFrame(cached.get("curve", {})))  # fmt: skip
             continue
-        train, valid, kind = _validation_data(req, seed)
+        train, valid, kind = data or _validation_data(req, seed)
         configs = configurations(cls.space, req.budget, seed)
         searches.append((i, req, path, configs, len(jobs), kind))
         jobs += [TrialJob(req.name, {**c, **req.fixed}, device, train, valid, kind, seed,
@@ -337,11 +339,23 @@ def best_epoch_of(model: Recommender, *, higher_is_better: bool) -> int | None:
     return int(pick(history, key=lambda h: h[1])[0])
 
 
+def validation_digest(train: Interactions, valid: Interactions) -> str:
+    """SHA-256 of the (user, item, rating, timestamp) rows of a search's training and
+    validation data, in order: what keys a search on a split from outside `protocols`."""
+    h = hashlib.sha256()
+    for part in (train, valid):
+        frame = part.frame[["user", "item", "rating", "timestamp"]]
+        h.update(str(len(frame)).encode())
+        h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return h.hexdigest()
+
+
 def _key(digest: str, protocol: str, name: str, cls: type[Recommender], budget: int,
          seed: int, fixed: dict[str, Any], metric: str | None = None,
-         device: str = "cpu") -> str:  # fmt: skip
+         device: str = "cpu", split: str | None = None) -> str:  # fmt: skip
     """The tuning cache key: everything a search's result depends on, the device the model
-    computes on included (a CPU search is not a CUDA one: 11 models fit otherwise there)."""
+    computes on included (a CPU search is not a CUDA one: 11 models fit otherwise there), and
+    for a split from outside `protocols` the digest of its validation data (`split`)."""
     config = {"digest": digest, "protocol": protocol, "model": name, "defaults": cls.defaults,
               "space": repr(cls.space), "budget": budget, "seed": seed, "version": __version__,
               "code": code_fingerprint(),
@@ -350,6 +364,8 @@ def _key(digest: str, protocol: str, name: str, cls: type[Recommender], budget: 
         config["fixed"] = fixed
     if metric is not None:
         config["metric"] = metric
+    if split is not None:
+        config["split"] = split
     blob = json.dumps(
         config,
         sort_keys=True, default=str,

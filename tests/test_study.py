@@ -314,3 +314,26 @@ def test_the_tuning_cache_keys_on_the_device_the_model_computes_on(tmp_path, tin
     tune(tiny, "topn-75-25", "MostPop", budget=1, seed=0, device="cuda", cache_dir=tmp_path,
          progress=False)  # fmt: skip
     assert len(list(tmp_path.glob("tune-*.json"))) == 1
+
+
+def test_two_splits_under_one_protocol_name_never_share_a_cached_search(tmp_path, tiny):
+    """The cache key of a search on a split from outside `protocols` holds its validation
+    data's digest: another split under the same name is searched anew, and the same split is
+    read back from the cache."""
+    from metarec_lib.splits import holdout_per_user
+    from metarec_lib.study import tune
+
+    def split_at(fraction):
+        return lambda seed: holdout_per_user(tiny.interactions, test_fraction=fraction, seed=seed)
+
+    def search(fraction):
+        return tune(tiny, "custom", "MostPop", budget=1, seed=0, device="cpu",
+                    cache_dir=tmp_path, progress=False, split=split_at(fraction))  # fmt: skip
+
+    first = search(0.25)
+    assert len(list(tmp_path.glob("tune-*.json"))) == 1
+    other = search(0.5)
+    assert len(list(tmp_path.glob("tune-*.json"))) == 2
+    assert other.score != first.score  # validated on other data
+    assert search(0.25).score == first.score
+    assert len(list(tmp_path.glob("tune-*.json"))) == 2
