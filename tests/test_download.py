@@ -141,6 +141,28 @@ def test_download_failures_are_source_absent(tmp_path):
     assert time.monotonic() - t0 < 5
 
 
+def test_a_tls_error_mid_body_is_source_absent(tmp_path, monkeypatch):
+    """ssl.SSLError is an OSError, not a ConnectionError: raised by a read after the handshake
+    it must still let the caller try the next source."""
+    import ssl
+
+    class _BrokenTLS:
+        headers = {"Content-Length": "100"}
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self, n):
+            raise ssl.SSLError("decryption failed or bad record mac")
+
+    monkeypatch.setattr(dl.urllib.request, "urlopen", lambda request, timeout: _BrokenTLS())
+    with pytest.raises(dl.SourceAbsent, match="SSLError"):
+        dl.download("https://example.invalid/x.zip", tmp_path / "x", timeout=5)
+
+
 # ---------------------------------------------------------------- safe extraction
 
 

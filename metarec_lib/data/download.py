@@ -12,6 +12,7 @@ import hashlib
 import http.client
 import os
 import shutil
+import ssl
 import stat
 import subprocess
 import sys
@@ -90,8 +91,9 @@ def verify_file(
 def download(url: str, dest: str | Path, *, timeout: float, desc: str | None = None) -> Path:
     """Download `url` to `dest` with a progress bar; SourceAbsent on any network failure.
 
-    `timeout` bounds each connect and read. A body shorter than its Content-Length counts as a
-    network failure (the transfer broke), not as corrupt data.
+    `timeout` bounds each connect and read. A body shorter than its Content-Length, or a TLS
+    error while reading it, counts as a network failure (the transfer broke), not as corrupt
+    data.
     """
     dest = Path(dest)
     request = urllib.request.Request(url, headers={"User-Agent": "metarec-lib"})
@@ -120,7 +122,9 @@ def download(url: str, dest: str | Path, *, timeout: float, desc: str | None = N
         raise SourceAbsent(f"unreachable: {e.reason}") from e
     except TimeoutError as e:
         raise SourceAbsent(f"timed out after {timeout:g} s") from e
-    except (ConnectionError, http.client.HTTPException) as e:
+    except (ConnectionError, http.client.HTTPException, ssl.SSLError) as e:
+        # ssl.SSLError: a TLS record broken mid-body (during the handshake urllib wraps it
+        # in URLError); either way the transfer broke, so the next source is tried.
         raise SourceAbsent(f"transfer failed: {type(e).__name__}: {e}") from e
     if total is not None and done != total:
         raise SourceAbsent(f"transfer broke: got {done} of {total} bytes")
