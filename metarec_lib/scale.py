@@ -58,7 +58,7 @@ from metarec_lib.models.ease import DUAL_RATIO, FLOAT64_MAX_ITEMS
 from metarec_lib.models.registry import get_model, model_class
 from metarec_lib.runner import COST_COLUMNS, METRIC_COLUMNS, RANKING_NAMES
 
-SIZES = (1e5, 1e6, 1e7)
+SIZES = (1e5, 3e5, 1e6, 1e7)  # the notebook's default `sizes`
 SMOKE_SIZES = (2e3, 1e4)
 MODELS = ("EASE", "iALS", "BPR", "SASRec")
 # Fixed passes per model (no validation, no early stopping): the cost of a pass is what scales.

@@ -197,3 +197,15 @@ def test_run_scale_and_plan_reject_bad_arguments():
                       memory_limit_mb=20_000)  # fmt: skip
     assert list(plan["n_items"]) == [1000, 63096]
     assert not plan["EASE MB"][0].endswith("(skip)") and plan["EASE MB"][1].endswith("(skip)")
+
+
+def test_the_notebook_runs_the_documented_sizes_and_every_model_has_three_below_1e7():
+    """The notebook's default sizes are `scale.SIZES`, and at least three of them lie below
+    1e7, where EASE stops (memory), so every model's growth exponent rests on >= 3 points."""
+    from pathlib import Path
+
+    from metarec_lib.pipeline import notebook_defaults
+
+    nb = Path(__file__).resolve().parents[1] / "notebooks" / "95_scale.ipynb"
+    assert tuple(notebook_defaults(nb)["sizes"]) == scale.SIZES
+    assert sum(n < 1e7 for n in scale.SIZES) >= 3
