@@ -191,7 +191,7 @@ def test_a_pool_variant_recalibrates_its_pass_count_on_its_own_training_users(tm
                for p in plans.plans_for("60_meta", ["MeLU"]))  # fmt: skip
 
 
-def test_a_recalibration_counts_only_when_validation_rose_after_its_first_evaluation():
+def test_a_recalibration_counts_when_validation_rose_or_it_measured_the_carried_count():
     from metarec_lib.study import Tuned, informative
 
     def recalibrated(valid, best):
@@ -201,6 +201,12 @@ def test_a_recalibration_counts_only_when_validation_rose_after_its_first_evalua
 
     assert informative(recalibrated([0.1, 0.3, 0.2, 0.2], 2), "epochs")
     assert not informative(recalibrated([0.3, 0.2, 0.1, 0.1], 1), "epochs")  # a plateau
+    # The first evaluation is best: a plateau while the carried count lies past the curve, a
+    # choice once the curve measured the carried count (3 < 4) and found it worse.
+    assert not informative(recalibrated([0.3, 0.2, 0.1, 0.1], 1), "epochs", carried=12)
+    assert informative(recalibrated([0.3, 0.2, 0.1, 0.1], 1), "epochs", carried=3)
+    assert informative(recalibrated([0.3, 0.2, 0.1, 0.1], 1), "epochs", carried=4)
+    assert not informative(recalibrated([0.3, 0.2, 0.1, 0.1], 1), "epochs", carried=1)  # same
     assert not informative(recalibrated([float("nan"), 0.3, 0.2, 0.1], 2), "epochs")
     assert not informative(recalibrated([0.1, 0.3, 0.2, 0.2], 2), None)
     no_curve = Tuned({"epochs": 3}, 0.2, "ndcg@10", pd.DataFrame())
