@@ -308,10 +308,28 @@ class LocalExecutor:
 
 def _quiet_worker() -> None:
     """A worker ignores Ctrl-C (a notebook kernel's shutdown interrupts its process group):
-    the pool stops it when the parent goes, without a traceback per worker."""
+    the pool stops it when the parent goes, without a traceback per worker. And it exits as
+    soon as its parent process is gone: a kernel that dies without shutting the pool down
+    (`make reproduce` stopped by SIGTERM) would otherwise leave its workers blocked for good
+    on their job queue, whose write end each of them holds too (measured: two orphans of
+    about 500 MB each)."""
     import signal
+    import threading
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, name="exit-with-parent", daemon=True).start()
+
+
+def _exit_with_parent() -> None:
+    """Wait (no polling: on the parent's sentinel) until the parent process ends, then end
+    this one at once, whatever job it is in: its result has no one to go to."""
+    import multiprocessing as mp
+
+    parent = mp.parent_process()
+    if parent is None:
+        return
+    parent.join()
+    os._exit(1)
 
 
 WARM_UP_MODELS = ("BPR",)

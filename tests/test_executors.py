@@ -1,6 +1,10 @@
 """Executors: the same grid gives the same metrics in this process, on local workers and as
 Ray tasks; bad settings are clear errors."""
 
+import subprocess
+import sys
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
@@ -360,3 +364,42 @@ def test_a_batch_of_one_in_the_notebooks_process_leaves_its_thread_counts_as_the
         pool.close()
     assert seen == [1]
     assert torch.get_num_threads() == before_torch and blas_threads() == before_blas
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie (Linux /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_workers_exit_when_the_process_that_started_them_is_killed(tmp_path):
+    """A parent killed outright (SIGKILL: no pool shutdown runs) leaves no worker behind;
+    before, each blocked for good on its job queue."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, time\n"
+        "from metarec_lib.executors import LocalExecutor\n"
+        "if __name__ == '__main__':  # spawned workers import this module\n"
+        "    ex = LocalExecutor(workers=2)\n"
+        "    ex.start()\n"
+        "    print(*[pool.submit(os.getpid).result() for pool in ex._pools], flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    try:
+        workers = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(workers) == 2 and all(_running(pid) for pid in workers)
+        parent.kill()
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_running(pid) for pid in workers), "a worker outlived its parent"
+    finally:
+        parent.kill()
+        parent.stdout.close()
