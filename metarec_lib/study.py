@@ -136,10 +136,12 @@ def tune_many(
     for i, req in enumerate(requests):
         cls = model_class(req.name)
         compute = get_model(req.name, device=device).compute_device()
+        # A split from outside `protocols` is known by its data: it is computed now, for the key.
         data = _validation_data(req, seed) if req.split is not None else None
         key = _key(req.dataset.digest, req.protocol, req.name, cls, req.budget, seed, req.fixed,
-                   req.metric, compute, split=data and validation_digest(*data[:2]))  # fmt: skip
-        if req.split is None and key in first_of:
+                   req.metric, compute,
+                   split=validation_digest(*data[:2]) if data is not None else None)  # fmt: skip
+        if key in first_of:
             same[i] = first_of[key]
             continue
         first_of[key] = i
@@ -351,7 +353,8 @@ def best_epoch_of(model: Recommender, *, higher_is_better: bool) -> int | None:
 
 def validation_digest(train: Interactions, valid: Interactions) -> str:
     """SHA-256 of the (user, item, rating, timestamp) rows of a search's training and
-    validation data, in order: what keys a search on a split from outside `protocols`."""
+    validation data, in order: what keys a search on a split from outside `protocols`. Not
+    `interactions_digest`, which sorts the rows: a fit can depend on their order."""
     h = hashlib.sha256()
     for part in (train, valid):
         frame = part.frame[["user", "item", "rating", "timestamp"]]

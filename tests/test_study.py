@@ -343,3 +343,28 @@ def test_two_splits_under_one_protocol_name_never_share_a_cached_search(tmp_path
     assert other.score != first.score  # validated on other data
     assert search(0.25).score == first.score
     assert len(list(tmp_path.glob("tune-*.json"))) == 2
+
+
+def test_a_split_asked_twice_in_one_batch_is_searched_once(tmp_path, tiny, monkeypatch):
+    """Two requests with equal splits (two callables giving the same data) share one search:
+    the key names the data, so the second is the first's result, with no trials of its own."""
+    from metarec_lib.models.popularity import MostPop
+    from metarec_lib.splits import holdout_per_user
+    from metarec_lib.study import TuneRequest, tune_many
+
+    fits = []
+    original = MostPop._fit
+
+    def counting(self, train, *, valid, seed):
+        fits.append(dict(self.params))
+        return original(self, train, valid=valid, seed=seed)
+
+    monkeypatch.setattr(MostPop, "_fit", counting)
+
+    def split():
+        return lambda seed: holdout_per_user(tiny.interactions, test_fraction=0.25, seed=seed)
+
+    requests = [TuneRequest(tiny, "custom", "MostPop", 2, split=split()) for _ in range(2)]
+    first, second = tune_many(requests, seed=0, device="cpu", cache_dir=tmp_path,
+                              progress=False)  # fmt: skip
+    assert second is first and len(fits) == 2  # budget 2: one search's two trials
