@@ -252,6 +252,19 @@ def test_tune_with_a_split_uses_it_and_keeps_fixed_values(tmp_path, tiny):
     assert "epochs" not in tuned.trials
 
 
+def _count_fits(monkeypatch, cls) -> list[dict]:
+    """The hyperparameters of every fit of `cls` from now on (in this process), in order."""
+    fits = []
+    original = cls._fit
+
+    def counting(self, train, *, valid, seed):
+        fits.append(dict(self.params))
+        return original(self, train, valid=valid, seed=seed)
+
+    monkeypatch.setattr(cls, "_fit", counting)
+    return fits
+
+
 def test_tuning_fits_each_configuration_once_and_keeps_the_best_ones_epoch(tmp_path, tiny,
                                                                          monkeypatch):  # fmt: skip
     """No refit of the chosen configuration: budget 3 means 3 fits; the tuned epochs are the
@@ -259,14 +272,7 @@ def test_tuning_fits_each_configuration_once_and_keeps_the_best_ones_epoch(tmp_p
     from metarec_lib.models.bpr import BPR
     from metarec_lib.study import tune
 
-    fits = []
-    original = BPR._fit
-
-    def counting(self, train, *, valid, seed):
-        fits.append(dict(self.params))
-        return original(self, train, valid=valid, seed=seed)
-
-    monkeypatch.setattr(BPR, "_fit", counting)
+    fits = _count_fits(monkeypatch, BPR)
     t = tune(tiny, "topn-75-25", "BPR", budget=3, seed=4, device="cpu", cache_dir=tmp_path,
              progress=False, fixed={"epochs": 6, "eval_every": 1})  # fmt: skip
     assert len(fits) == 3
@@ -352,14 +358,7 @@ def test_a_split_asked_twice_in_one_batch_is_searched_once(tmp_path, tiny, monke
     from metarec_lib.splits import holdout_per_user
     from metarec_lib.study import TuneRequest, tune_many
 
-    fits = []
-    original = MostPop._fit
-
-    def counting(self, train, *, valid, seed):
-        fits.append(dict(self.params))
-        return original(self, train, valid=valid, seed=seed)
-
-    monkeypatch.setattr(MostPop, "_fit", counting)
+    fits = _count_fits(monkeypatch, MostPop)
 
     def split():
         return lambda seed: holdout_per_user(tiny.interactions, test_fraction=0.25, seed=seed)
