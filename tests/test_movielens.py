@@ -30,6 +30,7 @@ from metarec_lib.data.movielens import (
     MovieLensSpec,
     load_movielens,
     load_recbole_wheel,
+    remove_stale,
 )
 from tests.test_download import closed_port_url, make_zip, serve_folder
 
@@ -277,6 +278,25 @@ def test_download_lands_in_cache_and_next_load_is_offline(www, tmp_path):
     assert again.source == str(cache / "fake-100k") and requests == ["/good.zip"]
     assert again.digest == ds.digest
     pd.testing.assert_frame_equal(again.items, ds.items)
+
+
+def test_a_download_removes_what_killed_loads_left_in_the_cache(www, tmp_path):
+    root, base, requests, spec = www
+    spec = replace(spec, urls=(f"{base}/good.zip",))
+    cache = tmp_path / "cache"
+    day_ago = time.time() - 25 * 3600
+    left = {}
+    for name in (".fake-100k-x1y2", ".fake-100k.old-1234", ".fake-100k-live", ".other-x1y2"):
+        (cache / name).mkdir(parents=True)
+        (cache / name / "archive.zip").write_bytes(b"partial")
+        left[name] = cache / name
+    for name in (".fake-100k-x1y2", ".fake-100k.old-1234", ".other-x1y2"):
+        os.utime(left[name], (day_ago, day_ago))  # killed a day ago; ".fake-100k-live" runs
+    load_movielens(spec.name, data_dir=tmp_path / "none", cache_dir=cache, spec=spec)
+    kept = sorted(p.name for p in cache.iterdir())
+    assert kept == [".fake-100k-live", ".other-x1y2", "fake-100k"]  # another data set's: kept
+    with pytest.raises(ValueError, match="only hidden folders"):
+        remove_stale(cache, "fake-100k", older_than=0)
 
 
 def test_backup_is_used_when_the_official_url_is_missing(www, tmp_path):

@@ -47,11 +47,15 @@ __all__ = [
     "default_cache_dir",
     "load_movielens",
     "load_recbole_wheel",
+    "remove_stale",
 ]
 
 ENV_VAR = "METAREC_DATA_DIR"
 SOURCES = ("data_dir", "cache", "official", "backup", "mirror")
 TIME_BUDGET_S = 55.0  # all sources together; leaves margin under the promised 60 s
+# A hidden staging or set-aside folder this old is left by a killed load (a load gives up
+# after TIME_BUDGET_S), so the next download removes it.
+STALE_AFTER_S = 24 * 3600.0
 GROUPLENS = "https://files.grouplens.org/datasets/movielens"
 HF_BACKUP = "https://huggingface.co/datasets/Recommenders/MovieLens/resolve/main"
 # interactions_digest of ML-100K u.data; the package-index mirror must convert to the same
@@ -215,12 +219,29 @@ class _Context:
         return left
 
     def staging(self) -> Path:
-        """A fresh temporary folder inside the cache, so the final rename is atomic."""
+        """A fresh temporary folder inside the cache, so the final rename is atomic. Folders
+        that killed loads of this data set left there are removed first."""
         try:
             self.cache_root.mkdir(parents=True, exist_ok=True)
+            remove_stale(self.cache_root, f".{self.spec.name}")
             return Path(tempfile.mkdtemp(prefix=f".{self.spec.name}-", dir=self.cache_root))
         except OSError as e:
             raise SourceAbsent(f"cannot write to the cache folder {self.cache_root}: {e}") from e
+
+
+def remove_stale(cache_root: Path, prefix: str, *, older_than: float = STALE_AFTER_S) -> list[Path]:
+    """Remove the folders in `cache_root` named `prefix*` (hidden: staging folders and copies
+    `install_dir` set aside) untouched for `older_than` seconds; return them. A load that is
+    killed (SIGKILL, power loss) cannot clean up after itself; a live one is minutes old."""
+    if not prefix.startswith("."):
+        raise ValueError(f"prefix {prefix!r}: only hidden folders are removed")
+    cutoff = time.time() - older_than
+    removed = []
+    for path in cache_root.glob(f"{prefix}*"):
+        if path.is_dir() and not path.is_symlink() and path.stat().st_mtime < cutoff:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def _from_data_dir(ctx: _Context) -> Dataset:
