@@ -155,7 +155,7 @@ def test_no_cold_row_is_used_before_adaptation(cls):
     b = cls(**params).fit(changed, seed=3)
     sa, sb = a.module_.state_dict(), b.module_.state_dict()
     assert all(torch.equal(sa[n], sb[n]) for n in sa)
-    assert (a.mu_, a.range_) == (b.mu_, b.range_)
+    assert (a.mu_, a.rating_range_) == (b.mu_, b.rating_range_)
     assert a.train_log_["loss"].tolist() == b.train_log_["loss"].tolist()
     warm = np.setdiff1d(np.arange(train.n_users), train.cold_users)
     np.testing.assert_array_equal(a.score(warm), b.score(warm))

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from metarec_lib.models.base import resolve_device
+from metarec_lib.models.base import ClipsRatings, resolve_device
 from metarec_lib.models.popularity import MostPop, Random
 from metarec_lib.models.registry import get_model, model_class, model_names, torch_model_names
 from metarec_lib.testing import (
@@ -109,3 +109,19 @@ def test_score_gap_is_the_largest_difference_over_the_references_largest_magnitu
 def test_device_auto_resolves():
     assert resolve_device("auto") in {"cpu", "cuda"}
     assert resolve_device("cpu") == "cpu"
+
+
+def test_every_rating_model_clips_its_predictions_to_the_training_range_one_way():
+    """A model that predicts ratings clips them through `ClipsRatings` (so `predict` is
+    `clip_ratings(predict_raw)` everywhere) and no mixin is shadowed by another base."""
+    raters = [n for n in model_names() if model_class(n).predicts_ratings]
+    assert {"BiasedMF", "SVDpp", "ContentRegression", "MAML", "MMoE", "ESMM"} <= set(raters)
+    for name in raters:
+        cls = model_class(name)
+        assert issubclass(cls, ClipsRatings), name
+        assert cls.predict is ClipsRatings.predict and cls.clip_ratings is ClipsRatings.clip_ratings
+
+    model = model_class("BiasedMF")()
+    model.rating_range_ = (1.0, 5.0)
+    model.predict_raw = lambda users, items: np.array([0.5, 3.25, 7.0])
+    assert model.predict([0, 0, 0], [0, 1, 2]).tolist() == [1.0, 3.25, 5.0]

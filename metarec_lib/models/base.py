@@ -162,3 +162,18 @@ class Recommender(ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"{type(self).__name__}({args})"
+
+
+class ClipsRatings:
+    """For a rating model whose `predict` is its `predict_raw` clipped to the lowest and
+    highest rating seen in training (`rating_range_`, set by `fit`). Put it before
+    `Recommender` among the bases, so that its `predict` and `clip_ratings` are the ones used."""
+
+    rating_range_: tuple[float, float]
+
+    def predict(self, users: npt.ArrayLike, items: npt.ArrayLike) -> np.ndarray:
+        """Predicted ratings of aligned (user, item) pairs, clipped to the training range: (n,)."""
+        return self.clip_ratings(self.predict_raw(users, items))  # type: ignore[attr-defined]
+
+    def clip_ratings(self, values: np.ndarray) -> np.ndarray:
+        return np.clip(values, *self.rating_range_)

@@ -31,7 +31,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from threadpoolctl import threadpool_limits
 
 from metarec_lib.data.dataset import Interactions
-from metarec_lib.models.base import Recommender
+from metarec_lib.models.base import ClipsRatings, Recommender
 from metarec_lib.models.registry import register
 from metarec_lib.tuning import Choice, LogUniform, Uniform
 
@@ -422,7 +422,7 @@ def ridge_biases_features(
 
 
 @register
-class ContentRegression(Recommender):
+class ContentRegression(ClipsRatings, Recommender):
     """Rating = mu + b_u + b_i + phi(u, i) . w, clipped to the training rating range.
 
     phi(u, i) (n_features,): one-hot user variables (age group, gender, occupation / segment),
@@ -459,7 +459,7 @@ class ContentRegression(Recommender):
         self.coder_ = _FeatureCoder(train.users, train.items, train.n_items)
         self.user_codes_ = self.coder_.user_codes(train.users, train.n_users)
         self.mu_ = float(r.mean()) if len(r) else 0.0
-        self.range_ = (float(r.min()), float(r.max())) if len(r) else (-np.inf, np.inf)
+        self.rating_range_ = (float(r.min()), float(r.max())) if len(r) else (-np.inf, np.inf)
         phi = self.coder_.design({k: c[u] for k, c in self.user_codes_.items()}, i)
         solution = ridge_biases_features(
             u, i, phi, r - self.mu_, train.n_users, train.n_items, **regs
@@ -509,13 +509,6 @@ class ContentRegression(Recommender):
         codes = {k: c[users] for k, c in self.user_codes_.items()}
         phi = self.coder_.design(codes, items)
         return self.mu_ + self.user_bias_[users] + self.item_bias_[items] + phi @ self.weights_
-
-    def predict(self, users: npt.ArrayLike, items: npt.ArrayLike) -> np.ndarray:
-        """Predicted ratings of aligned (user, item) pairs, clipped to the training range: (n,)."""
-        return self.clip_ratings(self.predict_raw(users, items))
-
-    def clip_ratings(self, values: np.ndarray) -> np.ndarray:
-        return np.clip(values, *self.range_)
 
     def predict_profile(
         self,

@@ -98,7 +98,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from metarec_lib.data.dataset import Interactions
-from metarec_lib.models.base import Recommender, resolve_device
+from metarec_lib.models.base import ClipsRatings, Recommender, resolve_device
 from metarec_lib.models.memo import TrainingMemo
 from metarec_lib.models.multitask import MLP, Features, PairEncoder, _linear, encode_features
 from metarec_lib.models.registry import register
@@ -325,7 +325,7 @@ class MetaNet(nn.Module):
 # ----------------------------------------------------------------------------- base
 
 
-class MetaRecommender(Recommender):
+class MetaRecommender(ClipsRatings, Recommender):
     """Base: the network, the inner loop, adaptation, scoring and the training loop.
 
     A model writes `prepare` (keep what its batches need from the warm rows), `batches` (one
@@ -335,12 +335,12 @@ class MetaRecommender(Recommender):
     (maximum), eval_every and patience (early stopping on meta-validation RMSE).
     After fit: module_ (the global network), local_names_ (the parameters the inner loop
     adapts), adapted_ ({name: (n_adapted, ...)}) and slot_ ((n_users,), a user's row in
-    adapted_ or -1), rows_ (the training rows by user), mu_, range_, history_ [(epoch, valid
-    RMSE)], best_epoch_, train_log_ (epoch, loss, seconds, samples, samples_per_second,
-    valid_score: the validation RMSE), meta_train_seconds_ (the training's seconds, measured
-    when it ran), meta_train_reused_ (True when the memo served the trained network) and
-    reused_seconds_ (meta_train_seconds_ when reused, else 0.0: the training cost this fit's
-    wall time lacks).
+    adapted_ or -1), rows_ (the training rows by user), mu_ and rating_range_ (of the warm
+    users' ratings), history_ [(epoch, valid RMSE)], best_epoch_, train_log_ (epoch, loss,
+    seconds, samples, samples_per_second, valid_score: the validation RMSE),
+    meta_train_seconds_ (the training's seconds, measured when it ran), meta_train_reused_
+    (True when the memo served the trained network) and reused_seconds_ (meta_train_seconds_
+    when reused, else 0.0: the training cost this fit's wall time lacks).
     """
 
     gpu_capable = True
@@ -423,7 +423,7 @@ class MetaRecommender(Recommender):
         if not len(warm.ratings):
             raise ValueError(f"{self.name}: no warm (non-cold) user has a rating to train on")
         self.mu_ = float(warm.ratings.astype(np.float64).mean())
-        self.range_ = (float(warm.ratings.min()), float(warm.ratings.max()))
+        self.rating_range_ = (float(warm.ratings.min()), float(warm.ratings.max()))
         self.rows_ = rows
         devices = [torch.cuda.current_device()] if self.device_.startswith("cuda") else []
         with (
@@ -863,14 +863,7 @@ class MetaRecommender(Recommender):
 
     def predict_raw(self, users: npt.ArrayLike, items: npt.ArrayLike) -> np.ndarray:
         """Unclipped predicted ratings of aligned pairs, read from `score`: (n,)."""
-        return super().predict(users, items)
-
-    def predict(self, users: npt.ArrayLike, items: npt.ArrayLike) -> np.ndarray:
-        """Predicted ratings of aligned pairs, clipped to the warm training range: (n,)."""
-        return self.clip_ratings(self.predict_raw(users, items))
-
-    def clip_ratings(self, values: np.ndarray) -> np.ndarray:
-        return np.clip(values, *self.range_)
+        return Recommender.predict(self, users, items)
 
     @property
     def n_parameters(self) -> int:

@@ -76,6 +76,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from metarec_lib.data.dataset import Interactions
+from metarec_lib.models.base import ClipsRatings
 from metarec_lib.models.content import _column_text, _FeatureCoder, split_pipes
 from metarec_lib.models.neumf import sample_negatives
 from metarec_lib.models.popularity import MostPop
@@ -674,7 +675,7 @@ def joint_score(ndcg: float, rmse: float, reference_ndcg: float, reference_rmse:
 # ----------------------------------------------------------------------------- recommenders
 
 
-class MultiTaskRecommender(TorchRecommender):
+class MultiTaskRecommender(ClipsRatings, TorchRecommender):
     """Base of the multi-task models: features, the epoch's samples, losses, weighting, heads.
 
     Hyperparameters (besides TORCH_DEFAULTS'):
@@ -685,7 +686,7 @@ class MultiTaskRecommender(TorchRecommender):
         weighting: "equal" (sum of task losses) or "uncertainty" (Kendall et al. 2018).
         features: use the side features (False: ids only).
         negative_tries: rounds of redrawing negatives that hit a seen item.
-    After fit, besides TorchRecommender's: mu_ (training mean rating), range_ (min, max).
+    After fit, besides TorchRecommender's: mu_ (training mean rating), rating_range_ (min, max).
     """
 
     family = "multitask"
@@ -744,7 +745,9 @@ class MultiTaskRecommender(TorchRecommender):
         ratings = pairs["rating"].to_numpy(np.float64)
         self._pos_ratings = torch.from_numpy(ratings.astype(np.float32))
         self.mu_ = float(ratings.mean()) if len(ratings) else 0.0
-        self.range_ = (float(ratings.min()), float(ratings.max())) if len(ratings) else (0.0, 0.0)
+        self.rating_range_ = (
+            (float(ratings.min()), float(ratings.max())) if len(ratings) else (0.0, 0.0)
+        )
         self._popularity = MostPop().fit(train)  # the interest task's trivial reference
         self._references: tuple[int, float, float] | None = None
         features = encode_features(train, use=bool(p["features"]))
@@ -846,13 +849,6 @@ class MultiTaskRecommender(TorchRecommender):
     def predict_raw(self, users: npt.ArrayLike, items: npt.ArrayLike) -> np.ndarray:
         """Unclipped predicted ratings of aligned pairs: shape (n,)."""
         return self.outputs(users, items, ("rating",))["rating"] + self.mu_
-
-    def predict(self, users: npt.ArrayLike, items: npt.ArrayLike) -> np.ndarray:
-        """Predicted ratings of aligned pairs, clipped to the training range: shape (n,)."""
-        return self.clip_ratings(self.predict_raw(users, items))
-
-    def clip_ratings(self, values: np.ndarray) -> np.ndarray:
-        return np.clip(values, *self.range_)
 
     def predict_interest(self, users: npt.ArrayLike, items: npt.ArrayLike) -> np.ndarray:
         """p(rate) of aligned pairs, in (0, 1): shape (n,)."""

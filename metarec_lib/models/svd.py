@@ -39,7 +39,7 @@ from torch import nn
 
 from metarec_lib.data.dataset import Interactions
 from metarec_lib.evaluate import rmse_on
-from metarec_lib.models.base import Recommender, resolve_device
+from metarec_lib.models.base import ClipsRatings, Recommender, resolve_device
 from metarec_lib.models.registry import register
 from metarec_lib.models.training import adam, cuda_determinism
 from metarec_lib.tuning import Choice, LogUniform
@@ -137,7 +137,7 @@ def ridge_half_step(
     return solution[:, 0], solution[:, 1:]
 
 
-class _RatingModel(Recommender):
+class _RatingModel(ClipsRatings, Recommender):
     """Shared prediction code: mu + b_u + b_i + x_u . q_i (clipped to the training range in
     `predict`, not in `score`)."""
 
@@ -169,13 +169,6 @@ class _RatingModel(Recommender):
             + self.item_bias_[items]
             + np.einsum("nk,nk->n", self.user_factors_[users], self.item_factors_[items])
         )
-
-    def predict(self, users: npt.ArrayLike, items: npt.ArrayLike) -> np.ndarray:
-        """Predicted ratings of aligned (user, item) pairs, (n,), clipped to the train range."""
-        return self.clip_ratings(self.predict_raw(users, items))
-
-    def clip_ratings(self, values: np.ndarray) -> np.ndarray:
-        return np.clip(values, *self.rating_range_)
 
     def _start_history(self) -> None:
         self.history_: list[tuple[int, float]] = []
