@@ -13,6 +13,7 @@ from metarec_lib.stats import aggregate_frame, compare_to_best, holm, paired_tes
 
 LOWER_IS_BETTER = ("rmse", "mae", "logloss")
 COST_COLUMNS = ("fit_seconds", "predict_seconds", "peak_memory_mb", "n_parameters")
+MAJORITY = 2 / 3  # a claim is supported (or refuted) when it holds on >= 2/3 of its boards
 
 
 def higher_is_better(metric: str) -> bool:
@@ -282,11 +283,25 @@ def versus_reference(board: pd.DataFrame, out: str | Path, dataset: str, protoco
     return table
 
 
+def share_verdict(n_for: int, n_against: int, n: int) -> str:
+    """supported when the claim holds on >= 2/3 of n boards, not supported when it fails on
+    >= 2/3, mixed otherwise; not testable here with no board. The one rule of every verdict
+    the study prints, in the family notebooks and in the report's claims table."""
+    if n == 0:
+        return "not testable here"
+    if n_for >= MAJORITY * n:
+        return "supported"
+    if n_against >= MAJORITY * n:
+        return "not supported"
+    return "mixed"
+
+
 def family_verdict(comparisons: pd.DataFrame, family: str, claim: str) -> str:
     """Markdown verdict on a claim that `family` beats the others, from `versus_reference` rows.
 
-    Rule (printed with the verdict): supported when the family's best model wins on more than
-    half of the boards and loses on none; not supported when it wins on none; mixed otherwise.
+    Rule (printed with the verdict; the report's, `share_verdict`): supported when the family's
+    best model wins on >= 2/3 of the boards, not supported when it ties or loses on >= 2/3 (a
+    tie is no evidence that it is better), mixed otherwise.
     """
     if comparisons.empty:
         return f"No board compares the {family} family with another family; nothing to say."
@@ -305,15 +320,10 @@ def family_verdict(comparisons: pd.DataFrame, family: str, claim: str) -> str:
             f"{int(best['n_users'])} users."
         )
     wins, ties, losses = (outcomes.count(o) for o in ("wins", "tie", "loses"))
-    if wins > len(outcomes) / 2 and losses == 0:
-        verdict = "supported"
-    elif wins == 0:
-        verdict = "not supported"
-    else:
-        verdict = "mixed"
+    verdict = share_verdict(wins, ties + losses, len(outcomes))
     head = (f"**Claim:** {claim}\n\n**Verdict: {verdict}** — on {len(outcomes)} boards the best "
             f"{family} model wins {wins}, ties {ties} and loses {losses} against the best model of "
-            f"the other families (rule: supported if it wins on more than half of the boards and "
-            f"loses on none, not supported if it wins on none, mixed otherwise; a win or loss "
-            f"needs Holm p < 0.05).")  # fmt: skip
+            f"the other families (rule, as in the report: supported if it wins on at least 2/3 "
+            f"of the boards, not supported if it ties or loses on at least 2/3, mixed otherwise; "
+            f"a win or loss needs Holm p < 0.05).")  # fmt: skip
     return head + "\n\n" + "\n".join(lines)

@@ -18,14 +18,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from metarec_lib.leaderboard import COST_COLUMNS, higher_is_better, median_costs, per_user_means
+from metarec_lib.leaderboard import (
+    COST_COLUMNS,
+    family_verdict,
+    higher_is_better,
+    median_costs,
+    per_user_means,
+    share_verdict,
+)
 from metarec_lib.stats import aggregate_frame, compare_to_best
 
 FAMILIES = ("content", "collaborative", "deep", "multitask", "transfer", "meta")
 TRADITIONAL = ("content", "collaborative")
 ALPHA = 0.05
-MAJORITY = 2 / 3  # a claim is supported (or refuted) when it holds on >= 2/3 of its boards
 SUMMARY_STEM = "90_summary"
+# The document's claims in English (ids C1-C11, Q1-Q5), found wherever the kernel runs.
+CLAIMS_MD = Path(__file__).resolve().parent.parent / "docs" / "CLAIMS.md"
 # Each is the reference its family's notebook tests the family's methods against (issues 5
 # and 6 file it under the family), not one of those methods: SingleTask is two single-task
 # networks, TargetOnly the target-only factorisation. A family's best on a board is chosen
@@ -298,18 +306,6 @@ def outcome(boards: pd.DataFrame, family: str) -> pd.DataFrame:
     )
 
 
-def share_verdict(n_for: int, n_against: int, n: int) -> str:
-    """supported when the claim holds on >= 2/3 of n boards, not supported when it fails on
-    >= 2/3, mixed otherwise; not testable here with no board."""
-    if n == 0:
-        return "not testable here"
-    if n_for >= MAJORITY * n:
-        return "supported"
-    if n_against >= MAJORITY * n:
-        return "not supported"
-    return "mixed"
-
-
 def family_wins(
     boards: pd.DataFrame,
     family: str,
@@ -409,6 +405,34 @@ def _pool_boards(boards: pd.DataFrame) -> pd.Series:
     swept = boards.loc[boards["protocol"].str.contains("pool="), "dataset"].unique()
     return (_coldstart(boards) & boards["protocol"].str.contains(r"k=5(?:,|$)")
             & boards["dataset"].isin(swept))  # fmt: skip
+
+
+# The boards each of the meta family's quality claims reads, in the report and in 60_meta's
+# verdict (any frame with dataset and protocol columns).
+CLAIM_BOARDS: dict[str, Callable[[pd.DataFrame], pd.Series]] = {
+    "C3": lambda b: _coldstart_k(b, (10, 20)),
+    "C4": lambda b: _coldstart_k(b, (1, 3, 5)),
+    "C5": _pool_boards,
+}
+
+
+def claim_verdicts(
+    comparisons: pd.DataFrame, family: str, ids: Sequence[str], claims_md: str | Path = CLAIMS_MD
+) -> str:
+    """Markdown for a family notebook: `leaderboard.family_verdict` of each claim in `ids` on
+    the boards the report reads for it (`CLAIM_BOARDS`; every board for a claim it does not
+    name), headed by the claim's id and wording in `claims_md`. The verdict follows the
+    report's rule; with the notebook's boards holding every model the report's do, it is the
+    report's verdict."""
+    wording = read_claims(claims_md).set_index("id")["claim"]
+    parts = []
+    for cid in ids:
+        where = CLAIM_BOARDS.get(cid)
+        rows = (
+            comparisons if where is None or comparisons.empty else comparisons[where(comparisons)]
+        )
+        parts.append(family_verdict(rows, family, f"{cid}: {wording[cid]}"))
+    return "\n\n".join(parts)
 
 
 def data_need(boards: pd.DataFrame, claim: str) -> Evidence:
@@ -522,24 +546,21 @@ CLAIM_RULES: dict[str, tuple[str, Callable[[pd.DataFrame], Evidence]]] = {
         "as C2 for the meta family on the cold-start boards with k >= 10 support ratings "
         "(enough of a user's data to learn relations from)",
         lambda b: family_wins(
-            b, "meta", "60_meta cold-start boards, k = 10, 20", lambda x: _coldstart_k(x, (10, 20))
+            b, "meta", "60_meta cold-start boards, k = 10, 20", CLAIM_BOARDS["C3"]
         ),
     ),
     "C4": (
         "as C2 for the meta family on the cold-start boards with k <= 5 (adapting to a new "
         "user from a few ratings)",
         lambda b: family_wins(
-            b,
-            "meta",
-            "60_meta cold-start boards, k = 1, 3, 5",
-            lambda x: _coldstart_k(x, (1, 3, 5)),
+            b, "meta", "60_meta cold-start boards, k = 1, 3, 5", CLAIM_BOARDS["C4"]
         ),
     ),
     "C5": (
         "as C2 for the meta family on the warm-user pool sweep (k = 5 with 10%, 25%, 50% "
         "and all of the meta-train and meta-valid users): generalising to unseen users from "
         "fewer training users",
-        lambda b: family_wins(b, "meta", "60_meta pool sweep", _pool_boards),
+        lambda b: family_wins(b, "meta", "60_meta pool sweep", CLAIM_BOARDS["C5"]),
     ),
     "C6": (
         "supported when the best meta model's median fit seconds exceed the median of the "

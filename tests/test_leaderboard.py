@@ -64,6 +64,22 @@ def test_family_verdict_rule(tree):
     tie = only_p1.assign(outcome="tie")
     assert "**Verdict: not supported**" in leaderboard.family_verdict(tie, "deep", "c")
     assert "nothing to say" in leaderboard.family_verdict(pd.DataFrame(), "deep", "c")
+    # The report's rule (summary.share_verdict), not a looser one: 1 win, 2 ties, 3 losses of
+    # 6 boards is "not supported" (5 of 6 give no evidence), 2 wins and 1 loss "supported".
+    row = only_p1[only_p1["model"] == "Better"].iloc[0]
+
+    def boards_with(*outcomes):
+        return pd.DataFrame([row.to_dict() | {"dataset": f"d{i}", "outcome": o}
+                             for i, o in enumerate(outcomes)])  # fmt: skip
+
+    def verdict(*outcomes):
+        return leaderboard.family_verdict(boards_with(*outcomes), "deep", "c")
+
+    six = verdict("wins", "tie", "tie", "loses", "loses", "loses")
+    assert "**Verdict: not supported** — on 6 boards" in six
+    assert "wins 1, ties 2 and loses 3" in six
+    assert "**Verdict: supported**" in verdict("wins", "wins", "loses")
+    assert "**Verdict: mixed**" in verdict("wins", "tie")
 
 
 def test_head_to_head_and_model_targets(tree):

@@ -77,6 +77,22 @@ def test_plans_filter_models():
     ]
 
 
+def test_the_deep_boards_hold_every_model_the_earlier_notebooks_run_on_their_split():
+    """30_deep's top-N boards read a deep model against the study's best on the split (as the
+    report's C2 row does), with the same tuning metric, so the shared caches hand over the
+    earlier notebooks' searches and cells."""
+    for protocol in ("topn-75-25", "topn-temporal"):
+        (deep,) = [p for p in plans.PLANS["30_deep"] if p.protocol == protocol]
+        earlier = [p for stem in ("10_content", "20_collaborative")
+                   for p in plans.PLANS[stem] if p.protocol == protocol]  # fmt: skip
+        models = {m for p in earlier for m in p.models}
+        assert models == set(deep.models) - set(plans.DEEP_TOPN)
+        for p in earlier:
+            assert {m: deep.tune_metric.get(m) for m in p.models} == {
+                m: p.tune_metric.get(m) for m in p.models
+            }
+
+
 def test_a_plan_runs_only_on_its_data_sets(tmp_path, tiny):
     other = dataclasses.replace(tiny, name="other")
     config = validate_parameters("30_w", datasets=["synthetic"], seeds=[5], smoke=True,

@@ -138,6 +138,28 @@ def test_pool_boards_are_the_data_sets_with_a_pool_sweep_only():
     assert set(picked["dataset"]) == {"d"} and len(picked) == 4
 
 
+def test_a_notebooks_claim_verdicts_read_the_reports_boards_for_each_claim():
+    """60_meta prints C3, C4 and C5 on the boards the report reads for each (k >= 10, k <= 5,
+    the pool sweep), with the report's wording; a claim without a board rule reads them all."""
+    protocols = ["coldstart-users@k=1", "coldstart-users@k=5", "coldstart-users@k=10",
+                 "coldstart-users@k=5,pool=0.1"]  # fmt: skip
+    outcomes = ["loses", "tie", "wins", "loses"]
+    versus = pd.DataFrame([
+        {"dataset": "d", "protocol": p, "metric": "ndcg@10", "model": "MAML", "mean": 0.2,
+         "reference": "EASE", "reference_mean": 0.3, "diff": -0.1, "wilcoxon_p_holm": 0.01,
+         "n_users": 9, "outcome": o}
+        for p, o in zip(protocols, outcomes, strict=True)
+    ])  # fmt: skip
+    text = summary.claim_verdicts(versus, "meta", ["C3", "C4", "C5", "C2"], CLAIMS_MD)
+    c3, c4, c5, c2 = text.split("**Claim:** ")[1:]
+    wording = summary.read_claims(CLAIMS_MD).set_index("id")["claim"]
+    assert c3.startswith(f"C3: {wording['C3']}")
+    assert "**Verdict: supported** — on 1 boards" in c3 and "k=10" in c3  # the k = 10 win
+    assert "on 2 boards the best meta model wins 0, ties 1 and loses 1" in c4  # k = 1, 5
+    assert "on 2 boards the best meta model wins 0, ties 1 and loses 1" in c5  # k = 5, pool 0.1
+    assert "on 4 boards the best meta model wins 1, ties 1 and loses 2" in c2
+
+
 def test_outcome_share_verdict_and_cost_ratio_by_hand():
     board = pd.DataFrame(
         [
