@@ -2,6 +2,7 @@
 hand-built boards, and the tables and figures the summary writes."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -361,3 +362,25 @@ def test_q3_leaves_out_boards_whose_memory_median_is_below_the_floor():
     assert "> 1 on 0 of 4 boards" in evidence.numbers and "1 board(s) left out" in evidence.numbers
     unfloored = summary.cost_ratio(boards, "meta", "peak_memory_mb", summary._coldstart)
     assert len(unfloored) == 5 and unfloored["ratio"].max() == pytest.approx(5.0)
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+NOTEBOOK_CLAIMS = [("30_deep", "deep_vs_best_baseline.csv", "deep", "C2"),
+                   *[("60_meta", "best_meta_vs_best_other.csv", "meta", c)
+                     for c in ("C3", "C4", "C5")]]  # fmt: skip
+
+
+@pytest.mark.parametrize(("stem", "table", "family", "claim"), NOTEBOOK_CLAIMS)
+def test_the_committed_notebooks_print_the_reports_verdict_and_counts(stem, table, family, claim):
+    """What 30_deep and 60_meta print for a claim, recomputed from their committed tables, is
+    the committed report's row: same verdict, same wins, ties and losses (they test on other
+    Holm families, so this is checked on the real results, not assumed)."""
+    versus_path = RESULTS / stem / "tables" / table
+    claims_path = RESULTS / "90_summary" / "tables" / "claims.csv"
+    if not (versus_path.exists() and claims_path.exists()):
+        pytest.skip("no committed results")
+    text = summary.claim_verdicts(pd.read_csv(versus_path), family, [claim], CLAIMS_MD)
+    row = pd.read_csv(claims_path).set_index("id").loc[claim]
+    wins, ties, losses, n = map(int, re.findall(r"\d+", row["numbers"])[:4])
+    assert f"**Verdict: {row['verdict']}** — on {n} boards" in text
+    assert f"wins {wins}, ties {ties} and loses {losses}" in text
