@@ -85,6 +85,33 @@ def test_exact_solver_batches_agree_with_one_batch(monkeypatch):
     np.testing.assert_allclose(solve_exact(conf, fixed, reg), whole, rtol=1e-10)
 
 
+def test_the_batched_solve_runs_on_one_torch_thread_and_restores_the_count(monkeypatch):
+    """MKL's threaded LU inside torch's parallel loop over a batch livelocked on an Intel Xeon
+    (two threads spinning in sgetrf, `make smoke` in process): each batch solves on one thread,
+    and the caller's thread count comes back."""
+    import torch
+
+    import metarec_lib.models.als as als
+
+    seen, solve = [], torch.linalg.solve
+
+    def recording(a, b):
+        seen.append(torch.get_num_threads())
+        return solve(a, b)
+
+    monkeypatch.setattr(als.torch.linalg, "solve", recording)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        conf, fixed, reg = _random_problem(3, n=40, m=30, f=4)
+        x = solve_exact(conf, fixed, reg)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {1}
+    np.testing.assert_allclose(x, _direct_wls(conf, fixed, reg), rtol=1e-9, atol=1e-10)
+
+
 def test_cg_steps_approach_the_exact_solution():
     conf, fixed, reg = _random_problem(7)
     target = _direct_wls(conf, fixed, reg)

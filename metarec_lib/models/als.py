@@ -37,7 +37,7 @@ import torch
 from metarec_lib.data.dataset import Interactions
 from metarec_lib.models.base import Recommender
 from metarec_lib.models.registry import register
-from metarec_lib.models.training import EarlyStopping
+from metarec_lib.models.training import EarlyStopping, cpu_threads
 from metarec_lib.tuning import Choice, LogUniform
 
 _CONFIDENCES = ("linear", "log", "binary")
@@ -153,8 +153,12 @@ def solve_exact(
                 "lower alpha or raise reg"
             )
         # torch's batched solve: numpy's (OpenBLAS) stalls on f >= 128 when cores are shared.
+        # On one thread: with several, MKL's threaded LU inside torch's parallel loop over the
+        # batch livelocked for good (two threads spinning in sgetrf; Intel Xeon, 60_meta in
+        # `make smoke`) or failed (SLASWP). A worker has one thread anyway.
         try:
-            solution = torch.linalg.solve(torch.from_numpy(system), torch.from_numpy(rhs[rows]))
+            with cpu_threads("cpu", 1):
+                solution = torch.linalg.solve(torch.from_numpy(system), torch.from_numpy(rhs[rows]))
             out[rows] = solution.numpy()
         except RuntimeError:  # MKL's batched LU has failed on finite systems (SLASWP, 60_meta)
             out[rows] = np.linalg.solve(system, rhs[rows][..., None])[..., 0]
