@@ -64,8 +64,8 @@ def test_family_verdict_rule(tree):
     tie = only_p1.assign(outcome="tie")
     assert "**Verdict: not supported**" in leaderboard.family_verdict(tie, "deep", "c")
     assert "nothing to say" in leaderboard.family_verdict(pd.DataFrame(), "deep", "c")
-    # The report's rule (summary.share_verdict), not a looser one: 1 win, 2 ties, 3 losses of
-    # 6 boards is "not supported" (5 of 6 give no evidence), 2 wins and 1 loss "supported".
+    # The report's rule (leaderboard.share_verdict), not a looser one: 1 win, 2 ties, 3 losses
+    # of 6 boards is "not supported" (5 of 6 give no evidence), 2 wins and 1 loss "supported".
     row = only_p1[only_p1["model"] == "Better"].iloc[0]
 
     def boards_with(*outcomes):

@@ -12,7 +12,7 @@ import pytest
 from metarec_lib import summary
 from metarec_lib.testing import write_results_tree
 
-CLAIMS_MD = Path(__file__).resolve().parents[1] / "docs" / "CLAIMS.md"
+CLAIMS_MD = summary.CLAIMS_MD
 VERDICTS = {"supported", "not supported", "mixed", "not testable here"}
 
 
