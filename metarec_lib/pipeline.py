@@ -4,7 +4,9 @@ Each `notebooks/<stem>.ipynb` runs into `results/<stem>/<stem>.ipynb` with a `ru
 (parameters, seeds, git commit, package versions, hardware, wall time, notices). A notebook runs
 into a temporary file that is renamed on success, so a failure never leaves a half-executed
 notebook in place of a good one; the failed one is kept as `<stem>.failed.ipynb`, and the
-pipeline stops naming the notebook and the cell that failed.
+pipeline stops naming the notebook and the cell that failed. A notebook's run.json is removed
+when it starts and written when it completes: the tables a failed or interrupted run wrote are
+never described by an earlier run's record (`manifest check` then reports run.json missing).
 """
 
 from __future__ import annotations
@@ -134,6 +136,7 @@ def run_notebook(
     final, failed = out_dir / f"{stem}.ipynb", out_dir / f"{stem}.failed.ipynb"
     os.environ.setdefault("TQDM_DISABLE", "1")  # progress updates would be saved as outputs
     os.environ.setdefault("MPLBACKEND", "Agg")
+    (out_dir / "run.json").unlink(missing_ok=True)  # its tables are about to be rewritten
     start = time.perf_counter()
     try:
         pm.execute_notebook(

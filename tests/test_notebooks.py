@@ -50,12 +50,16 @@ def test_runs_in_smoke_mode(path, tmp_path):
 
 def test_unknown_data_set_fails_naming_notebook_and_cell(tmp_path):
     path = ROOT / "notebooks" / "00_data.ipynb"
+    (tmp_path / "00_data").mkdir()
+    (tmp_path / "00_data" / "run.json").write_text("{}")  # an earlier run's record
     with pytest.raises(NotebookFailed) as err:
         run_notebook(path, results_dir=tmp_path, parameters={"datasets": ["ml-1b"], "smoke": True})
     msg = str(err.value)
     assert "00_data.ipynb failed at cell" in msg and "unknown data set(s) ['ml-1b']" in msg
     assert (tmp_path / "00_data" / "00_data.failed.ipynb").exists()
     assert not (tmp_path / "00_data" / "00_data.ipynb").exists()
+    # whatever tables the failed run wrote, no earlier run's record describes them
+    assert not (tmp_path / "00_data" / "run.json").exists()
 
 
 def test_parse_param_reads_json_or_keeps_the_string():
