@@ -45,6 +45,18 @@ def test_validate_names_file_column_and_problem(bad, column, words):
     assert "ratings.csv" in msg and column in msg and words in msg
 
 
+def test_validate_rejects_a_repeated_pair_naming_it_and_its_row():
+    # (1, 10) is rated at rows 0 and 2: a matrix would sum them, a split could part them
+    bad = frame(user_id=[1, 2, 1], item_id=[10, 10, 10])
+    with pytest.raises(DataError) as err:
+        validate_interactions(bad, source="ratings.csv", rating_scale=(1, 5))
+    msg = str(err.value)
+    assert msg.startswith("ratings.csv: (user_id, item_id) = (1, 10) appears more than once")
+    assert "(row 2, 1 repeat(s))" in msg and "drop_duplicate_interactions" in msg
+    # the same item for another user, or the same user with another item, is no repeat
+    assert len(validate_interactions(frame(), source="f", rating_scale=(1, 5))) == 3
+
+
 def test_validate_missing_column():
     with pytest.raises(DataError, match=r"u\.data: missing column\(s\) \['timestamp'\]"):
         validate_interactions(

@@ -122,7 +122,7 @@ def validate_interactions(
 ) -> pd.DataFrame:
     """Check and coerce an interactions table; raise DataError naming source, column, problem.
 
-    Returns a copy with int64 ids and timestamps and float64 ratings.
+    Returns a copy with int64 ids and timestamps and float64 ratings, one row per (user, item).
     """
     missing = [c for c in INTERACTION_COLUMNS if c not in frame.columns]
     if missing:
@@ -164,6 +164,18 @@ def validate_interactions(
             f"(expected unix seconds); first at row {row}: {frame['timestamp'].iloc[row]!r}"
         )
     out["timestamp"] = secs.astype(np.int64)
+    # A repeated pair would be summed where interactions become a matrix (`sum_duplicates`)
+    # and would put one pair on both sides of a split; `preprocess.drop_duplicate_interactions`
+    # collapses repeats by a stated rule first.
+    dup = out.duplicated(["user_id", "item_id"]).to_numpy()
+    if dup.any():
+        row = int(np.flatnonzero(dup)[0])
+        pair = f"({out['user_id'].iat[row]}, {out['item_id'].iat[row]})"
+        raise DataError(
+            f"{source}: (user_id, item_id) = {pair} "
+            f"appears more than once (row {row}, {int(dup.sum())} repeat(s)); expected one "
+            f"rating per pair (metarec_lib.data.preprocess.drop_duplicate_interactions)"
+        )
     return out.reset_index(drop=True)
 
 

@@ -438,7 +438,7 @@ def _index(ids: np.ndarray, path: Path, name: str) -> pd.Index:
 def _check_interactions(
     frame: pd.DataFrame, spec: MovieLensSpec, path: Path, source: str
 ) -> pd.DataFrame:
-    """validate_interactions plus rating steps and one row per (user, item)."""
+    """validate_interactions (one row per (user, item) included) plus rating steps."""
     out = validate_interactions(frame, source=source, rating_scale=spec.rating_scale)
     steps = out["rating"].to_numpy() / spec.rating_step
     bad = steps != np.round(steps)
@@ -446,13 +446,6 @@ def _check_interactions(
         raise DataError(
             f"{path}: column 'rating' must be a multiple of {spec.rating_step:g}; "
             f"{_first_bad(frame['rating'], bad)}"
-        )
-    dup = out.duplicated(["user_id", "item_id"]).to_numpy()
-    if dup.any():
-        row = int(np.flatnonzero(dup)[0])
-        raise DataError(
-            f"{path}: (user_id, item_id) = ({out['user_id'].iat[row]}, {out['item_id'].iat[row]}) "
-            f"appears more than once (row {row}); expected one rating per pair"
         )
     return out
 
