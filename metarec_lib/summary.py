@@ -795,7 +795,8 @@ def build(results: str | Path, claims_md: str | Path, out: str | Path) -> dict[s
     ):
         if not path.exists():
             continue
-        curve = best_per_family(pd.read_csv(path))
+        every = pd.read_csv(path)
+        curve = best_per_family(every)
         if curve.empty:
             continue
         fig = plots.coldstart_curves(curve, x=x, xlabel=label)
@@ -807,7 +808,7 @@ def build(results: str | Path, claims_md: str | Path, out: str | Path) -> dict[s
         sections[key] = Section(
             title,
             f"ndcg@10 of new users against the {label} (from 60_meta), the best model of "
-            f"each family per data set, mean and 95% CI over seeds. {_curve_best(curve, x)}",
+            f"each family per data set, mean and 95% CI over seeds. {_curve_best(curve, every, x)}",
             curve,
             table(f"{key}_best_per_family.csv", curve),
             figure(f"{key}_best_per_family.png", fig),
@@ -895,12 +896,22 @@ def _board_wins(boards: pd.DataFrame) -> str:
     return f"Boards won (best mean) by family: {parts} of {len(best)}."
 
 
-def _curve_best(curve: pd.DataFrame, x: str) -> str:
+def _curve_best(plotted: pd.DataFrame, every: pd.DataFrame, x: str) -> str:
+    """The best plotted model at each point of a curve, and where a model that is not plotted
+    (each family's plotted model is its best over the whole curve) is best at that point."""
     parts = []
-    for dataset, part in curve.groupby("dataset"):
+    for dataset, part in plotted.groupby("dataset"):
         top = part.loc[part.groupby(x)["mean"].idxmax()]
         winners = ", ".join(f"{v:g}: {m}" for v, m in zip(top[x], top["model"], strict=True))
-        parts.append(f"{dataset}, best of the plotted models at each {x}: {winners}.")
+        text = f"{dataset}, best of the plotted models at each {x}: {winners}."
+        rows = every[every["dataset"] == dataset]
+        best = rows.loc[rows.groupby(x)["mean"].idxmax()]
+        other = best[~best["model"].isin(part["model"])]
+        if len(other):
+            named = zip(other[x], other["model"], other["family"], strict=True)
+            points = ", ".join(f"{v:g}: {m} ({f})" for v, m, f in named)
+            text += f" Best of all models, where it is not plotted: {points}."
+        parts.append(text)
     return " ".join(parts)
 
 

@@ -214,6 +214,24 @@ def test_board_metrics_per_protocol():
     assert summary.board_metric("scale@n=1e+06") == ()  # untuned fixed-pass fits
 
 
+def test_curve_text_names_a_points_best_model_when_it_is_not_plotted():
+    # collaborative: A averages 0.5, B 0.4, so A is plotted though B is best at k = 1
+    rows = [("collaborative", "A", 1, 0.3), ("collaborative", "A", 5, 0.7),
+            ("collaborative", "B", 1, 0.45), ("collaborative", "B", 5, 0.35),
+            ("meta", "M", 1, 0.4), ("meta", "M", 5, 0.5)]  # fmt: skip
+    every = pd.DataFrame(rows, columns=["family", "model", "k", "mean"]).assign(
+        dataset="d", metric="ndcg@10"
+    )
+    plotted = summary.best_per_family(every)
+    assert sorted(plotted["model"].unique()) == ["A", "M"]
+    assert summary._curve_best(plotted, every, "k") == (
+        "d, best of the plotted models at each k: 1: M, 5: A. "
+        "Best of all models, where it is not plotted: 1: B (collaborative)."
+    )
+    only_plotted = every[every["model"] != "B"]
+    assert summary._curve_best(plotted, only_plotted, "k").endswith("1: M, 5: A.")
+
+
 def test_pareto_front_keeps_the_undominated():
     points = pd.DataFrame({"cost": [1.0, 2.0, 3.0, 0.5, 2.0], "q": [0.5, 0.6, 0.55, 0.1, 0.6]})
     front = summary.pareto_front(points, "cost", "q")
