@@ -740,7 +740,9 @@ def build(results: str | Path, claims_md: str | Path, out: str | Path) -> dict[s
         "Claims versus evidence",
         f"Each claim (C) and question (Q) of the document (`{Path(claims_md).name}`), the "
         f"experiment that tests it, the numbers and a verdict computed from the CSVs by the "
-        f"rule beside it. Verdicts: {verdict_counts(claims)}.",
+        f"rule beside it. A board is one (data set, protocol, metric) with its own best model "
+        f"per family: a cold-start protocol is two boards, ndcg@10 and rmse. "
+        f"Verdicts: {verdict_counts(claims)}.",
         claims,
         table("claims.csv", claims),
         latex=True,
