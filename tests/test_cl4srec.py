@@ -157,8 +157,10 @@ def test_a_training_step_reduces_the_loss_on_a_tiny_batch():
 
 
 def test_hyperparameters_are_checked_and_registered():
-    for bad in ({"crop": 0.0}, {"mask": 1.0}, {"reorder": -0.1}):
-        with pytest.raises(ValueError):
+    for bad, pattern in (({"crop": 0.0}, r"crop=0\.0; expected in \(0, 1\]"),
+                         ({"mask": 1.0}, r"mask=1\.0; expected in \[0, 1\)"),
+                         ({"reorder": -0.1}, r"reorder=-0\.1; expected in \[0, 1\]")):  # fmt: skip
+        with pytest.raises(ValueError, match=r"^CL4SRec: " + pattern):
             CL4SRec(**bad)
     assert MODELS["CL4SRec"] is CL4SRec and CL4SRec.family == "deep"
     for key, dist in CL4SRec.space.items():

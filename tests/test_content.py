@@ -17,7 +17,7 @@ from metarec_lib.models.content import (
     tfidf_item_vectors,
 )
 from metarec_lib.models.registry import MODELS
-from metarec_lib.testing import check_recommender
+from metarec_lib.testing import check_recommender, check_space_holds_defaults
 
 GENRES_ONLY = {"tag_weight": 0.0, "title_weight": 0.0, "decade_weight": 0.0}
 
@@ -49,6 +49,7 @@ def test_both_models_are_registered_with_sensible_spaces():
     assert MODELS["ContentRegression"] is ContentRegression
     for cls in (ContentTFIDF, ContentRegression):
         assert 2 <= len(cls.space) <= 4 and set(cls.space) <= set(cls.defaults)
+        check_space_holds_defaults(cls)  # tuning can find the default again
 
 
 # ----------------------------------------------------------------------------- ContentTFIDF

@@ -12,7 +12,7 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(io.os, "replace", broken)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="disk full"):  # failed at the rename, not before
         io.atomic_write_csv(path, pd.DataFrame({"a": [2]}))
     assert pd.read_csv(path)["a"].tolist() == [1]
     assert [p.name for p in tmp_path.iterdir()] == ["m.csv"]  # no temp file left

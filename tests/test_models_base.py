@@ -106,9 +106,15 @@ def test_score_gap_is_the_largest_difference_over_the_references_largest_magnitu
     assert score_gap(np.zeros(3), np.array([0.0, 1e-13, 0.0])) == pytest.approx(0.1)
 
 
-def test_device_auto_resolves():
-    assert resolve_device("auto") in {"cpu", "cuda"}
-    assert resolve_device("cpu") == "cpu"
+def test_device_auto_resolves(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda"
+    assert model_class("BPR")(device="auto").compute_device() == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    assert resolve_device("cpu") == "cpu" and resolve_device("cuda:1") == "cuda:1"
 
 
 def test_every_rating_model_clips_its_predictions_to_the_training_range_one_way():

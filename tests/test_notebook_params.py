@@ -66,7 +66,7 @@ def test_unavailable_data_set_is_skipped_with_a_notice_or_fails_when_strict(tmp_
     assert "skipped" in notebook.sources_markdown(data, config)
 
     strict = validate_parameters("00_x", **params, strict=True)
-    with pytest.raises(DataUnavailable):
+    with pytest.raises(DataUnavailable, match=r"^ml-latest-small: tried data_dir"):
         notebook.load_datasets(strict)
 
 

@@ -22,7 +22,14 @@ def test_run_plans_tunes_on_validation_and_writes_boards(tmp_path, tiny):
                             [Plan("topn-75-25", ["Random", "MostPop"])], budget=3)  # fmt: skip
     assert set(rows["model"]) == {"Random", "MostPop"} and set(rows["seed"]) == {1, 2}
     assert list(tuned["model"]) == ["Random", "MostPop"]
-    assert json.loads(tuned.loc[1, "params"])["shrinkage"] in (0.0, 10.0, 100.0)
+    # budget 3 is MostPop's whole grid; the best validation score wins, the first on a tie
+    trials = pd.read_csv(tmp_path / "20_x" / "tables" / "tuning_trials.csv")
+    mostpop = trials[trials["model"] == "MostPop"].reset_index(drop=True)
+    assert sorted(mostpop["shrinkage"]) == [0.0, 10.0, 100.0]
+    first_best = mostpop.loc[mostpop["score"].idxmax()]
+    assert json.loads(tuned.loc[1, "params"])["shrinkage"] == first_best["shrinkage"]
+    assert tuned.loc[1, "validation_score"] == pytest.approx(first_best["score"])
+    assert tuned.loc[1, "configurations"] == 3
     saved = pd.read_csv(tmp_path / "20_x" / "tables" / "hyperparameters.csv")
     assert len(saved) == 2
 
@@ -256,7 +263,7 @@ def test_tune_with_a_split_uses_it_and_keeps_fixed_values(tmp_path, tiny):
         seen.append(seed)
         return holdout_per_user(tiny.interactions, test_fraction=0.25, seed=seed)
 
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"unknown protocol 'custom@frac=0\.5'"):
         tune(tiny, "custom@frac=0.5", "BPR", budget=1, seed=7, device="cpu",
              cache_dir=tmp_path / "a", progress=False)  # fmt: skip
     tuned = tune(tiny, "custom@frac=0.5", "BPR", budget=2, seed=7, device="cpu",

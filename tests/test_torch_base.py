@@ -182,7 +182,7 @@ def test_cpu_threads_context():
         with cpu_threads("cpu", 1):
             assert torch.get_num_threads() == 1
         assert torch.get_num_threads() == 3
-        with pytest.raises(RuntimeError), cpu_threads("cpu", 2):
+        with pytest.raises(RuntimeError, match="^inside$"), cpu_threads("cpu", 2):
             assert torch.get_num_threads() == 2
             raise RuntimeError("inside")
         assert torch.get_num_threads() == 3
