@@ -528,8 +528,13 @@ def figure(table: pd.DataFrame, *, budget_seconds: float | None = None,
     return fig
 
 
-def narrative(table: pd.DataFrame, slopes: pd.DataFrame) -> str:
-    """Markdown: per size what was fitted and what was skipped and why, then the exponents."""
+def narrative(
+    table: pd.DataFrame, slopes: pd.DataFrame, budget_seconds: float | None = None
+) -> str:
+    """Markdown: per size what was fitted and what was skipped and why, then the exponents and
+    how far the fit-time predictions that skips read were off (`prediction_misses`), and, with
+    `budget_seconds`, whether each skip by time would stand if its prediction were as far too
+    high as the farthest overestimate."""
     lines = []
     for (n, protocol), sub in table.groupby(["n_interactions", "protocol"], sort=True):
         first = sub.iloc[0]
@@ -560,4 +565,45 @@ def narrative(table: pd.DataFrame, slopes: pd.DataFrame) -> str:
         "Skips by time follow the measured fits, so they can differ between runs on a "
         "busy machine; skips by memory follow the sizes alone."
     )
-    return "\n".join(lines)
+    lines.append(_prediction_text(table, budget_seconds))
+    return "\n".join(lines).rstrip()
+
+
+def _prediction_text(table: pd.DataFrame, budget_seconds: float | None) -> str:
+    """How far the fit-time predictions were off, and whether the skips by time stand."""
+    lines = []
+    miss = prediction_misses(table)
+    if len(miss):
+        worst = miss.iloc[0]
+        low, high = miss["ratio"].min(), miss["ratio"].max()
+        lines.append(
+            f"A skip by time reads an extrapolation, and the fits show how far one can be off: "
+            f"measured over predicted fit time {low:.2f}-{high:.2f} over {len(miss)} fit(s) "
+            f"with a prediction; the farthest, {worst.model} at n={worst.n_target:g}, was "
+            f"predicted at {worst.predicted_fit_seconds:.1f} s and took {worst.fit_seconds:.1f} s."
+        )
+        timed = table[
+            (table["status"] == "skipped") & table["reason"].str.startswith("predicted", na=False)
+        ]
+        if budget_seconds and len(timed):
+            over = timed["predicted_fit_seconds"] / budget_seconds
+            stands = over.min() * min(low, 1.0) > 1
+            lines.append(
+                f"The skips by time were predicted at {over.min():.1f}x the budget or more, "
+                + ("so each would stand even if its prediction were off as far as the farthest "
+                   f"overestimate above ({low:.2f})." if stands else
+                   f"which the farthest overestimate above ({low:.2f}) could bring under it: "
+                   "those skips rest on the prediction.")
+            )  # fmt: skip
+    return " ".join(lines)
+
+
+def prediction_misses(table: pd.DataFrame) -> pd.DataFrame:
+    """The fitted cells that had a prediction (every size after a model's first): model,
+    n_target, predicted and measured fit seconds and their ratio, farthest from 1 first (by
+    |log ratio|), so a reader sees how much a skip by time can be trusted."""
+    done = table[(table["status"] == "fitted") & table["predicted_fit_seconds"].notna()]
+    out = done[["model", "n_target", "predicted_fit_seconds", "fit_seconds"]].copy()
+    out["ratio"] = out["fit_seconds"] / out["predicted_fit_seconds"]
+    order = np.argsort(-np.abs(np.log(out["ratio"].to_numpy(float))), kind="stable")
+    return out.iloc[order].reset_index(drop=True)

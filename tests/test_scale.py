@@ -108,6 +108,24 @@ def test_a_numpy_model_asked_for_cuda_computes_and_is_billed_on_the_cpu():
     assert row["status"] == "fitted" and row["device"] == "cpu"
 
 
+def test_the_narrative_says_how_far_predictions_were_off_and_whether_skips_stand():
+    # A: 10 s at 1e5, predicted 20 s at 1e6 and took 80 (x4); B: predicted 10, took 5 (x0.5),
+    # then skipped at 1e7 predicted at 400 s against a budget of 100 (4x the budget)
+    rows = [("A", 1e5, "fitted", "", None, 10.0), ("A", 1e6, "fitted", "", 20.0, 80.0),
+            ("B", 1e5, "fitted", "", None, 1.0), ("B", 1e6, "fitted", "", 10.0, 5.0),
+            ("B", 1e7, "skipped", "predicted 400 s > budget 100 s", 400.0, None)]  # fmt: skip
+    table = pd.DataFrame(rows, columns=["model", "n_target", "status", "reason",
+                                        "predicted_fit_seconds", "fit_seconds"])  # fmt: skip
+    miss = scale.prediction_misses(table)
+    assert list(miss["model"]) == ["A", "B"] and list(miss["ratio"]) == [4.0, 0.5]
+    text = scale._prediction_text(table, budget_seconds=100)
+    assert "0.50-4.00 over 2 fit(s)" in text and "A at n=1e+06, was predicted at 20.0 s" in text
+    assert "4.0x the budget or more, so each would stand" in text  # 4 x 0.5 = 2 > 1
+    shaky = scale._prediction_text(table, budget_seconds=250)  # 1.6x: 1.6 x 0.5 < 1
+    assert "1.6x the budget" in shaky and "rest on the prediction" in shaky
+    assert "budget" not in scale._prediction_text(table, budget_seconds=None)
+
+
 def test_sampled_holdout_keeps_each_users_last_quarter_by_time():
     data = _tiny(n_users=30, per_user=8)
     train, users, relevant = scale.sampled_holdout(data, 10, seed=3)
