@@ -89,14 +89,20 @@ def test_ease_with_a_huge_catalogue_is_skipped_before_allocating():
     assert row["estimated_memory_mb"] > 200_000**2 * 4 / 2**20
 
 
-def test_a_fit_predicted_over_budget_is_skipped_with_the_prediction():
+def test_a_fit_predicted_over_the_margin_times_the_budget_is_skipped_with_the_prediction():
     train, users, relevant = scale.sampled_holdout(_tiny(), 50, seed=0)
-    # 10 s at n=1e5 and 100 s at 1e6: linear growth, so 1,000 s predicted at 1e7 > 500 s.
-    row = scale.scale_cell("BPR", train, users, relevant, ([1e5, 1e6], [10.0, 100.0]), 1e7, seed=0,
-                      device="cpu", budget=500.0, limit=20_000.0)  # fmt: skip
+    # 10 s at n=1e5 and 100 s at 1e6: linear growth, so 1,000 s predicted at 1e7 > 2 x 400 s.
+    history = ([1e5, 1e6], [10.0, 100.0])
+    row = scale.scale_cell("BPR", train, users, relevant, history, 1e7, seed=0,
+                           device="cpu", budget=400.0, limit=20_000.0, margin=2)  # fmt: skip
     assert row["status"] == "skipped"
-    assert row["reason"].startswith("predicted 1,000 s > budget 500 s")
+    assert row["reason"].startswith("predicted 1,000 s > 2 x budget 400 s")
     assert row["predicted_fit_seconds"] == pytest.approx(1000.0)
+    # within the margin (1,000 <= 4 x 400 = 1,600) the fit runs and is measured
+    row = scale.scale_cell("BPR", train, users, relevant, history, 1e7, seed=0,
+                           device="cpu", budget=400.0, limit=20_000.0, margin=4)  # fmt: skip
+    assert row["status"] == "fitted" and row["predicted_fit_seconds"] == pytest.approx(1000.0)
+    assert scale.SKIP_MARGIN == 4.0
 
 
 def test_a_numpy_model_asked_for_cuda_computes_and_is_billed_on_the_cpu():
@@ -121,6 +127,9 @@ def test_the_narrative_says_how_far_predictions_were_off_and_whether_skips_stand
     text = scale._prediction_text(table, budget_seconds=100)
     assert "0.50-4.00 over 2 fit(s)" in text and "A at n=1e+06, was predicted at 20.0 s" in text
     assert "4.0x the budget or more, so each would stand" in text  # 4 x 0.5 = 2 > 1
+    marked = scale.narrative(table.assign(protocol="p", n_interactions=table["n_target"],
+                                          n_users=1, n_items=1), pd.DataFrame(), 50)  # fmt: skip
+    assert "fitted A 80.0 s (over the budget), B 5.0 s." in marked
     shaky = scale._prediction_text(table, budget_seconds=250)  # 1.6x: 1.6 x 0.5 < 1
     assert "1.6x the budget" in shaky and "rest on the prediction" in shaky
     assert "budget" not in scale._prediction_text(table, budget_seconds=None)
@@ -209,6 +218,9 @@ def test_run_scale_and_plan_reject_bad_arguments():
                         results_dir="x", stem="y")  # fmt: skip
     with pytest.raises(ValueError, match="budget_seconds"):
         scale.plan(["synthetic"], [2e3], ["EASE"], budget_seconds=0, memory_limit_mb=1)
+    with pytest.raises(ValueError, match=r"skip_margin=0\.5; expected a number >= 1"):
+        scale.run_scale([2e3], ["EASE"], budget_seconds=1, memory_limit_mb=1, seed=0,
+                        results_dir="x", stem="y", skip_margin=0.5)  # fmt: skip
     with pytest.raises(ValueError, match="expected \\['synthetic'\\]"):
         scale.plan(["ml-100k"], [2e3], ["EASE"], budget_seconds=1, memory_limit_mb=1)
     plan = scale.plan(["synthetic"], [1e5, 1e7], ["EASE"], budget_seconds=1,
