@@ -88,6 +88,9 @@ DATASET = "synthetic"
 # predicted) at 5c6e811; with a margin of 1, iALS at 10^7 was fitted there (predicted 124 s,
 # took 48 s) and skipped at e88ee7a on the same host (predicted 253 s), on timing noise alone.
 SKIP_MARGIN = 4.0
+# How a skipped cell's reason starts, by cause: `scale_cell` writes them, the figure and the
+# narrative read them back from the table.
+MEMORY_SKIP, TIME_SKIP = "would need", "predicted"
 TABLE_COLUMNS = [
     "protocol", "n_target", "n_interactions", "n_users", "n_items", "generate_seconds",
     "family", "model", "passes", "status", "reason", "estimated_memory_mb",
@@ -444,13 +447,13 @@ def scale_cell(
                            "predicted_fit_seconds": predicted}  # fmt: skip
     if estimate > limit:
         return {**row, "status": "skipped",
-                "reason": f"would need ~{estimate:,.0f} MB > limit {limit:,.0f} MB ("
+                "reason": f"{MEMORY_SKIP} ~{estimate:,.0f} MB > limit {limit:,.0f} MB ("
                           f"{memory_detail(name, train.n_users, train.n_items)})"}  # fmt: skip
     if predicted > margin * budget:
         last = max(history[0])
         seconds = history[1][history[0].index(last)]
         return {**row, "status": "skipped",
-                "reason": f"predicted {predicted:,.0f} s > {margin:g} x budget {budget:,.0f} s "
+                "reason": f"{TIME_SKIP} {predicted:,.0f} s > {margin:g} x budget {budget:,.0f} s "
                           f"(extrapolated from {seconds:.1f} s at n={last:g})"}  # fmt: skip
     model = get_model(name, device=device, **params)
     if hasattr(model, "progress"):
@@ -519,7 +522,7 @@ def figure(table: pd.DataFrame, *, budget_seconds: float | None = None,
         ax_t.plot(x, done["eval_seconds"], "s--", color=c, alpha=0.7, label=f"{model} evaluation")
         ax_m.plot(x, done["peak_memory_mb"].clip(lower=0.1), "o-", color=c, label=model)
         skipped = sub[sub["status"] == "skipped"]
-        memory = skipped["reason"].str.startswith("would need")
+        memory = skipped["reason"].str.startswith(MEMORY_SKIP)
         timed = skipped[~memory & skipped["predicted_fit_seconds"].notna()]
         ax_t.plot(timed["n_interactions"], timed["predicted_fit_seconds"], "o", color=c,
                   mfc="none", ms=9)  # fmt: skip
@@ -600,7 +603,7 @@ def _prediction_text(table: pd.DataFrame, budget_seconds: float | None) -> str:
             f"predicted at {worst.predicted_fit_seconds:.1f} s and took {worst.fit_seconds:.1f} s."
         )
         timed = table[
-            (table["status"] == "skipped") & table["reason"].str.startswith("predicted", na=False)
+            (table["status"] == "skipped") & table["reason"].str.startswith(TIME_SKIP, na=False)
         ]
         if budget_seconds and len(timed):
             over = timed["predicted_fit_seconds"] / budget_seconds
