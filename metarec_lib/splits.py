@@ -54,6 +54,9 @@ class Split:
         (None: all of `valid`). A cold-start pool variant keeps the same share of the meta-valid
         users there as of the meta-train users, so its warm pool shrinks as its name says; the
         other meta-valid users leave the final fit altogether (their supports too).
+    time_cutoff: a global time split's latest training timestamp (`temporal_global`), or
+        None. The fit sees only what was known by then: the runner encodes its training data
+        with `tags_until=time_cutoff` (`Encoder.encode`).
     """
 
     train: pd.DataFrame
@@ -67,6 +70,7 @@ class Split:
     cold_users: np.ndarray | None = None
     valid_users: np.ndarray | None = None
     refit_valid: pd.DataFrame | None = None
+    time_cutoff: int | None = None
 
     def history(self) -> pd.DataFrame:
         """What the final fit trains on: `train` plus `valid`, which served tuning and is
@@ -261,32 +265,39 @@ def temporal_global(
 ) -> Split:
     """One global time cut-off: the last test_fraction of interactions are test.
 
-    Rows are ordered by (timestamp, user_id, item_id), so ties at the cut-off are broken by
-    ids; the first max(1, floor((1 - test_fraction) * n)) rows are train. Test rows of users
-    absent from train are dropped, and of items absent from train when `drop_unknown_items`;
+    The cut-off is the timestamp T of row max(1, floor((1 - test_fraction) * n)) by time, and
+    train is every row at or before T: the rows of one second are never split between train
+    and test, so train can hold a few more rows than the fraction asks. Where no row is later
+    than T, the cut-off second goes to test instead (train is every row before T); a frame
+    with one timestamp cannot be split and raises ValueError. Test rows of users absent from
+    train are dropped, and of items absent from train when `drop_unknown_items`;
     `Split.dropped` holds them and `Split.notes` counts them.
     """
     _check_fraction(test_fraction, "test_fraction")
     data = _canonical(df, "temporal_global input", timestamp=True)
-    order = np.lexsort(
-        (data["item_id"].to_numpy(), data["user_id"].to_numpy(), data["timestamp"].to_numpy())
-    )
-    n_train = int(_n_keep(np.array([len(data)]), test_fraction)[0])
-    in_train = np.zeros(len(data), dtype=bool)
-    in_train[order[:n_train]] = True
+    stamps = data["timestamp"].to_numpy()
+    n_target = int(_n_keep(np.array([len(data)]), test_fraction)[0])
+    cutoff = int(np.sort(stamps, kind="stable")[n_target - 1])
+    in_train, side = stamps <= cutoff, "at or before"
+    if in_train.all():
+        in_train, side = stamps < cutoff, "before"
+        if not in_train.any():
+            raise ValueError(
+                f"temporal_global: all {len(data)} rows have timestamp {cutoff}; a time "
+                "cut-off cannot split them"
+            )
     train, test = data[in_train], data[~in_train]
     unknown_user = ~test["user_id"].isin(train["user_id"]).to_numpy()
     unknown_item = ~test["item_id"].isin(train["item_id"]).to_numpy()
     item_only = unknown_item & ~unknown_user
     drop = unknown_user | (item_only if drop_unknown_items else False)
-    cutoff = int(data["timestamp"].to_numpy()[order[n_train - 1]])
     items_note = (
         f"{int(item_only.sum())} more of {test['item_id'][item_only].nunique()} item(s) "
         + ("absent from train" if drop_unknown_items else "absent from train kept")
     )
     notes = (
-        f"temporal_global: train = first {n_train} of {len(data)} rows by (timestamp, user_id, "
-        f"item_id), up to timestamp {cutoff}",
+        f"temporal_global: train = the {len(train)} of {len(data)} rows {side} timestamp "
+        f"{cutoff} (the fraction asks for {n_target})",
         f"temporal_global: dropped {int(drop.sum())} test row(s): {int(unknown_user.sum())} of "
         f"{test['user_id'][unknown_user].nunique()} user(s) absent from train; {items_note}",
     )
@@ -296,6 +307,7 @@ def temporal_global(
         name="temporal-global",
         notes=notes,
         dropped=test[drop].reset_index(drop=True),
+        time_cutoff=int(train["timestamp"].max()),
     )
     return split.check()
 
@@ -361,9 +373,10 @@ def validation_carveout(
     per_user: each user's ratings in a seeded random order (needs `seed`), as
         `holdout_per_user`; temporal: each user's latest ratings (ties broken by item_id).
     Either way a user keeps max(1, floor((1 - fraction) * n_u)) ratings in train.
-    global: one time cut-off, as `temporal_global` (the last `fraction` of the rows by time
-        are valid, rows of users or items absent before the cut-off are in neither part), so
-        no train row is later than a valid one: validation for a global time split.
+    global: one time cut-off, as `temporal_global` (about the last `fraction` of the rows by
+        time are valid, the cut-off second is never split, rows of users or items absent
+        before the cut-off are in neither part), so every train row is earlier than every
+        valid one: validation for a global time split.
     """
     _check_fraction(fraction, "fraction")
     if how == "global":

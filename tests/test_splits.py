@@ -252,28 +252,55 @@ TEMPORAL_ROWS = [
 
 def test_temporal_global_hand_worked_with_ties():
     df = frame(TEMPORAL_ROWS).iloc[[9, 3, 0, 7, 5, 1, 8, 2, 6, 4]]  # order must not matter
-    split = temporal_global(df, test_fraction=0.3)  # floor(0.7 * 10) = 7 train rows
-    assert rows(split.train) == [0, 1, 2, 3, 4, 5, 6]
-    assert rows(split.test) == [7]
-    assert rows(split.dropped) == [8, 9]
+    # floor(0.7 * 10) = 7: the 7th row by time has timestamp 6, so the cut-off is 6 and row 7,
+    # of the same second, is train too (the old rule sent it to test by its user_id)
+    split = temporal_global(df, test_fraction=0.3)
+    assert rows(split.train) == [0, 1, 2, 3, 4, 5, 6, 7]
+    assert rows(split.test) == [] and rows(split.dropped) == [8, 9]
     assert "dropped 2 test row(s): 1 of 1 user(s)" in split.notes[1]
-    assert "timestamp 6" in split.notes[0]
+    assert "the 8 of 10 rows at or before timestamp 6 (the fraction asks for 7)" in split.notes[0]
+    assert split.time_cutoff == 6 and holdout_per_user(df, seed=0).time_cutoff is None
 
     keep_items = temporal_global(df, test_fraction=0.3, drop_unknown_items=False)
-    assert rows(keep_items.test) == [7, 9] and rows(keep_items.dropped) == [8]
+    assert rows(keep_items.test) == [9] and rows(keep_items.dropped) == [8]
+
+    # 0.4: floor(0.6 * 10) = 6, the 6th row by time (row 5) is alone in its second
+    six = temporal_global(df, test_fraction=0.4)
+    assert rows(six.train) == [0, 1, 2, 3, 4, 5] and rows(six.test) == [6, 7]
+
+
+def test_temporal_global_cut_off_second_goes_to_test_when_it_is_the_last():
+    # 4 rows, timestamps 1, 2, 2, 2; 0.25 asks for 3 train rows, whose cut-off second 2 is the
+    # last: train at or before 2 would leave no test row, so that second is test
+    df = frame([(1, 10, 1), (1, 11, 2), (2, 10, 2), (2, 11, 2)])
+    split = temporal_global(df, test_fraction=0.25, drop_unknown_items=False)
+    assert rows(split.train) == [0] and rows(split.test) == [1]
+    assert rows(split.dropped) == [2, 3]  # user 2 has no train row
+    assert "the 1 of 4 rows before timestamp 2" in split.notes[0] and split.time_cutoff == 1
+    with pytest.raises(ValueError, match="all 2 rows have timestamp 5; a time cut-off"):
+        temporal_global(frame([(1, 10, 5), (2, 10, 5)]), test_fraction=0.5)
 
 
 @PROPS
 @given(df=frames(), fraction=st.sampled_from([0.2, 0.5]))
 def test_temporal_global_properties(df, fraction):
+    if df["timestamp"].nunique() == 1:
+        with pytest.raises(ValueError, match="a time cut-off cannot split them"):
+            temporal_global(df, test_fraction=fraction)
+        return
     split = temporal_global(df, test_fraction=fraction)
-    n_train = max(1, math.floor((1 - fraction) * len(df) + 1e-9))
-    assert len(split.train) == n_train
     assert rows(pd.concat([split.train, split.test, split.dropped])) == list(range(len(df)))
-    key = ["timestamp", "user_id", "item_id"]
-    last_train = max(map(tuple, split.train[key].to_numpy().tolist()))
-    later = pd.concat([split.test, split.dropped])[key].to_numpy().tolist()
-    assert all(tuple(r) > last_train for r in later)
+    later = pd.concat([split.test, split.dropped])
+    assert len(later) > 0
+    # no second is split: every train row is strictly earlier than every later row
+    assert split.train["timestamp"].max() < later["timestamp"].min()
+    # train is the fraction's rows plus the rest of their last second, or that second less
+    n_train = max(1, math.floor((1 - fraction) * len(df) + 1e-9))
+    cutoff = sorted(df["timestamp"])[n_train - 1]
+    expected = df["timestamp"] <= cutoff
+    if expected.all():
+        expected = df["timestamp"] < cutoff
+    assert rows(split.train) == sorted(df.loc[expected, "row"])
     assert set(split.test["user_id"]) <= set(split.train["user_id"])
     assert set(split.test["item_id"]) <= set(split.train["item_id"])
 
