@@ -395,7 +395,7 @@ def evaluate_cell(
     # history, as the test item's predecessor, exactly like a deployed model would (a
     # cold-start pool variant: the pooled share of it, `Split.refit_valid`).
     history = split.history()
-    train = encoder.encode(history)
+    train = encoder.encode(history, tags_until=split.time_cutoff)
     if split.source is not None:  # a transfer protocol: the model sees the source domain too
         train = dataclasses.replace(train, source=encode_source(split.source, encoder))
     if split.cold_users is not None:  # cold start: these users' rows are supports only

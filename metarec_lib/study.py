@@ -199,16 +199,21 @@ def _validation_data(req: TuneRequest, seed: int) -> tuple[Any, Any, str]:
     task = task_of(req.protocol)
     first = seeds_for(req.protocol, [seed])[0]
     split = (req.split or split_factory(req.protocol, req.dataset))(first)
+    tags_until = split.time_cutoff
     if split.valid is not None:
         fit_part, valid_part = split.train, split.valid
     else:
+        how = carveout_how(req.protocol)
         fit_part, valid_part = validation_carveout(
-            split.train, fraction=VALID_FRACTION, seed=first, how=carveout_how(req.protocol)
+            split.train, fraction=VALID_FRACTION, seed=first, how=how
         )
+        if how == "global":  # the fit knows only what was known at the validation cut-off
+            tags_until = int(fit_part["timestamp"].max())
     encoder = req.dataset.encoder()
     if split.cold_users is not None:
         fit_part = fit_part[~fit_part["user_id"].isin(split.cold_users)]
-    train, valid = encoder.encode(fit_part), encoder.encode(valid_part)
+    train = encoder.encode(fit_part, tags_until=tags_until)
+    valid = encoder.encode(valid_part)
     if split.valid_users is not None:
         new = np.asarray(split.valid_users)
         train = dataclasses.replace(train, cold_users=np.sort(encoder.user_index(new)))

@@ -129,3 +129,25 @@ def test_encoder_round_trip_and_catalogue():
     assert inter.items["title"].tolist() == ["a", "b", "c"]
     with pytest.raises(DataError, match="item_id"):
         enc.item_index(np.array([99]))
+
+
+def test_a_time_cut_off_keeps_the_tags_given_after_it_from_the_fit():
+    items = pd.DataFrame({"tags": ["", "", ""]}, index=pd.Index([10, 20, 30], name="item_id"))
+    users = pd.DataFrame(index=pd.Index([1, 2, 3], name="user_id"))
+    # (1, 10) rated at 100 and tagged "early" at 150 and "late" at 250; user 3 tagged the
+    # unrated item 30 "old" at 120 and "new" at 400
+    events = pd.DataFrame({"user_id": [1, 1, 3, 3], "item_id": [10, 10, 30, 30],
+                           "tag": ["early", "late", "old", "new"],
+                           "timestamp": [150, 250, 120, 400]})  # fmt: skip
+    ds = Dataset("t", frame(), items, users, (1, 5), tag_events=events)
+    enc = ds.encoder()
+    train = ds.interactions.iloc[[0]]
+    assert enc.encode(train).items["tags"].tolist() == ["early|late", "", "new|old"]
+    cut = enc.encode(train, tags_until=200).items["tags"].tolist()
+    assert cut == ["early", "", "old"]
+    at = enc.encode(train, tags_until=250).items["tags"].tolist()  # "at or before": kept
+    assert at == ["early|late", "", "old"]
+    untimed = events.drop(columns="timestamp")
+    no_time = Dataset("t", frame(), items, users, (1, 5), tag_events=untimed)
+    with pytest.raises(ValueError, match="tags_until needs tag events with a 'timestamp'"):
+        no_time.encoder().encode(train, tags_until=200)

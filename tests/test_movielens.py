@@ -56,7 +56,8 @@ FAKE_LATEST = {
     "2,1,0.5,964982224\n",
     "movies.csv": "movieId,title,genres\n1,Toy Story (1995),Adventure|Animation\n"
     '2,"American President, The (1995)",Comedy|Drama|Romance\n3,Babylon 5,(no genres listed)\n',
-    "tags.csv": "userId,movieId,tag,timestamp\n2,1,Pixar,1\n3,1,fun,2\n4,1, pixar ,3\n",
+    "tags.csv": "userId,movieId,tag,timestamp\n2,1,Pixar,5\n3,1,fun,2\n4,1, pixar ,3\n"
+    "2,1,pixar,1\n",
     "links.csv": "movieId,imdbId,tmdbId\n1,0114709,862\n2,0112346,\n3,0105946,12\n",
 }
 
@@ -135,8 +136,10 @@ def test_fake_latest_parses_to_the_hand_worked_frames(fakelatest, tmp_path):
     assert items["year"].tolist()[:2] == [1995, 1995] and pd.isna(items["year"].iloc[2])
     assert items["genres"].tolist() == ["Adventure|Animation", "Comedy|Drama|Romance", ""]
     assert items["tags"].tolist() == ["fun|pixar", "", ""]
+    # user 2 gave "pixar" twice (at 5 as "Pixar", at 1): one event, at its first time
     assert ds.tag_events.to_dict("list") == {"user_id": [3, 2, 4], "item_id": [1, 1, 1],
-                                             "tag": ["fun", "pixar", "pixar"]}  # fmt: skip
+                                             "tag": ["fun", "pixar", "pixar"],
+                                             "timestamp": [2, 1, 3]}  # fmt: skip
     assert items["imdb_id"].tolist() == [114709, 112346, 105946]
     assert items["tmdb_id"].isna().tolist() == [False, True, False]
     assert ds.users.empty and ds.users.index.name == "user_id" and list(ds.users.columns) == []
@@ -182,6 +185,7 @@ BAD_LATEST = [
     ("movies.csv", "movieId,title\n1,Toy Story (1995)\n", r"movies\.csv: missing column.*genres"),
     ("links.csv", "movieId,imdbId,tmdbId\n1,tt01,\n", r"links\.csv: column 'imdbId'.*'tt01'"),
     ("tags.csv", "userId,movieId,tag,timestamp\n1,one,x,1\n", r"tags\.csv: column 'movieId'"),
+    ("tags.csv", "userId,movieId,tag,timestamp\n1,1,x,soon\n", r"tags\.csv: .*'timestamp'.*'soon'"),
 ]
 
 

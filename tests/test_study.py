@@ -390,3 +390,47 @@ def test_a_split_asked_twice_in_one_batch_is_searched_once(tmp_path, tiny, monke
     first, second = tune_many(requests, seed=0, device="cpu", cache_dir=tmp_path,
                               progress=False)  # fmt: skip
     assert second is first and len(fits) == 2  # budget 2: one search's two trials
+
+
+def test_a_temporal_fit_sees_no_tag_given_after_its_cut_off(monkeypatch):
+    """topn-temporal's final fit sees the tags given by its cut-off, its tuning fit those
+    given by the validation cut-off; a tag on the unrated item 16 at each time tells which."""
+    import numpy as np
+
+    from metarec_lib.data.dataset import Dataset
+    from metarec_lib.models.popularity import MostPop
+    from metarec_lib.protocols import split_factory
+    from metarec_lib.runner import evaluate_cell
+    from metarec_lib.splits import validation_carveout
+    from metarec_lib.study import VALID_FRACTION, TuneRequest, _validation_data
+
+    stamps = np.random.default_rng(0).permutation(30) + 1
+    inter = pd.DataFrame({"user_id": np.repeat(np.arange(1, 6), 6),
+                          "item_id": np.tile(np.arange(10, 16), 5),
+                          "rating": 4.0, "timestamp": stamps})  # fmt: skip
+    items = pd.DataFrame({"tags": ""}, index=pd.Index(np.arange(10, 17), name="item_id"))
+    users = pd.DataFrame(index=pd.Index(np.arange(1, 6), name="user_id"))
+    plain = Dataset("t", inter, items, users, (1, 5))
+    split = split_factory("topn-temporal", plain)(0)
+    cut = split.time_cutoff
+    assert cut == split.train["timestamp"].max() < split.test["timestamp"].min()
+    fit_part, _ = validation_carveout(split.train, fraction=VALID_FRACTION, how="global")
+    valid_cut = int(fit_part["timestamp"].max())
+    assert valid_cut < cut
+    events = pd.DataFrame({"user_id": [1, 1, 1], "item_id": [16, 16, 16],
+                           "tag": ["a", "b", "c"],
+                           "timestamp": [valid_cut, cut, cut + 1]})  # fmt: skip
+    ds = dataclasses.replace(plain, tag_events=events)
+
+    train, _, _ = _validation_data(TuneRequest(ds, "topn-temporal", "MostPop", 1), 0)
+    assert train.items["tags"].tolist()[-1] == "a"
+
+    seen, original = [], MostPop._fit
+
+    def record(self, train, **kw):
+        seen.append(train.items["tags"].tolist()[-1])
+        return original(self, train, **kw)
+
+    monkeypatch.setattr(MostPop, "_fit", record)
+    evaluate_cell(MostPop(), split_factory("topn-temporal", ds)(0), ds.encoder(), seed=0)
+    assert seen == ["a|b"]

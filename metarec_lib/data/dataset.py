@@ -35,9 +35,10 @@ class Dataset:
         or None where the source does not ship them.
     source: where the data came from (a folder, a URL, the package-index mirror, "generated").
     tag_events: where `items.tags` come from users' tagging (ml-latest-small's tags.csv): one
-        row per (user_id, item_id, tag), lower-cased. A model never sees `items.tags` as they
-        are: `Encoder.encode` rebuilds them from the events of the interactions it encodes (see
-        `Encoder`), since a user's tag on an item tells that the user watched it.
+        row per (user_id, item_id, tag), lower-cased, with the tag's `timestamp` where known.
+        A model never sees `items.tags` as they are: `Encoder.encode` rebuilds them from the
+        events of the interactions it encodes (see `Encoder`), since a user's tag on an item
+        tells that the user watched it, and, under a time cut-off, from those given by then.
     """
 
     name: str
@@ -84,9 +85,10 @@ class Dataset:
 
 
 def _tag_events(events: pd.DataFrame, rated: pd.DataFrame, encoder: Encoder) -> pd.DataFrame:
-    """The tagging events in dense indices: `key` (the pair's `pair_key`), `item`, `tag`, and
-    `rated`: whether the pair is among the data set's interactions. Events of users or items
-    outside the catalogue are dropped (nothing could be held out of them)."""
+    """The tagging events in dense indices: `key` (the pair's `pair_key`), `item`, `tag`,
+    `rated`: whether the pair is among the data set's interactions, and `timestamp` where the
+    events have one. Events of users or items outside the catalogue are dropped (nothing could
+    be held out of them)."""
     known = (np.isin(events["user_id"].to_numpy(), encoder.user_ids)
              & np.isin(events["item_id"].to_numpy(), encoder.item_ids))  # fmt: skip
     events = events[known]
@@ -96,8 +98,11 @@ def _tag_events(events: pd.DataFrame, rated: pd.DataFrame, encoder: Encoder) -> 
     rated_users = encoder.user_index(rated["user_id"].to_numpy())
     all_keys = pair_key(rated_users, encoder.item_index(rated["item_id"].to_numpy()),
                         encoder.n_items)  # fmt: skip
-    return pd.DataFrame({"key": key, "item": item, "tag": events["tag"].to_numpy(),
-                         "rated": np.isin(key, all_keys)})  # fmt: skip
+    out = pd.DataFrame({"key": key, "item": item, "tag": events["tag"].to_numpy(),
+                        "rated": np.isin(key, all_keys)})  # fmt: skip
+    if "timestamp" in events:
+        out["timestamp"] = events["timestamp"].to_numpy(np.int64)
+    return out
 
 
 def pair_key(users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
@@ -290,14 +295,17 @@ class Encoder:
     def item_index(self, raw: np.ndarray | pd.Series) -> np.ndarray:
         return _lookup(self.item_ids, np.asarray(raw), "item_id")
 
-    def encode(self, frame: pd.DataFrame) -> Interactions:
+    def encode(self, frame: pd.DataFrame, *, tags_until: int | None = None) -> Interactions:
         """Encode a raw-id interactions frame (a split's train or test part).
 
         With `tag_events`, the items' `tags` are rebuilt from the events this frame allows:
         those of its own (user, item) pairs and those of pairs the data set has no rating for.
         A tag on a held-out pair (validation, test, a cold user's query) would tell a model
         which item the user watched; on ml-latest-small 1,003 of 3,683 tagging events were on
-        pairs of the topn-75-25 test split of seed 42."""
+        pairs of the topn-75-25 test split of seed 42. `tags_until` (a time split's cut-off,
+        `Split.time_cutoff`) keeps only the events given at or before it: on ml-latest-small's
+        topn-temporal, 5 tags on training pairs were given after the cut-off, and 70 tags on
+        unrated pairs after its validation cut-off."""
         out = pd.DataFrame(
             {
                 "user": self.user_index(frame["user_id"]),
@@ -313,16 +321,23 @@ class Encoder:
         users = self.users.reindex(self.user_ids) if self.users is not None else None
         items = self.items.reindex(self.item_ids) if self.items is not None else None
         if items is not None and self.tag_events is not None:
-            items = items.assign(tags=self._tags(out["user"].to_numpy(), out["item"].to_numpy()))
+            tags = self._tags(out["user"].to_numpy(), out["item"].to_numpy(), tags_until)
+            items = items.assign(tags=tags)
         return Interactions(out, self.n_users, self.n_items, users, items,
                             user_ids=self.user_ids, item_ids=self.item_ids)  # fmt: skip
 
-    def _tags(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    def _tags(self, users: np.ndarray, items: np.ndarray, until: int | None) -> np.ndarray:
         """Per item (dense index order) its '|'-joined sorted unique tags from the events of
-        these (user, item) pairs and of unrated pairs; "" for an item without."""
+        these (user, item) pairs and of unrated pairs, given at or before `until` (None: any
+        time); "" for an item without."""
         ev = self.tag_events
         keep = ~ev["rated"].to_numpy() | np.isin(ev["key"].to_numpy(),
                                                  pair_key(users, items, self.n_items))  # fmt: skip
+        if until is not None:
+            if "timestamp" not in ev:
+                raise ValueError("Encoder.encode: tags_until needs tag events with a "
+                                 "'timestamp' column; these have none")  # fmt: skip
+            keep &= ev["timestamp"].to_numpy() <= until
         kept = ev.loc[keep, ["item", "tag"]].drop_duplicates().sort_values(["item", "tag"])
         joined = kept.groupby("item")["tag"].agg("|".join)
         return joined.reindex(np.arange(self.n_items), fill_value="").to_numpy(object)

@@ -406,13 +406,12 @@ def _first_bad(values: pd.Series, bad: np.ndarray) -> str:
 
 
 def _int_ids(values: pd.Series, path: Path, column: str) -> np.ndarray:
-    """Integer ids (int64 array); DataError naming file, column and the first bad value."""
+    """Integer ids or times (int64 array); DataError naming file, column and the first bad
+    value."""
     num = pd.to_numeric(values, errors="coerce").to_numpy(np.float64, na_value=np.nan)
     bad = ~np.isfinite(num) | (num != np.round(num))
     if bad.any():
-        raise DataError(
-            f"{path}: column {column!r} must hold integer ids; {_first_bad(values, bad)}"
-        )
+        raise DataError(f"{path}: column {column!r} must hold integers; {_first_bad(values, bad)}")
     return num.astype(np.int64)
 
 
@@ -654,7 +653,8 @@ def _read_movies(path: Path) -> pd.DataFrame:
 
 def _read_tags(path: Path) -> pd.DataFrame:
     """tags.csv -> its tagging events: user_id, item_id, tag (stripped, lower-cased; empty
-    tags and repeats dropped), sorted."""
+    tags dropped) and timestamp (a tag given more than once: its first time), sorted. The
+    time lets a temporal protocol keep the tags given after its cut-off from the fit."""
     raw = _read_csv(
         path, "CSV with header userId,movieId,tag,timestamp", dtype=str, keep_default_na=False
     )
@@ -664,10 +664,13 @@ def _read_tags(path: Path) -> pd.DataFrame:
             "user_id": _int_ids(raw["userId"], path, "userId"),
             "item_id": _int_ids(raw["movieId"], path, "movieId"),
             "tag": raw["tag"].str.strip().str.lower().to_numpy(),
+            "timestamp": _int_ids(raw["timestamp"], path, "timestamp"),
         }
     )
-    tags = tags[tags["tag"] != ""].drop_duplicates()
-    return tags.sort_values(["item_id", "tag", "user_id"]).reset_index(drop=True)
+    tags = tags[tags["tag"] != ""]
+    key = ["item_id", "tag", "user_id"]
+    first = tags.groupby(key, as_index=False, sort=True)["timestamp"].min()
+    return first[["user_id", "item_id", "tag", "timestamp"]]
 
 
 def _joined_tags(events: pd.DataFrame) -> pd.Series:
