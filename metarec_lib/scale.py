@@ -89,8 +89,9 @@ DATASET = "synthetic"
 # took 48 s) and skipped at e88ee7a on the same host (predicted 253 s), on timing noise alone.
 SKIP_MARGIN = 4.0
 # How a skipped cell's reason starts, by cause: `scale_cell` writes them, the figure and the
-# narrative read them back from the table.
-MEMORY_SKIP, TIME_SKIP = "would need", "predicted"
+# narrative read them back from the table. OWN_MEMORY_SKIP: the model's own pre-allocation
+# check refused (EASE's MemoryError), a memory skip too.
+MEMORY_SKIP, TIME_SKIP, OWN_MEMORY_SKIP = "would need", "predicted", "MemoryError:"
 TABLE_COLUMNS = [
     "protocol", "n_target", "n_interactions", "n_users", "n_items", "generate_seconds",
     "family", "model", "passes", "status", "reason", "estimated_memory_mb",
@@ -464,7 +465,7 @@ def scale_cell(
         with measure(device) as fit_cost:
             model.fit(train, seed=int(seed))
     except MemoryError as err:  # a model's own pre-allocation check (EASE's) has the last word
-        return {**row, "status": "skipped", "reason": f"MemoryError: {err}"}
+        return {**row, "status": "skipped", "reason": f"{OWN_MEMORY_SKIP} {err}"}
     with measure(device) as eval_cost:
         top, _ = model.recommend(users, K)
     per_user = ranking_metrics(top, relevant, ks=(K,), names=RANKING_NAMES)
@@ -510,8 +511,9 @@ def exponents(table: pd.DataFrame) -> pd.DataFrame:
 def figure(table: pd.DataFrame, *, budget_seconds: float | None = None,
            memory_limit_mb: float | None = None) -> plt.Figure:  # fmt: skip
     """Two log-log panels against interactions: seconds (fit solid, evaluation dashed, per
-    model) and peak memory MB (per model). Skipped cells are open markers at their predicted
-    seconds or estimated memory; dotted lines mark the budget and the memory limit."""
+    model) and peak memory MB (per model). Skipped cells are open markers: a skip by time at
+    its predicted seconds, one by memory (the estimate's or the model's own check) at its
+    estimated memory; dotted lines mark the budget and the memory limit."""
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for idx, (model, sub) in enumerate(table.groupby("model", sort=False)):
@@ -522,8 +524,8 @@ def figure(table: pd.DataFrame, *, budget_seconds: float | None = None,
         ax_t.plot(x, done["eval_seconds"], "s--", color=c, alpha=0.7, label=f"{model} evaluation")
         ax_m.plot(x, done["peak_memory_mb"].clip(lower=0.1), "o-", color=c, label=model)
         skipped = sub[sub["status"] == "skipped"]
-        memory = skipped["reason"].str.startswith(MEMORY_SKIP)
-        timed = skipped[~memory & skipped["predicted_fit_seconds"].notna()]
+        memory = skipped["reason"].str.startswith((MEMORY_SKIP, OWN_MEMORY_SKIP))
+        timed = skipped[skipped["reason"].str.startswith(TIME_SKIP)]
         ax_t.plot(timed["n_interactions"], timed["predicted_fit_seconds"], "o", color=c,
                   mfc="none", ms=9)  # fmt: skip
         ax_m.plot(skipped["n_interactions"][memory], skipped["estimated_memory_mb"][memory], "o",

@@ -3,6 +3,7 @@
 import math
 import time
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -239,3 +240,41 @@ def test_the_notebook_runs_the_documented_sizes_and_every_model_has_three_below_
     nb = Path(__file__).resolve().parents[1] / "notebooks" / "95_scale.ipynb"
     assert tuple(notebook_defaults(nb)["sizes"]) == scale.SIZES
     assert sum(n < 1e7 for n in scale.SIZES) >= 3
+
+
+def test_the_figure_puts_a_skip_by_time_on_the_time_panel_and_any_memory_skip_on_the_other():
+    """A: fitted at 1e5; at 1e6 skipped by the memory estimate (1,000 MB), at 1e7 by its own
+    MemoryError (estimate 9,000 MB, prediction 70 s), at 1e8 by time (predicted 500 s)."""
+    rows = [(1e5, "fitted", "", 1.0, 5.0, 1.0, 2.0, 10.0),
+            (1e6, "skipped", f"{scale.MEMORY_SKIP} ~1,000 MB > limit", 10.0, 1_000.0,
+             None, None, None),
+            (1e7, "skipped", f"{scale.OWN_MEMORY_SKIP} no room", 70.0, 9_000.0,
+             None, None, None),
+            (1e8, "skipped", f"{scale.TIME_SKIP} 500 s > 4 x budget", 500.0, 90_000.0,
+             None, None, None)]  # fmt: skip
+    table = pd.DataFrame(
+        rows,
+        columns=[
+            "n_interactions",
+            "status",
+            "reason",
+            "predicted_fit_seconds",
+            "estimated_memory_mb",
+            "fit_seconds",
+            "eval_seconds",
+            "peak_memory_mb",
+        ],
+    )
+    fig = scale.figure(table.assign(model="A"))
+    ax_t, ax_m = fig.axes
+
+    def open_markers(ax):
+        return [
+            line.get_xydata().tolist()
+            for line in ax.get_lines()
+            if line.get_markerfacecolor() == "none" and len(line.get_xydata())
+        ]
+
+    assert open_markers(ax_t) == [[[1e8, 500.0]]]
+    assert open_markers(ax_m) == [[[1e6, 1_000.0], [1e7, 9_000.0]]]
+    plt.close(fig)
