@@ -524,8 +524,8 @@ def figure(table: pd.DataFrame, *, budget_seconds: float | None = None,
         ax_t.plot(x, done["eval_seconds"], "s--", color=c, alpha=0.7, label=f"{model} evaluation")
         ax_m.plot(x, done["peak_memory_mb"].clip(lower=0.1), "o-", color=c, label=model)
         skipped = sub[sub["status"] == "skipped"]
-        memory = skipped["reason"].str.startswith((MEMORY_SKIP, OWN_MEMORY_SKIP))
-        timed = skipped[skipped["reason"].str.startswith(TIME_SKIP)]
+        memory = skipped["reason"].str.startswith((MEMORY_SKIP, OWN_MEMORY_SKIP), na=False)
+        timed = skipped[skipped["reason"].str.startswith(TIME_SKIP, na=False)]
         ax_t.plot(timed["n_interactions"], timed["predicted_fit_seconds"], "o", color=c,
                   mfc="none", ms=9)  # fmt: skip
         ax_m.plot(skipped["n_interactions"][memory], skipped["estimated_memory_mb"][memory], "o",

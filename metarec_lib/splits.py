@@ -55,8 +55,9 @@ class Split:
         users there as of the meta-train users, so its warm pool shrinks as its name says; the
         other meta-valid users leave the final fit altogether (their supports too).
     time_cutoff: a global time split's latest training timestamp (`temporal_global`), or
-        None. The fit sees only what was known by then: the runner encodes its training data
-        with `tags_until=time_cutoff` (`Encoder.encode`).
+        None. The final fit (on `history()`) sees only what was known by then: the runner
+        encodes its data with `tags_until=time_cutoff` (`Encoder.encode`); tuning, which fits
+        on `train` alone, cuts at the latest timestamp of that.
     """
 
     train: pd.DataFrame
@@ -70,7 +71,7 @@ class Split:
     cold_users: np.ndarray | None = None
     valid_users: np.ndarray | None = None
     refit_valid: pd.DataFrame | None = None
-    time_cutoff: int | None = None
+    time_cutoff: float | None = None
 
     def history(self) -> pd.DataFrame:
         """What the final fit trains on: `train` plus `valid`, which served tuning and is
@@ -269,7 +270,7 @@ def temporal_global(
     train is every row at or before T: the rows of one second are never split between train
     and test, so train can hold a few more rows than the fraction asks. Where no row is later
     than T, the cut-off second goes to test instead (train is every row before T); a frame
-    with one timestamp cannot be split and raises ValueError. Test rows of users absent from
+    with one timestamp cannot be split and raises DataError. Test rows of users absent from
     train are dropped, and of items absent from train when `drop_unknown_items`;
     `Split.dropped` holds them and `Split.notes` counts them.
     """
@@ -277,13 +278,13 @@ def temporal_global(
     data = _canonical(df, "temporal_global input", timestamp=True)
     stamps = data["timestamp"].to_numpy()
     n_target = int(_n_keep(np.array([len(data)]), test_fraction)[0])
-    cutoff = int(np.sort(stamps, kind="stable")[n_target - 1])
+    cutoff = np.sort(stamps)[n_target - 1].item()  # as given: float seconds stay floats
     in_train, side = stamps <= cutoff, "at or before"
     if in_train.all():
         in_train, side = stamps < cutoff, "before"
         if not in_train.any():
-            raise ValueError(
-                f"temporal_global: all {len(data)} rows have timestamp {cutoff}; a time "
+            raise DataError(
+                f"temporal_global input: all {len(data)} rows have timestamp {cutoff}; a time "
                 "cut-off cannot split them"
             )
     train, test = data[in_train], data[~in_train]
@@ -307,7 +308,7 @@ def temporal_global(
         name="temporal-global",
         notes=notes,
         dropped=test[drop].reset_index(drop=True),
-        time_cutoff=int(train["timestamp"].max()),
+        time_cutoff=train["timestamp"].max().item(),
     )
     return split.check()
 

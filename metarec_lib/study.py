@@ -199,7 +199,6 @@ def _validation_data(req: TuneRequest, seed: int) -> tuple[Any, Any, str]:
     task = task_of(req.protocol)
     first = seeds_for(req.protocol, [seed])[0]
     split = (req.split or split_factory(req.protocol, req.dataset))(first)
-    tags_until = split.time_cutoff
     if split.valid is not None:
         fit_part, valid_part = split.train, split.valid
     else:
@@ -207,8 +206,9 @@ def _validation_data(req: TuneRequest, seed: int) -> tuple[Any, Any, str]:
         fit_part, valid_part = validation_carveout(
             split.train, fraction=VALID_FRACTION, seed=first, how=how
         )
-        if how == "global":  # the fit knows only what was known at the validation cut-off
-            tags_until = int(fit_part["timestamp"].max())
+    tags_until = None  # a time split's fit knows only what was known by its latest rating
+    if split.time_cutoff is not None or carveout_how(req.protocol) == "global":
+        tags_until = fit_part["timestamp"].max().item()
     encoder = req.dataset.encoder()
     if split.cold_users is not None:
         fit_part = fit_part[~fit_part["user_id"].isin(split.cold_users)]

@@ -151,3 +151,7 @@ def test_a_time_cut_off_keeps_the_tags_given_after_it_from_the_fit():
     no_time = Dataset("t", frame(), items, users, (1, 5), tag_events=untimed)
     with pytest.raises(ValueError, match="tags_until needs tag events with a 'timestamp'"):
         no_time.encoder().encode(train, tags_until=200)
+    gap = Dataset("t", frame(), items, users, (1, 5),
+                  tag_events=events.assign(timestamp=[150, None, 120, 400]))  # fmt: skip
+    with pytest.raises(DataError, match="tag_events: column 'timestamp'.*1 missing"):
+        gap.encoder()

@@ -243,8 +243,8 @@ TEMPORAL_ROWS = [
     (2, 11, 3),  # row 3
     (3, 10, 4),  # row 4
     (1, 12, 5),  # row 5
-    (2, 12, 6),  # row 6: 7th by (timestamp, user, item): last train row
-    (3, 12, 6),  # row 7: same timestamp, larger user_id -> test
+    (2, 12, 6),  # row 6: 7th by time: its second, 6, is the cut-off
+    (3, 12, 6),  # row 7: the same second -> train too
     (4, 10, 7),  # row 8: user 4 never in train -> dropped
     (1, 13, 8),  # row 9: item 13 never in train -> dropped when drop_unknown_items
 ]
@@ -277,8 +277,18 @@ def test_temporal_global_cut_off_second_goes_to_test_when_it_is_the_last():
     assert rows(split.train) == [0] and rows(split.test) == [1]
     assert rows(split.dropped) == [2, 3]  # user 2 has no train row
     assert "the 1 of 4 rows before timestamp 2" in split.notes[0] and split.time_cutoff == 1
-    with pytest.raises(ValueError, match="all 2 rows have timestamp 5; a time cut-off"):
+    with pytest.raises(DataError, match="all 2 rows have timestamp 5; a time cut-off"):
         temporal_global(frame([(1, 10, 5), (2, 10, 5)]), test_fraction=0.5)
+
+
+def test_temporal_global_keeps_float_seconds_as_they_are():
+    # 0.2 of 5 rows at 1.5 ... 5.5: the 4th row's 4.5 is the cut-off (truncating it to 4
+    # would move that row to test)
+    df = frame([(1, 10, 0), (1, 11, 0), (2, 10, 0), (3, 11, 0), (2, 11, 0)])
+    df["timestamp"] = [1.5, 2.5, 3.5, 4.5, 5.5]
+    split = temporal_global(df, test_fraction=0.2)
+    assert rows(split.train) == [0, 1, 2, 3] and rows(split.test) == [4]
+    assert split.time_cutoff == 4.5 and "at or before timestamp 4.5" in split.notes[0]
 
 
 @PROPS
@@ -294,8 +304,11 @@ def test_temporal_global_properties(df, fraction):
     assert len(later) > 0
     # no second is split: every train row is strictly earlier than every later row
     assert split.train["timestamp"].max() < later["timestamp"].min()
-    # train is the fraction's rows plus the rest of their last second, or that second less
     n_train = max(1, math.floor((1 - fraction) * len(df) + 1e-9))
+    assert split.time_cutoff == split.train["timestamp"].max()
+    if len(split.train) < n_train:  # only when the fraction's last second is the data's last
+        assert set(later["timestamp"]) == {df["timestamp"].max()}
+    # train is the fraction's rows plus the rest of their last second, or that second less
     cutoff = sorted(df["timestamp"])[n_train - 1]
     expected = df["timestamp"] <= cutoff
     if expected.all():
@@ -382,7 +395,7 @@ def test_validation_carveout_per_user_and_temporal():
 
 
 def test_validation_carveout_global_is_one_time_cut_off():
-    """10 rows, fraction 0.3: the first 7 by (timestamp, user, item) fit, the last 3 are
+    """10 rows, one per second, fraction 0.3: the first 7 by time fit, the last 3 are
     validation, except a row whose user or item the fit never saw (as temporal_global)."""
     df = frame([(1, 10, 0), (2, 11, 1), (1, 11, 2), (2, 10, 3), (3, 12, 4), (1, 12, 5),
                 (2, 12, 6), (1, 13, 7), (3, 10, 8), (4, 10, 9)])  # fmt: skip

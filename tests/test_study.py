@@ -394,14 +394,15 @@ def test_a_split_asked_twice_in_one_batch_is_searched_once(tmp_path, tiny, monke
 
 def test_a_temporal_fit_sees_no_tag_given_after_its_cut_off(monkeypatch):
     """topn-temporal's final fit sees the tags given by its cut-off, its tuning fit those
-    given by the validation cut-off; a tag on the unrated item 16 at each time tells which."""
+    given by the validation cut-off, on rated and unrated (item 16) pairs alike; topn-75-25
+    sees them all."""
     import numpy as np
 
     from metarec_lib.data.dataset import Dataset
     from metarec_lib.models.popularity import MostPop
     from metarec_lib.protocols import split_factory
     from metarec_lib.runner import evaluate_cell
-    from metarec_lib.splits import validation_carveout
+    from metarec_lib.splits import validation_carveout, with_validation
     from metarec_lib.study import VALID_FRACTION, TuneRequest, _validation_data
 
     stamps = np.random.default_rng(0).permutation(30) + 1
@@ -416,21 +417,37 @@ def test_a_temporal_fit_sees_no_tag_given_after_its_cut_off(monkeypatch):
     assert cut == split.train["timestamp"].max() < split.test["timestamp"].min()
     fit_part, _ = validation_carveout(split.train, fraction=VALID_FRACTION, how="global")
     valid_cut = int(fit_part["timestamp"].max())
-    assert valid_cut < cut
-    events = pd.DataFrame({"user_id": [1, 1, 1], "item_id": [16, 16, 16],
-                           "tag": ["a", "b", "c"],
-                           "timestamp": [valid_cut, cut, cut + 1]})  # fmt: skip
+    assert (cut, valid_cut) == (24, 21)  # 30 seconds: 0.8 x 30 = 24 rows, 0.9 x 24 = 21.6
+    # the earliest fitted pair's item is tagged by its rater "x" at the validation cut-off and
+    # "y" after the test one
+    first = fit_part.sort_values("timestamp").iloc[0]
+    rated = (int(first["user_id"]), int(first["item_id"]))
+    events = pd.DataFrame({"user_id": [1, 1, 1, rated[0], rated[0]],
+                           "item_id": [16, 16, 16, rated[1], rated[1]],
+                           "tag": ["a", "b", "c", "x", "y"],
+                           "timestamp": [valid_cut, cut, cut + 1, valid_cut, cut + 1]})  # fmt: skip
     ds = dataclasses.replace(plain, tag_events=events)
 
+    def tags(data):  # of the tagged rated item and of item 16
+        return [data.items["tags"].tolist()[rated[1] - 10], data.items["tags"].tolist()[-1]]
+
     train, _, _ = _validation_data(TuneRequest(ds, "topn-temporal", "MostPop", 1), 0)
-    assert train.items["tags"].tolist()[-1] == "a"
+    assert tags(train) == ["x", "a"]
+    # a split that brings its own valid part (`with_validation`) is cut at its train's end
+    own = with_validation(split, fraction=0.2, how="global")
+    train, _, _ = _validation_data(TuneRequest(ds, "topn-temporal", "MostPop", 1,
+                                               split=lambda seed: own), 0)  # fmt: skip
+    assert own.train["timestamp"].max() == 19 and tags(train) == ["", ""]  # 0.8 x 24 rows
+    # a protocol without a time cut-off sees every tag of its own pairs and the unrated ones
+    train, _, _ = _validation_data(TuneRequest(ds, "topn-75-25", "MostPop", 1), 0)
+    assert train.items["tags"].tolist()[-1] == "a|b|c"
 
     seen, original = [], MostPop._fit
 
     def record(self, train, **kw):
-        seen.append(train.items["tags"].tolist()[-1])
+        seen.append(tags(train))
         return original(self, train, **kw)
 
     monkeypatch.setattr(MostPop, "_fit", record)
     evaluate_cell(MostPop(), split_factory("topn-temporal", ds)(0), ds.encoder(), seed=0)
-    assert seen == ["a|b"]
+    assert seen == [["x", "a|b"]]

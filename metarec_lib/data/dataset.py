@@ -101,7 +101,13 @@ def _tag_events(events: pd.DataFrame, rated: pd.DataFrame, encoder: Encoder) -> 
     out = pd.DataFrame({"key": key, "item": item, "tag": events["tag"].to_numpy(),
                         "rated": np.isin(key, all_keys)})  # fmt: skip
     if "timestamp" in events:
-        out["timestamp"] = events["timestamp"].to_numpy(np.int64)
+        stamps = events["timestamp"]
+        if not pd.api.types.is_numeric_dtype(stamps) or stamps.isna().any():
+            raise DataError(
+                "Dataset.tag_events: column 'timestamp' must be numeric (unix seconds) with no "
+                f"missing values; dtype {stamps.dtype}, {int(stamps.isna().sum())} missing"
+            )
+        out["timestamp"] = stamps.to_numpy()
     return out
 
 
@@ -295,7 +301,7 @@ class Encoder:
     def item_index(self, raw: np.ndarray | pd.Series) -> np.ndarray:
         return _lookup(self.item_ids, np.asarray(raw), "item_id")
 
-    def encode(self, frame: pd.DataFrame, *, tags_until: int | None = None) -> Interactions:
+    def encode(self, frame: pd.DataFrame, *, tags_until: float | None = None) -> Interactions:
         """Encode a raw-id interactions frame (a split's train or test part).
 
         With `tag_events`, the items' `tags` are rebuilt from the events this frame allows:
@@ -326,7 +332,7 @@ class Encoder:
         return Interactions(out, self.n_users, self.n_items, users, items,
                             user_ids=self.user_ids, item_ids=self.item_ids)  # fmt: skip
 
-    def _tags(self, users: np.ndarray, items: np.ndarray, until: int | None) -> np.ndarray:
+    def _tags(self, users: np.ndarray, items: np.ndarray, until: float | None) -> np.ndarray:
         """Per item (dense index order) its '|'-joined sorted unique tags from the events of
         these (user, item) pairs and of unrated pairs, given at or before `until` (None: any
         time); "" for an item without."""
