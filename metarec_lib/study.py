@@ -199,15 +199,15 @@ def _validation_data(req: TuneRequest, seed: int) -> tuple[Any, Any, str]:
     task = task_of(req.protocol)
     first = seeds_for(req.protocol, [seed])[0]
     split = (req.split or split_factory(req.protocol, req.dataset))(first)
+    how = carveout_how(req.protocol)
     if split.valid is not None:
         fit_part, valid_part = split.train, split.valid
     else:
-        how = carveout_how(req.protocol)
         fit_part, valid_part = validation_carveout(
             split.train, fraction=VALID_FRACTION, seed=first, how=how
         )
     tags_until = None  # a time split's fit knows only what was known by its latest rating
-    if split.time_cutoff is not None or carveout_how(req.protocol) == "global":
+    if split.time_cutoff is not None or how == "global":
         tags_until = fit_part["timestamp"].max().item()
     encoder = req.dataset.encoder()
     if split.cold_users is not None:
