@@ -547,12 +547,15 @@ def figure(table: pd.DataFrame, *, budget_seconds: float | None = None,
 
 
 def narrative(
-    table: pd.DataFrame, slopes: pd.DataFrame, budget_seconds: float | None = None
+    table: pd.DataFrame,
+    slopes: pd.DataFrame,
+    budget_seconds: float | None = None,
+    skip_margin: float = SKIP_MARGIN,
 ) -> str:
     """Markdown: per size what was fitted and what was skipped and why, then the exponents and
     how far the fit-time predictions that skips read were off (`prediction_misses`), and, with
-    `budget_seconds`, whether each skip by time would stand if its prediction were as far too
-    high as the farthest overestimate."""
+    `budget_seconds`, whether each skip by time would stand (a prediction over `skip_margin`
+    times the budget) if its prediction were as far too high as the farthest overestimate."""
     lines = []
     for (n, protocol), sub in table.groupby(["n_interactions", "protocol"], sort=True):
         first = sub.iloc[0]
@@ -587,12 +590,16 @@ def narrative(
         "Skips by time follow the measured fits, so they can differ between runs on a "
         "busy machine; skips by memory follow the sizes alone."
     )
-    lines.append(_prediction_text(table, budget_seconds))
+    lines.append(_prediction_text(table, budget_seconds, skip_margin))
     return "\n".join(lines).rstrip()
 
 
-def _prediction_text(table: pd.DataFrame, budget_seconds: float | None) -> str:
-    """How far the fit-time predictions were off, and whether the skips by time stand."""
+def _prediction_text(
+    table: pd.DataFrame, budget_seconds: float | None, skip_margin: float = SKIP_MARGIN
+) -> str:
+    """How far the fit-time predictions were off, and whether the skips by time stand: a skip
+    stands when its prediction, divided as far as the farthest overestimate, is still over
+    `skip_margin` times the budget (the rule that skipped it)."""
     lines = []
     miss = prediction_misses(table)
     if len(miss):
@@ -609,13 +616,16 @@ def _prediction_text(table: pd.DataFrame, budget_seconds: float | None) -> str:
         ]
         if budget_seconds and len(timed):
             over = timed["predicted_fit_seconds"] / budget_seconds
-            stands = over.min() * min(low, 1.0) > 1
+            corrected = over.min() * min(low, 1.0)
+            stands = corrected > skip_margin
             lines.append(
-                f"The skips by time were predicted at {over.min():.1f}x the budget or more, "
+                f"The skips by time were predicted at {over.min():.1f}x the budget or more "
+                f"(a model is skipped above {skip_margin:g}x), "
                 + ("so each would stand even if its prediction were off as far as the farthest "
                    f"overestimate above ({low:.2f})." if stands else
-                   f"which the farthest overestimate above ({low:.2f}) could bring under it: "
-                   "those skips rest on the prediction.")
+                   f"which the farthest overestimate above ({low:.2f}) could bring to "
+                   f"{corrected:.1f}x, under the {skip_margin:g}x that skips: those skips rest on "
+                   "the prediction.")
             )  # fmt: skip
     return " ".join(lines)
 

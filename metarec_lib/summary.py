@@ -134,11 +134,14 @@ def family_boards(results: str | Path) -> pd.DataFrame:
                                            zip(model_rows["seed"], model_rows["value"],
                                                strict=True)})  # fmt: skip
                 row["is_best"] = r.model == best["model"].iloc[0]
-                p = np.nan
+                p, worse = np.nan, False
                 if not tests.empty:
-                    p = tests.set_index("model").loc[r.model, "wilcoxon_p_holm"]
+                    test = tests.set_index("model").loc[r.model]
+                    p, worse = test["wilcoxon_p_holm"], bool(test["significant"])
                 row["p_holm"] = p
-                row["tied"] = bool(row["is_best"] or not (p < ALPHA))
+                # Significantly worse, not merely different: the best is ranked by the mean of
+                # the seeds' values, the test pairs per-user means, and the two can disagree.
+                row["tied"] = bool(row["is_best"] or not worse)
                 for col in COST_COLUMNS:
                     row[col] = cost[col].get(r.model, np.nan) if col in cost else np.nan
                 rows.append(row)

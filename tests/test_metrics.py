@@ -23,6 +23,7 @@ from metarec_lib.metrics import (
     topk_from_scores,
     topk_overlap,
 )
+from metarec_lib.splits import pair_hash
 
 CHECK_RESULTS = Path(__file__).resolve().parents[2] / "shared" / "tools" / "check_results.py"
 L3, L5, L6 = math.log2(3), math.log2(5), math.log2(6)  # rank discounts are 1/log2(rank + 1)
@@ -194,19 +195,35 @@ def test_topk_excludes_seen_and_orders_best_first():
     assert scores[0, 1] == 0.9  # the caller's array is not modified
 
 
-def test_topk_ties_go_to_the_lower_item_index():
-    scores = np.array([[1.0, 2.0, 2.0, 0.0, 2.0, 2.0]])
-    np.testing.assert_array_equal(topk_from_scores(scores, 2)[0], [[1, 2]])
-    np.testing.assert_array_equal(topk_from_scores(scores, 5)[0], [[1, 2, 4, 5, 0]])
-    # excluding item 2 moves the tie on to items 4 and 5
-    np.testing.assert_array_equal(topk_from_scores(scores, 3, csr([{2}], 6))[0], [[1, 4, 5]])
+def test_topk_ties_follow_the_pair_hash_of_user_and_item():
+    # pair_hash(0, i) ranks items 0..5 as 3, 5, 4, 1, 2, 0; pair_hash(7, i) as 1, 2, 0, 4, 5, 3.
+    assert np.argsort(pair_hash(0, np.arange(6))).tolist() == [3, 5, 4, 1, 2, 0]
+    assert np.argsort(pair_hash(7, np.arange(6))).tolist() == [1, 2, 0, 4, 5, 3]
+    scores = np.array([[1.0, 2.0, 2.0, 0.0, 2.0, 2.0]])  # items 1, 2, 4, 5 tie at 2
+    np.testing.assert_array_equal(topk_from_scores(scores, 2)[0], [[5, 4]])
+    np.testing.assert_array_equal(topk_from_scores(scores, 5)[0], [[5, 4, 1, 2, 0]])
+    # excluding item 4 moves the tie on to items 1 and 2
+    np.testing.assert_array_equal(topk_from_scores(scores, 3, csr([{4}], 6))[0], [[5, 1, 2]])
+    # the same row for user 7: its own order of the tied items
+    np.testing.assert_array_equal(topk_from_scores(scores, 3, users=[7])[0], [[1, 2, 4]])
+    with pytest.raises(ValueError, match="users: shape"):
+        topk_from_scores(scores, 3, users=[7, 8])
+
+
+def test_topk_of_tied_scores_favours_no_item():
+    # Every score equal: each of 50 items should fill about 3000 * 5 / 50 = 300 of the places
+    # (binomial sd about 16); by the lower index, items 0-4 filled all 3000 lists.
+    items, _ = topk_from_scores(np.zeros((3000, 50)), 5, users=np.arange(3000) + 100)
+    counts = np.bincount(items.ravel(), minlength=50)
+    assert counts.sum() == 15000 and 200 < counts.min() and counts.max() < 400
 
 
 def test_topk_pads_when_fewer_candidates_than_k():
     scores = np.array([[3.0, 1.0, 2.0, -np.inf], [1.0, 1.0, 1.0, 1.0]])
     items, vals = topk_from_scores(scores, 6, csr([{0, 2}, set()], 4))
-    # u0: items 0 and 2 seen, item 3 scores -inf -> one candidate (item 1); u1: four, tied
-    np.testing.assert_array_equal(items, [[1, -1, -1, -1, -1, -1], [0, 1, 2, 3, -1, -1]])
+    # u0: items 0 and 2 seen, item 3 scores -inf -> one candidate (item 1); u1: four, tied,
+    # in the order of pair_hash(1, i): items 1, 3, 2, 0
+    np.testing.assert_array_equal(items, [[1, -1, -1, -1, -1, -1], [1, 3, 2, 0, -1, -1]])
     assert np.isneginf(vals[0, 1:]).all() and np.isneginf(vals[1, 4:]).all()
     assert vals[0, 0] == 1.0
 
@@ -227,13 +244,15 @@ def test_topk_rejects_nan_and_bad_k():
     st.integers(1, 35),
     st.integers(0, 2**32 - 1),
 )
-def test_topk_equals_stable_full_sort(n_users, n_items, k, seed):
+def test_topk_equals_a_full_sort_by_score_then_pair_hash(n_users, n_items, k, seed):
     rng = np.random.default_rng(seed)
     scores = rng.integers(0, 4, size=(n_users, n_items)).astype(np.float64)  # many ties
     seen = sp.csr_array(rng.random((n_users, n_items)) < 0.3)
-    items, vals = topk_from_scores(scores, k, seen)
+    users = rng.integers(0, 1000, n_users)
+    items, vals = topk_from_scores(scores, k, seen, users=users)
     masked = np.where(seen.toarray(), -np.inf, scores)
-    order = np.argsort(-masked, axis=1, kind="stable")[:, :k]
+    hashes = pair_hash(users[:, None], np.arange(n_items)[None, :])
+    order = np.lexsort((hashes, -masked), axis=1)[:, :k]
     expected = np.where(np.take_along_axis(masked, order, 1) == -np.inf, -1, order)
     pad = max(0, k - n_items)
     expected = np.hstack([expected, np.full((n_users, pad), -1)])
@@ -242,7 +261,7 @@ def test_topk_equals_stable_full_sort(n_users, n_items, k, seed):
     # batch equals one row at a time
     for u in range(n_users):
         np.testing.assert_array_equal(
-            topk_from_scores(scores[u : u + 1], k, seen[[u]])[0][0], items[u]
+            topk_from_scores(scores[u : u + 1], k, seen[[u]], users=users[[u]])[0][0], items[u]
         )
 
 

@@ -125,13 +125,16 @@ def test_the_narrative_says_how_far_predictions_were_off_and_whether_skips_stand
                                         "predicted_fit_seconds", "fit_seconds"])  # fmt: skip
     miss = scale.prediction_misses(table)
     assert list(miss["model"]) == ["A", "B"] and list(miss["ratio"]) == [4.0, 0.5]
-    text = scale._prediction_text(table, budget_seconds=100)
+    text = scale._prediction_text(table, budget_seconds=100, skip_margin=1.5)
     assert "0.50-4.00 over 2 fit(s)" in text and "A at n=1e+06, was predicted at 20.0 s" in text
-    assert "4.0x the budget or more, so each would stand" in text  # 4 x 0.5 = 2 > 1
+    assert "4.0x the budget or more (a model is skipped above 1.5x), so each would stand" in text
+    # 4 x 0.5 = 2 > 1.5; against the default margin of 4, 2 would not be skipped
+    margin4 = scale._prediction_text(table, budget_seconds=100)
+    assert "could bring to 2.0x, under the 4x that skips" in margin4
     marked = scale.narrative(table.assign(protocol="p", n_interactions=table["n_target"],
                                           n_users=1, n_items=1), pd.DataFrame(), 50)  # fmt: skip
     assert "fitted A 80.0 s (over the budget), B 5.0 s." in marked
-    shaky = scale._prediction_text(table, budget_seconds=250)  # 1.6x: 1.6 x 0.5 < 1
+    shaky = scale._prediction_text(table, budget_seconds=250, skip_margin=1)  # 1.6 x 0.5 < 1
     assert "1.6x the budget" in shaky and "rest on the prediction" in shaky
     assert "budget" not in scale._prediction_text(table, budget_seconds=None)
 

@@ -402,3 +402,24 @@ def test_the_committed_notebooks_print_the_reports_verdict_and_counts(stem, tabl
     wins, ties, losses, n = map(int, re.findall(r"\d+", row["numbers"])[:4])
     assert f"**Verdict: {row['verdict']}** — on {n} boards" in text
     assert f"wins {wins}, ties {ties} and loses {losses}" in text
+
+
+def test_a_family_better_per_user_than_the_best_is_not_counted_a_loss(tmp_path):
+    # The board's best is ranked by the runs' RMSE, the test pairs per-user RMSEs; here they
+    # disagree: A's runs read 0.80 and B's 0.85, but B is 0.1 better for each of 30 users.
+    users = np.arange(1, 31)
+    write_results_tree(
+        tmp_path / "20_collaborative",
+        {
+            ("ml-100k", "rating-5fold", "collaborative", "A"): {"rmse": np.full(len(users), 1.0)},
+            ("ml-100k", "rating-5fold", "deep", "B"): {"rmse": np.full(len(users), 0.9)},
+        },
+        users,
+    )
+    path = tmp_path / "20_collaborative" / "metrics.csv"
+    metrics = pd.read_csv(path)
+    metrics["value"] = np.where(metrics["model"] == "A", 0.80, 0.85)
+    metrics.to_csv(path, index=False)
+    board = summary.family_boards(tmp_path).set_index("model")
+    assert board.loc["A", "is_best"] and board.loc["B", "p_holm"] < 0.05
+    assert board.loc["B", "tied"]  # different, but not worse: not a loss

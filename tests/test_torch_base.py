@@ -291,21 +291,25 @@ def test_topk_torch_matches_the_numpy_ranking_with_ties_exclusions_and_padding()
 
     from metarec_lib.metrics import topk_from_scores
     from metarec_lib.models.torch_base import topk_torch
+    from metarec_lib.splits import pair_hash
 
     rng = np.random.default_rng(0)
     scores = rng.integers(0, 4, (30, 12)).astype(np.float32)  # many ties
-    scores[3, :] = 1.0  # a row of equal scores: the lowest indices win
+    scores[3, :] = 1.0  # a row of equal scores: the lowest pair hashes win
     exclude = sp.random(30, 12, density=0.3, random_state=1, format="csr")
     exclude.data[:] = 1
     exclude = exclude.tolil()
     exclude[5, :] = 1  # nothing left for user 5: all padding
     exclude = exclude.tocsr()
+    users = rng.integers(0, 500, 30)
     for k in (1, 5, 12, 15):
-        items, values = topk_from_scores(scores, k, exclude)
-        t_items, t_values = topk_torch(torch.from_numpy(scores), k, exclude)
+        items, values = topk_from_scores(scores, k, exclude, users=users)
+        t_items, t_values = topk_torch(torch.from_numpy(scores), k, exclude, users)
         np.testing.assert_array_equal(t_items.numpy(), items)
         np.testing.assert_array_equal(t_values.numpy(), values.astype(np.float32))
-    assert topk_torch(torch.from_numpy(scores), 3)[0][3].tolist() == [0, 1, 2]
+    # row 3 as user 3 (no `users`): pair_hash(3, i) ranks items 0..11 as 2, 8, 3, ...
+    assert np.argsort(pair_hash(3, np.arange(12)))[:3].tolist() == [2, 8, 3]
+    assert topk_torch(torch.from_numpy(scores), 3)[0][3].tolist() == [2, 8, 3]
     assert (topk_torch(torch.from_numpy(scores), 3, exclude)[0][5] == -1).all()
     bad = torch.from_numpy(scores.copy())
     bad[2, 7] = float("nan")

@@ -147,7 +147,9 @@ class Recommender(ABC):
         for start in range(0, len(users), batch_size):
             block = users[start : start + batch_size]
             s = np.asarray(self.score(block), dtype=np.float64)
-            top, val = topk_from_scores(s, k, self.seen_[block] if exclude_seen else None)
+            top, val = topk_from_scores(
+                s, k, self.seen_[block] if exclude_seen else None, users=block
+            )
             items.append(top)
             scores.append(val)
         if not items:

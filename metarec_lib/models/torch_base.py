@@ -23,7 +23,7 @@ rounding, other dropout streams; benchmarks/README.md), so committed numbers are
 
 Full-catalogue ranking on a GPU (`recommend`) scores, masks and sorts each batch of users on the
 device and copies back only the top k; the batch holds as many users as fit a quarter of the
-free device memory (at most `score_batch`). Ties go to the lower item index, as on the CPU.
+free device memory (at most `score_batch`). Ties are ordered as on the CPU (`topk_torch`).
 """
 
 from __future__ import annotations
@@ -225,7 +225,7 @@ class TorchRecommender(Recommender):
                 block = users[start : start + rows]
                 s = self.score_users(module, torch.from_numpy(block).to(self.device_)).float()
                 seen = self.seen_[block] if exclude_seen else None
-                top, val = topk_torch(s, k, seen)
+                top, val = topk_torch(s, k, seen, block)
                 items.append(top.cpu().numpy())
                 scores.append(val.cpu().numpy().astype(np.float64))
         if not items:
@@ -246,11 +246,15 @@ class TorchRecommender(Recommender):
         return state
 
 
-def topk_torch(scores: torch.Tensor, k: int, exclude=None) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_torch(
+    scores: torch.Tensor, k: int, exclude=None, users: npt.ArrayLike | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`metrics.topk_from_scores` on a tensor, on its own device: the k best items per row, best
-    first, items in `exclude` (a sparse matrix of the rows) never returned, ties to the lower
-    item index (a stable sort), fewer than k candidates padded with -1 / -inf."""
-    from metarec_lib.metrics import PAD
+    first, items in `exclude` (a sparse matrix of the rows) never returned, fewer than k
+    candidates padded with -1 / -inf. Ties are ordered as there, by `splits.pair_hash` of
+    (users[row], item): the rows where a tie decides the list (equal values within the first k,
+    or at the k-th place) are handed to `topk_from_scores`, the others keep the device's sort."""
+    from metarec_lib.metrics import PAD, topk_from_scores
 
     if torch.isnan(scores).any():
         row, col = (int(v) for v in torch.nonzero(torch.isnan(scores))[0])
@@ -263,7 +267,17 @@ def topk_torch(scores: torch.Tensor, k: int, exclude=None) -> tuple[torch.Tensor
         s[r.to(s.device), c.to(s.device)] = -torch.inf
     kk = min(int(k), s.shape[1])
     values, idx = torch.sort(s, dim=1, descending=True, stable=True)
-    values, idx = values[:, :kk], idx[:, :kk]
+    tied = (values[:, 1:kk] == values[:, : kk - 1]).any(dim=1)
+    if kk < s.shape[1]:
+        tied |= values[:, kk] == values[:, kk - 1]
+    values, idx = values[:, :kk].clone(), idx[:, :kk].clone()
+    rows = torch.nonzero(tied).flatten()
+    if len(rows):
+        ids = np.arange(len(s)) if users is None else np.asarray(users, np.int64)
+        host = rows.cpu().numpy()
+        top, val = topk_from_scores(s[rows].cpu().numpy(), kk, users=ids[host])
+        idx[rows] = torch.from_numpy(top).to(idx.device)
+        values[rows] = torch.from_numpy(val).to(values.device, values.dtype)
     idx = torch.where(torch.isinf(values) & (values < 0), torch.full_like(idx, PAD), idx)
     if kk < k:  # fewer items than k
         pad = k - kk
