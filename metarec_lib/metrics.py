@@ -17,6 +17,7 @@ import scipy.sparse as sp
 
 RANKING_METRICS = ("precision", "recall", "ndcg", "map", "hr", "mrr")
 PAD = -1
+_HASH_BLOCK = 1 << 22  # tie-break hashes per block of rows (32 MiB of uint64)
 
 __all__ = [
     "PAD",
@@ -92,14 +93,12 @@ def topk_from_scores(
         kth = np.partition(s, m - kk, axis=1)[:, m - kk : m - kk + 1]  # k-th largest, (n, 1)
         mask = s > kth
         need = kk - mask.sum(axis=1)  # places left for the items tied at the k-th value
-        rows, cols = np.nonzero(s == kth)  # row-major
-        if len(rows) > n:  # some row has more such items than places: the lowest hashes win
-            by_hash = np.lexsort((pair_hash(user_ids[rows], cols), rows))
-            rows, cols = rows[by_hash], cols[by_hash]
-            first = np.searchsorted(rows, np.arange(n))
-            keep = np.arange(len(rows)) - first[rows] < need[rows]
-            rows, cols = rows[keep], cols[keep]
-        mask[rows, cols] = True
+        tied = s == kth
+        surplus = np.flatnonzero(tied.sum(axis=1) > need)  # more tied items than places
+        mask |= tied
+        if surplus.size:
+            mask[surplus] = _lowest_hashes(tied[surplus], need[surplus], user_ids[surplus], kk)
+            mask[surplus] |= s[surplus] > kth[surplus]
     rows, cols = np.nonzero(mask)
     cols = cols.reshape(n, kk)
     vals = s[rows, cols.ravel()].reshape(n, kk)
@@ -111,6 +110,29 @@ def topk_from_scores(
         items = np.hstack([items, np.full((n, k - kk), PAD, dtype=np.int64)])
         vals = np.hstack([vals, np.full((n, k - kk), -np.inf, dtype=vals.dtype)])
     return items, vals
+
+
+def _lowest_hashes(
+    tied: npt.NDArray[np.bool_], need: npt.NDArray[np.int64], users: npt.NDArray[np.int64], kk: int
+) -> npt.NDArray[np.bool_]:
+    """Per row of `tied` (rows, n_items), the `need` tied items of lowest `pair_hash(user,
+    item)` (need <= kk): one partition of each row's hashes, not a sort of its ties, in blocks
+    of rows that keep the (rows, n_items) hashes near `_HASH_BLOCK` values."""
+    from metarec_lib.splits import pair_hash
+
+    out = np.zeros_like(tied)
+    m = tied.shape[1]
+    step = max(1, _HASH_BLOCK // m)
+    items = np.arange(m)[None, :]
+    for start in range(0, len(tied), step):
+        sl = slice(start, start + step)
+        keys = pair_hash(users[sl, None], items)
+        keys[~tied[sl]] = np.iinfo(np.uint64).max  # never among a row's `need` lowest
+        low = np.argpartition(keys, kk - 1, axis=1)[:, :kk]  # the kk lowest, unordered
+        low = np.take_along_axis(low, np.argsort(np.take_along_axis(keys, low, 1), 1), 1)
+        rows = np.arange(low.shape[0])[:, None]
+        out[sl][rows, low] = np.arange(kk)[None, :] < need[sl, None]
+    return out
 
 
 def _check_topk(topk: npt.ArrayLike, n_items: int | None) -> npt.NDArray[np.int64]:

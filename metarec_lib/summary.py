@@ -113,7 +113,7 @@ def family_boards(results: str | Path) -> pd.DataFrame:
                 if users:
                     aligned = {m: v.reindex(users).to_numpy() for m, v in vectors.items()}
                     tests = compare_to_best(aligned, higher_is_better=better,
-                                            best=best["model"].iloc[0])  # fmt: skip
+                                            best=best["model"].iloc[0], alpha=ALPHA)  # fmt: skip
             cost = median_costs(costs, dataset, protocol)
             for r in best.itertuples(index=False):
                 row = {

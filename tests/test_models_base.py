@@ -36,6 +36,25 @@ def test_mostpop_ranks_by_training_count_and_excludes_seen():
     assert (top[0][len(ranked) :] == -1).all()
 
 
+def test_recommend_breaks_ties_by_each_users_own_id_whatever_the_batch():
+    # Every count equal (one rating per item, by 12 users): MostPop's scores all tie, so each
+    # list is the user's lowest pair_hash(user, item) among the items it has not seen.
+    import pandas as pd
+
+    from metarec_lib.data.dataset import Interactions
+
+    frame = pd.DataFrame({"user": np.arange(12), "item": np.arange(12), "rating": 4.0})
+    model = MostPop().fit(Interactions(frame, n_users=12, n_items=12))
+    every, _ = model.recommend(np.arange(12), k=3)
+    for u in (0, 3, 7):
+        alone, _ = model.recommend(np.array([u]), k=3)
+        np.testing.assert_array_equal(alone[0], every[u])  # not the order of row 0 of a batch
+        ranked = [i for i in np.argsort(pair_hash(u, np.arange(12))) if i != u][:3]
+        assert every[u].tolist() == ranked
+    smaller, _ = model.recommend(np.arange(12), k=3, batch_size=5)
+    np.testing.assert_array_equal(smaller, every)
+
+
 def test_mostpop_predicts_shrunk_item_mean():
     train, _ = checkerboard()
     model = MostPop(shrinkage=2.0).fit(train)

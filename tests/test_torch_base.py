@@ -311,6 +311,8 @@ def test_topk_torch_matches_the_numpy_ranking_with_ties_exclusions_and_padding()
     assert np.argsort(pair_hash(3, np.arange(12)))[:3].tolist() == [2, 8, 3]
     assert topk_torch(torch.from_numpy(scores), 3)[0][3].tolist() == [2, 8, 3]
     assert (topk_torch(torch.from_numpy(scores), 3, exclude)[0][5] == -1).all()
+    with pytest.raises(ValueError, match="users: shape"):
+        topk_torch(torch.from_numpy(scores), 3, None, np.arange(10))
     bad = torch.from_numpy(scores.copy())
     bad[2, 7] = float("nan")
     with pytest.raises(ValueError, match="NaN at row 2, item 7"):

@@ -265,6 +265,9 @@ def topk_torch(
         r = torch.from_numpy(np.repeat(np.arange(ex.shape[0]), np.diff(ex.indptr)))
         c = torch.from_numpy(ex.indices.astype(np.int64))
         s[r.to(s.device), c.to(s.device)] = -torch.inf
+    ids = np.arange(len(s)) if users is None else np.asarray(users, np.int64)
+    if ids.shape != (len(s),):
+        raise ValueError(f"users: shape {ids.shape}, expected ({len(s)},), one per row")
     kk = min(int(k), s.shape[1])
     values, idx = torch.sort(s, dim=1, descending=True, stable=True)
     tied = (values[:, 1:kk] == values[:, : kk - 1]).any(dim=1)
@@ -273,7 +276,6 @@ def topk_torch(
     values, idx = values[:, :kk].clone(), idx[:, :kk].clone()
     rows = torch.nonzero(tied).flatten()
     if len(rows):
-        ids = np.arange(len(s)) if users is None else np.asarray(users, np.int64)
         host = rows.cpu().numpy()
         top, val = topk_from_scores(s[rows].cpu().numpy(), kk, users=ids[host])
         idx[rows] = torch.from_numpy(top).to(idx.device)
