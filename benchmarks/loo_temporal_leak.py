@@ -19,9 +19,10 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+import scipy.sparse as sp
 
 from metarec_lib.data import load_dataset
-from metarec_lib.metrics import topk_from_scores
+from metarec_lib.metrics import ranking_metrics, topk_from_scores
 from metarec_lib.protocols import split_factory
 
 
@@ -49,11 +50,13 @@ def measure(name: str, seed: int) -> dict[str, float]:
     later = 1.0 - np.searchsorted(sorted_times, test_times, side="right") / len(times)
     unseen_before = before[np.arange(len(users)), targets] == 0
 
+    relevant = sp.csr_matrix(
+        (np.ones(len(users)), (np.arange(len(users)), targets)), shape=(len(users), train.n_items)
+    )
+
     def ndcg(scores: np.ndarray) -> float:
         top, _ = topk_from_scores(scores, 10, seen[users], users=users)
-        rank = np.argmax(top == targets[:, None], axis=1)
-        hit = (top == targets[:, None]).any(axis=1)
-        return float(np.mean(np.where(hit, 1.0 / np.log2(rank + 2), 0.0)))
+        return float(np.nanmean(ranking_metrics(top, relevant, names=("ndcg",))["ndcg@10"]))
 
     return {
         "test users": len(users),

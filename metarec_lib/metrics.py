@@ -29,6 +29,7 @@ __all__ = [
     "ranking_metrics",
     "rating_metrics",
     "rating_metrics_per_user",
+    "row_users",
     "topk_from_scores",
 ]
 
@@ -43,6 +44,17 @@ def _as_csr(matrix, what: str, shape: tuple[int, int] | None) -> sp.csr_array:
     out.sum_duplicates()
     out.eliminate_zeros()
     return out
+
+
+def row_users(users: npt.ArrayLike | None, n_rows: int) -> npt.NDArray[np.int64]:
+    """The user index of each row of a score matrix, which orders its ties: `users` checked to
+    hold one per row, or 0..n_rows-1 without it."""
+    if users is None:
+        return np.arange(n_rows, dtype=np.int64)
+    ids = np.asarray(users, np.int64)
+    if ids.shape != (n_rows,):
+        raise ValueError(f"users: shape {ids.shape}, expected ({n_rows},), one per row")
+    return ids
 
 
 def topk_from_scores(
@@ -75,9 +87,7 @@ def topk_from_scores(
         row, col = np.argwhere(np.isnan(s))[0]
         raise ValueError(f"scores: NaN at row {row}, item {col}; expected real scores")
     n, m = s.shape
-    user_ids = np.arange(n, dtype=np.int64) if users is None else np.asarray(users, np.int64)
-    if user_ids.shape != (n,):
-        raise ValueError(f"users: shape {user_ids.shape}, expected ({n},), one per row")
+    user_ids = row_users(users, n)
     if exclude is not None:
         ex = _as_csr(exclude, "exclude", (n, m))
         s[np.repeat(np.arange(n), np.diff(ex.indptr)), ex.indices] = -np.inf
@@ -91,14 +101,13 @@ def topk_from_scores(
         mask = np.ones((n, m), dtype=bool)
     else:
         kth = np.partition(s, m - kk, axis=1)[:, m - kk : m - kk + 1]  # k-th largest, (n, 1)
-        mask = s > kth
-        need = kk - mask.sum(axis=1)  # places left for the items tied at the k-th value
-        tied = s == kth
+        above, tied = s > kth, s == kth
+        need = kk - above.sum(axis=1)  # places left for the items tied at the k-th value
         surplus = np.flatnonzero(tied.sum(axis=1) > need)  # more tied items than places
-        mask |= tied
+        mask = above | tied
         if surplus.size:
-            mask[surplus] = _lowest_hashes(tied[surplus], need[surplus], user_ids[surplus], kk)
-            mask[surplus] |= s[surplus] > kth[surplus]
+            lowest = _lowest_hashes(tied[surplus], need[surplus], user_ids[surplus], kk)
+            mask[surplus] = above[surplus] | lowest
     rows, cols = np.nonzero(mask)
     cols = cols.reshape(n, kk)
     vals = s[rows, cols.ravel()].reshape(n, kk)

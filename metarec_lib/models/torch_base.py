@@ -254,7 +254,7 @@ def topk_torch(
     candidates padded with -1 / -inf. Ties are ordered as there, by `splits.pair_hash` of
     (users[row], item): the rows where a tie decides the list (equal values within the first k,
     or at the k-th place) are handed to `topk_from_scores`, the others keep the device's sort."""
-    from metarec_lib.metrics import PAD, topk_from_scores
+    from metarec_lib.metrics import PAD, row_users, topk_from_scores
 
     if torch.isnan(scores).any():
         row, col = (int(v) for v in torch.nonzero(torch.isnan(scores))[0])
@@ -265,9 +265,7 @@ def topk_torch(
         r = torch.from_numpy(np.repeat(np.arange(ex.shape[0]), np.diff(ex.indptr)))
         c = torch.from_numpy(ex.indices.astype(np.int64))
         s[r.to(s.device), c.to(s.device)] = -torch.inf
-    ids = np.arange(len(s)) if users is None else np.asarray(users, np.int64)
-    if ids.shape != (len(s),):
-        raise ValueError(f"users: shape {ids.shape}, expected ({len(s)},), one per row")
+    ids = row_users(users, len(s))
     kk = min(int(k), s.shape[1])
     values, idx = torch.sort(s, dim=1, descending=True, stable=True)
     tied = (values[:, 1:kk] == values[:, : kk - 1]).any(dim=1)
