@@ -278,7 +278,9 @@ def versus_reference(board: pd.DataFrame, out: str | Path, dataset: str, protoco
     table = pd.DataFrame(rows)
     table["wilcoxon_p_holm"] = holm(table["wilcoxon_p"].to_numpy())
     sign = np.sign(table["diff"]) * (1 if better else -1)
-    table["outcome"] = np.where(table["wilcoxon_p_holm"] < 0.05,
+    # A zero mean difference is a tie whatever p says: the signed-rank test can reject on
+    # per-user differences that cancel in the mean, and neither side is then better on average.
+    table["outcome"] = np.where((table["wilcoxon_p_holm"] < 0.05) & (sign != 0),
                                 np.where(sign > 0, "wins", "loses"), "tie")  # fmt: skip
     return table
 

@@ -425,8 +425,11 @@ def claim_verdicts(
     """Markdown for a family notebook: `leaderboard.family_verdict` of each claim in `ids` on
     the boards the report reads for it (`CLAIM_BOARDS`; every board for a claim it does not
     name), headed by the claim's id and wording in `claims_md`. The verdict follows the
-    report's rule; with the notebook's boards holding every model the report's do, it is the
-    report's verdict."""
+    report's rule (`share_verdict`) on the report's boards, but not its comparison: here the
+    family's best model is tested against the best other model by mean (Holm over the
+    family's models), in the report against every other family's best (`family_boards`, Holm
+    over the families). The two can disagree where another family is closer per user than
+    the best by mean; `claims.csv` holds the report's verdict."""
     wording = read_claims(claims_md).set_index("id")["claim"]
     parts = []
     for cid in ids:

@@ -49,6 +49,19 @@ def test_versus_reference_picks_the_best_other_family_and_classifies(tree):
     assert leaderboard.versus_reference(boards[("d", "p2")], tree, "d", "p2", "meta").empty
 
 
+def test_a_zero_mean_difference_is_a_tie_even_when_wilcoxon_rejects(tmp_path):
+    # 36 users 1/64 better, 4 users 9/64 worse: the mean difference is exactly 0 (dyadic
+    # values), but the signed ranks are lopsided (W+ = 666 of 820), so Wilcoxon rejects.
+    base = 0.25 + USERS / 64
+    shift = np.where(USERS <= 36, 1 / 64, -9 / 64)
+    out = tmp_path / "30_x"
+    write_tree(out, {("p", "collaborative", "Base"): base, ("p", "deep", "Cancel"): base + shift})
+    board = leaderboard.boards(out)[("d", "p")]
+    row = leaderboard.versus_reference(board, out, "d", "p", "deep").iloc[0]
+    assert row["diff"] == 0.0 and row["wilcoxon_p_holm"] < 0.01
+    assert row["outcome"] == "tie"  # was "loses": the sign of 0 counted as worse
+
+
 def test_family_verdict_rule(tree):
     boards = leaderboard.boards(tree)
     both = pd.concat([leaderboard.versus_reference(b, tree, d, p, "deep")
