@@ -1,7 +1,8 @@
 """What `loo-temporal`'s lack of a global time cut-off lets a fit see (prints; asserts nothing).
 
     METAREC_DATA_DIR=../shared/data .venv/bin/python benchmarks/loo_temporal_leak.py \
-        [--datasets ml-100k,ml-latest-small] [--seeds 42,43,44]
+        [--datasets ml-100k,ml-latest-small] [--seeds 42,43,44] \
+        [--models MarkovChain,SASRec] [--blocks 10] [--early-stopping]
 
 `loo-temporal` holds out each user's last interaction, as SASRec, BERT4Rec and RecBole's
 leave-one-out do; every other user's rows stay in training whatever their time, so a fit has
@@ -12,22 +13,123 @@ test users whose test item has no training rating before their test time, and wh
 rows are worth to the simplest model that reads them: MostPop's NDCG@10 with its counts over
 every training row (the study's MostPop) and over the rows before each user's test time only.
 Both rank the full catalogue without the user's training items, ties by `topk_from_scores`.
+
+`--models` adds the sequence models, fitted with the committed run's tuned hyperparameters
+(`results/30_deep/tables/hyperparameters.csv`; epochs fixed, or with `--early-stopping` chosen
+per cut-off fit, see `cutoff_scores`), each as the study fits it (every training row) and with
+a global cut-off: MarkovChain refitted once per test user on the rows before that user's test
+time; SASRec, whose fit costs seconds, refitted once per block of test users (`--blocks`, equal
+counts in test-time order) on the rows before the block's earliest test time. Every model
+also ranks for the same blocks: MarkovChain's block value beside its per-user one shows what
+the blocks cost. A cut-off fit scores a user from the user's whole history (rows after the
+cut-off included: a sequence model reads them at inference without training on them) and
+ranks only items with a training row before the cut-off (an item first rated later did not
+exist for it). A block's fit also loses the rows between its cut-off and each user's own test
+time, which are not a leak (printed: "rows lost to the blocks").
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
+import torch
+from tqdm import tqdm
 
+from metarec_lib.crossdomain import epochs_for
 from metarec_lib.data import load_dataset
+from metarec_lib.data.dataset import Interactions
 from metarec_lib.metrics import ranking_metrics, topk_from_scores
+from metarec_lib.models.registry import get_model
+from metarec_lib.models.sequences import user_sequences
 from metarec_lib.protocols import split_factory
+from metarec_lib.splits import pair_hash
+
+TUNED = Path(__file__).resolve().parents[1] / "results/30_deep/tables/hyperparameters.csv"
 
 
-def measure(name: str, seed: int) -> dict[str, float]:
-    """The shares and the two MostPop NDCG@10 values of one data set and seed."""
+def tuned_params(dataset: str, model: str) -> dict:
+    """The committed run's hyperparameters of `model` on `dataset`'s loo-temporal boards."""
+    table = pd.read_csv(TUNED)
+    row = table[(table["dataset"] == dataset) & (table["protocol"] == "loo-temporal")
+                & (table["model"] == model)]  # fmt: skip
+    if len(row) != 1:
+        raise ValueError(f"{TUNED}: expected one loo-temporal row for {dataset}/{model}")
+    return json.loads(row["params"].iloc[0])
+
+
+def last_rows(part: Interactions) -> np.ndarray:
+    """Mask of each user's last row (time order, ties as `user_sequences` orders them), for
+    users with at least two rows: a leave-last-one-out validation part of `part`."""
+    f = part.frame
+    users = f["user"].to_numpy(np.int64)
+    order = np.lexsort((pair_hash(*part.raw_ids()), f["timestamp"].to_numpy(np.int64), users))
+    ordered = users[order]
+    last = np.r_[ordered[1:] != ordered[:-1], True]
+    first = np.r_[True, ordered[1:] != ordered[:-1]]
+    mask = np.zeros(len(f), bool)
+    mask[order[last & ~first]] = True
+    return mask
+
+
+def cutoff_scores(
+    model: str,
+    params: dict,
+    train: Interactions,
+    users: np.ndarray,
+    cutoffs: np.ndarray,
+    seed: int,
+    early_stopping: bool = False,
+) -> np.ndarray:
+    """Scores of `users` (len(users), n_items) from one fit of `model` per distinct cut-off
+    on the training rows strictly before it; items without such a row score -inf.
+
+    With `early_stopping`, an iterative model does not take the every-row fit's epochs (too
+    few steps on a small early share, measured): it holds out each user's last row before
+    the cut-off (`last_rows`) and stops on it as the study's tuning does (patience from the
+    model's defaults), within `crossdomain.epochs_for` of its epochs (the transfer protocols'
+    cap: about as many samples as the every-row fit). The held-out rows are not trained on."""
+    times = train.frame["timestamp"].to_numpy()
+    sequences = user_sequences(train)
+    out = np.empty((len(users), train.n_items), np.float64)
+    values = np.unique(cutoffs)
+    for cut in tqdm(values, desc=f"{model} cut-off fits", leave=False):
+        earlier = dataclasses.replace(train, frame=train.frame[times < cut])
+        if early_stopping and "epochs" in params:
+            share = max(len(earlier), 1) / len(train)
+            capped = {**params, "epochs": epochs_for(int(params["epochs"]), share)}
+            held = last_rows(earlier)
+            fit_part = dataclasses.replace(earlier, frame=earlier.frame[~held])
+            valid = dataclasses.replace(earlier, frame=earlier.frame[held])
+            fitted = get_model(model, **capped).fit(fit_part, valid=valid, seed=seed)
+        else:
+            fitted = get_model(model, **params).fit(earlier, seed=seed)
+        if hasattr(fitted, "sequences_"):  # SASRec reads each user's whole history
+            fitted.sequences_ = sequences
+        if hasattr(fitted, "last_item_"):  # MarkovChain: the user's last item
+            fitted.last_item_ = np.array([s[-1] - 1 if len(s) else -1 for s in sequences])
+        rows = np.flatnonzero(cutoffs == cut)
+        scores = np.asarray(fitted.score(users[rows]), np.float64)
+        unknown = np.bincount(earlier.frame["item"].to_numpy(), minlength=train.n_items) == 0
+        scores[:, unknown] = -np.inf
+        out[rows] = scores
+    return out
+
+
+def measure(
+    name: str,
+    seed: int,
+    models: tuple[str, ...] = (),
+    blocks: int = 10,
+    early_stopping: bool = False,
+) -> dict:
+    """The shares and the MostPop NDCG@10 values of one data set and seed; with `models`,
+    their NDCG@10 with every training row and with the cut-offs (see the module doc)."""
     ds = load_dataset(name)
     split = split_factory("loo-temporal", ds)(seed)
     encoder = ds.encoder()
@@ -39,7 +141,7 @@ def measure(name: str, seed: int) -> dict[str, float]:
     order = np.argsort(times, kind="stable")
     sorted_times, sorted_items = times[order], items[order]
     seen = train.matrix().tocsr()
-    users = test["user"].to_numpy()
+    users = test["user"].to_numpy(np.int64).copy()  # writable: torch.from_numpy warns otherwise
     targets = test["item"].to_numpy()
     test_times = test["timestamp"].to_numpy()
     every = np.bincount(items, minlength=train.n_items).astype(np.float64)
@@ -58,30 +160,81 @@ def measure(name: str, seed: int) -> dict[str, float]:
         top, _ = topk_from_scores(scores, 10, seen[users], users=users)
         return float(np.nanmean(ranking_metrics(top, relevant, names=("ndcg",))["ndcg@10"]))
 
-    return {
+    out = {
         "test users": len(users),
         "later rows": float(later.mean()),
         "no earlier rating": int(unseen_before.sum()),
         "MostPop, every row": ndcg(np.broadcast_to(every, before.shape)),
         "MostPop, earlier rows": ndcg(before),
     }
+    # Blocks of test users in test-time order; a block's cut-off is its earliest test time.
+    by_time = np.argsort(test_times, kind="stable")
+    block_cut = np.empty(len(users), test_times.dtype)
+    for part in np.array_split(by_time, blocks):
+        block_cut[part] = test_times[part].min()
+    for model in models:
+        params = tuned_params(name, model)
+        full = get_model(model, **params).fit(train, seed=seed)
+        scores = np.asarray(full.score(users), np.float64)
+        scores[:, every == 0] = -np.inf  # as the cut-off fits: only items it trained on
+        out[f"{model}, every row"] = ndcg(scores)
+        if model == "MarkovChain":
+            own = cutoff_scores(model, params, train, users, test_times, seed)
+            out[f"{model}, earlier rows"] = ndcg(own)
+        cut = cutoff_scores(model, params, train, users, block_cut, seed, early_stopping)
+        out[f"{model}, earlier rows ({blocks} blocks)"] = ndcg(cut)
+    out["rows lost to the blocks"] = float(
+        (np.searchsorted(sorted_times, test_times, side="left")
+         - np.searchsorted(sorted_times, block_cut, side="left")).mean() / len(times)
+    )  # fmt: skip
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="ml-100k,ml-latest-small")
     parser.add_argument("--seeds", default="42")
+    parser.add_argument(
+        "--models",
+        default="",
+        help="comma-separated, from MarkovChain,SASRec (empty: MostPop only)",
+    )
+    parser.add_argument("--blocks", type=int, default=10)
+    parser.add_argument(
+        "--early-stopping",
+        action="store_true",
+        help="a cut-off fit stops on its users' last earlier rows (see cutoff_scores)",
+    )
     args = parser.parse_args()
+    models = tuple(m for m in args.models.split(",") if m)
+    torch.set_num_threads(1)  # as the study's workers: the every-row fit is the committed cell
     print("| data set | seed | test users | training rows later than the test rating (mean) "
           "| test items without an earlier rating | MostPop NDCG@10, every row "
           "| MostPop NDCG@10, earlier rows |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|")
+    measured = []
     for name in args.datasets.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
-            m = measure(name, seed)
+            m = measure(name, seed, models, args.blocks, args.early_stopping)
+            measured.append((name, seed, m))
             print(f"| {name} | {seed} | {m['test users']:,} | {m['later rows']:.1%} "
                   f"| {m['no earlier rating']} | {m['MostPop, every row']:.4f} "
-                  f"| {m['MostPop, earlier rows']:.4f} |")  # fmt: skip
+                  f"| {m['MostPop, earlier rows']:.4f} |", flush=True)  # fmt: skip
+    if not models:
+        return
+    print(
+        f"\n| data set | seed | model | NDCG@10, every row | earlier rows, per user "
+        f"| earlier rows, {args.blocks} blocks{', early-stopped' if args.early_stopping else ''} "
+        f"| rows lost to the blocks (mean) |"
+    )
+    print("|---|---:|---|---:|---:|---:|---:|")
+    for name, seed, m in measured:
+        for model in models:
+            own = m.get(f"{model}, earlier rows")
+            print(f"| {name} | {seed} | {model} | {m[f'{model}, every row']:.4f} "
+                  f"| {'' if own is None else f'{own:.4f}'} "
+                  f"| {m[f'{model}, earlier rows ({args.blocks} blocks)']:.4f} "
+                  f"| {m['rows lost to the blocks']:.1%} |")  # fmt: skip
 
 
 if __name__ == "__main__":
