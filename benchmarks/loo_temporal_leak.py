@@ -89,11 +89,12 @@ def cutoff_scores(
     """Scores of `users` (len(users), n_items) from one fit of `model` per distinct cut-off
     on the training rows strictly before it; items without such a row score -inf.
 
-    With `early_stopping`, an iterative model does not take the every-row fit's epochs (too
-    few steps on a small early share, measured): it holds out each user's last row before
+    With `early_stopping`, an iterative model does not take the every-row fit's epochs, which
+    are few gradient steps on a small early share: it holds out each user's last row before
     the cut-off (`last_rows`) and stops on it as the study's tuning does (patience from the
     model's defaults), within `crossdomain.epochs_for` of its epochs (the transfer protocols'
-    cap: about as many samples as the every-row fit). The held-out rows are not trained on."""
+    cap: about as many samples as the every-row fit). The held-out rows are not trained on.
+    Which way scores higher depends on the data (benchmarks/README.md)."""
     times = train.frame["timestamp"].to_numpy()
     sequences = user_sequences(train)
     out = np.empty((len(users), train.n_items), np.float64)
