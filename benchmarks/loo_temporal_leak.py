@@ -48,7 +48,7 @@ from metarec_lib.metrics import ranking_metrics, topk_from_scores
 from metarec_lib.models.registry import get_model
 from metarec_lib.models.sequences import user_sequences
 from metarec_lib.protocols import split_factory
-from metarec_lib.splits import pair_hash
+from metarec_lib.splits import _rank_from_end
 
 TUNED = Path(__file__).resolve().parents[1] / "results/30_deep/tables/hyperparameters.csv"
 
@@ -64,17 +64,14 @@ def tuned_params(dataset: str, model: str) -> dict:
 
 
 def last_rows(part: Interactions) -> np.ndarray:
-    """Mask of each user's last row (time order, ties as `user_sequences` orders them), for
-    users with at least two rows: a leave-last-one-out validation part of `part`."""
-    f = part.frame
-    users = f["user"].to_numpy(np.int64)
-    order = np.lexsort((pair_hash(*part.raw_ids()), f["timestamp"].to_numpy(np.int64), users))
-    ordered = users[order]
-    last = np.r_[ordered[1:] != ordered[:-1], True]
-    first = np.r_[True, ordered[1:] != ordered[:-1]]
-    mask = np.zeros(len(f), bool)
-    mask[order[last & ~first]] = True
-    return mask
+    """Mask of each user's last row, for users with at least two rows: a leave-last-one-out
+    validation part of `part`, ranked as `splits.leave_last_one_out` ranks (time, then
+    `pair_hash` of the raw ids, the order `user_sequences` reads)."""
+    users, items = part.raw_ids()
+    raw = pd.DataFrame({"user_id": users, "item_id": items,
+                        "timestamp": part.frame["timestamp"].to_numpy()})  # fmt: skip
+    from_end, count = _rank_from_end(raw, ties="hash")
+    return (from_end == 0) & (count >= 2)
 
 
 def cutoff_scores(
@@ -97,6 +94,7 @@ def cutoff_scores(
     Which way scores higher depends on the data (benchmarks/README.md)."""
     times = train.frame["timestamp"].to_numpy()
     sequences = user_sequences(train)
+    last_items = np.array([s[-1] - 1 if len(s) else -1 for s in sequences])
     out = np.empty((len(users), train.n_items), np.float64)
     values = np.unique(cutoffs)
     for cut in tqdm(values, desc=f"{model} cut-off fits", leave=False):
@@ -113,7 +111,7 @@ def cutoff_scores(
         if hasattr(fitted, "sequences_"):  # SASRec reads each user's whole history
             fitted.sequences_ = sequences
         if hasattr(fitted, "last_item_"):  # MarkovChain: the user's last item
-            fitted.last_item_ = np.array([s[-1] - 1 if len(s) else -1 for s in sequences])
+            fitted.last_item_ = last_items
         rows = np.flatnonzero(cutoffs == cut)
         scores = np.asarray(fitted.score(users[rows]), np.float64)
         unknown = np.bincount(earlier.frame["item"].to_numpy(), minlength=train.n_items) == 0
