@@ -2,7 +2,8 @@
 
     METAREC_DATA_DIR=../shared/data .venv/bin/python benchmarks/loo_temporal_leak.py \
         [--datasets ml-100k,ml-latest-small] [--seeds 42,43,44] \
-        [--models MarkovChain,SASRec] [--blocks 10] [--early-stopping]
+        [--models MarkovChain,SASRec,Caser,EASE] [--blocks 10] [--per-user MarkovChain,EASE] \
+        [--early-stopping]
 
 `loo-temporal` holds out each user's last interaction, as SASRec, BERT4Rec and RecBole's
 leave-one-out do; every other user's rows stay in training whatever their time, so a fit has
@@ -14,18 +15,19 @@ rows are worth to the simplest model that reads them: MostPop's NDCG@10 with its
 every training row (the study's MostPop) and over the rows before each user's test time only.
 Both rank the full catalogue without the user's training items, ties by `topk_from_scores`.
 
-`--models` adds the sequence models, fitted with the committed run's tuned hyperparameters
-(`results/30_deep/tables/hyperparameters.csv`; epochs fixed, or with `--early-stopping` chosen
-per cut-off fit, see `cutoff_scores`), each as the study fits it (every training row) and with
-a global cut-off: MarkovChain refitted once per test user on the rows before that user's test
-time; SASRec, whose fit costs seconds, refitted once per block of test users (`--blocks`, equal
-counts in test-time order) on the rows before the block's earliest test time. Every model
-also ranks for the same blocks: MarkovChain's block value beside its per-user one shows what
-the blocks cost. A cut-off fit scores a user from the user's whole history (rows after the
-cut-off included: a sequence model reads them at inference without training on them) and
-ranks only items with a training row before the cut-off (an item first rated later did not
-exist for it). A block's fit also loses the rows between its cut-off and each user's own test
-time, which are not a leak (printed: "rows lost to the blocks").
+`--models` adds the models of the `loo-temporal` boards (`HISTORY`), fitted with the committed
+run's tuned hyperparameters (`results/30_deep/tables/hyperparameters.csv`; epochs fixed, or
+with `--early-stopping` chosen per cut-off fit, see `cutoff_scores`), each as the study fits it
+(every training row) and with a global cut-off: refitted once per block of test users
+(`--blocks`, equal counts in test-time order) on the rows before the block's earliest test
+time, and those of `--per-user` (MarkovChain unless told) also once per test user on the rows
+before that user's test time: the two values side by side show what the blocks cost. A fit
+also trains on its test users' own rows (`fit_rows`), so a block's fit sees a few rows later
+than some of its users' test times (printed: "later rows left in the blocks") and loses the
+other users' rows between its cut-off and each user's own test time, which are not a leak
+(printed: "rows lost to the blocks"). A cut-off fit scores a user from the user's whole
+history (as a model reads it at inference, without training on the later part) and ranks
+only items with a row in its fit (an item first rated later did not exist for it).
 """
 
 from __future__ import annotations
@@ -46,7 +48,6 @@ from metarec_lib.data import load_dataset
 from metarec_lib.data.dataset import Interactions
 from metarec_lib.metrics import ranking_metrics, topk_from_scores
 from metarec_lib.models.registry import get_model
-from metarec_lib.models.sequences import user_sequences
 from metarec_lib.protocols import split_factory
 from metarec_lib.splits import _rank_from_end
 
@@ -74,31 +75,59 @@ def last_rows(part: Interactions) -> np.ndarray:
     return (from_end == 0) & (count >= 2)
 
 
+# What each model reads of a user at scoring time, copied from the every-row fit into a
+# cut-off fit so that it scores from the user's whole history: the sequence models' item
+# sequences, MarkovChain's last item, EASE's and ItemKNN's user-item rows (x_[users] @ B).
+# UserKNN is left out: its x_ holds the neighbours' rows, which a cut-off fit must not read.
+HISTORY = {
+    "MarkovChain": "last_item_",
+    "SASRec": "sequences_",
+    "Caser": "sequences_",
+    "GRU4Rec": "sequences_",
+    "CL4SRec": "sequences_",
+    "EASE": "x_",
+    "ItemKNN": "x_",
+}
+
+
+def fit_rows(train: Interactions, cut, members: np.ndarray) -> np.ndarray:
+    """Mask of the training rows a cut-off fit for the test users `members` trains on: every
+    row strictly before `cut`, plus all of the members' own rows (each before the member's
+    test time, so no leak for that member). Without the members' own rows a block's fit
+    would not know most of its users: on ML-100K, whose users rated in one burst, 618 of the
+    943 test users have none of their rows before their block's cut-off, and a model with
+    user embeddings (Caser) would score them from untrained ones."""
+    frame = train.frame
+    own = np.isin(frame["user"].to_numpy(), members)
+    return (frame["timestamp"].to_numpy() < cut) | own
+
+
 def cutoff_scores(
     model: str,
     params: dict,
     train: Interactions,
+    full,
     users: np.ndarray,
     cutoffs: np.ndarray,
     seed: int,
     early_stopping: bool = False,
 ) -> np.ndarray:
-    """Scores of `users` (len(users), n_items) from one fit of `model` per distinct cut-off
-    on the training rows strictly before it; items without such a row score -inf.
+    """Scores of `users` (len(users), n_items) from one fit of `model` per distinct cut-off,
+    on the rows `fit_rows` keeps for it; items without such a row score -inf. `full` is the
+    every-row fit, whose `HISTORY` attribute each cut-off fit scores from.
 
     With `early_stopping`, an iterative model does not take the every-row fit's epochs, which
-    are few gradient steps on a small early share: it holds out each user's last row before
-    the cut-off (`last_rows`) and stops on it as the study's tuning does (patience from the
+    are few gradient steps on a small early share: it holds out each user's last row of
+    its fit (`last_rows`) and stops on it as the study's tuning does (patience from the
     model's defaults), within `crossdomain.epochs_for` of its epochs (the transfer protocols'
     cap: about as many samples as the every-row fit). The held-out rows are not trained on.
     Which way scores higher depends on the data (benchmarks/README.md)."""
-    times = train.frame["timestamp"].to_numpy()
-    sequences = user_sequences(train)
-    last_items = np.array([s[-1] - 1 if len(s) else -1 for s in sequences])
+    history = HISTORY[model]
     out = np.empty((len(users), train.n_items), np.float64)
     values = np.unique(cutoffs)
     for cut in tqdm(values, desc=f"{model} cut-off fits", leave=False):
-        earlier = dataclasses.replace(train, frame=train.frame[times < cut])
+        rows = np.flatnonzero(cutoffs == cut)
+        earlier = dataclasses.replace(train, frame=train.frame[fit_rows(train, cut, users[rows])])
         if early_stopping and "epochs" in params:
             share = max(len(earlier), 1) / len(train)
             capped = {**params, "epochs": epochs_for(int(params["epochs"]), share)}
@@ -108,11 +137,7 @@ def cutoff_scores(
             fitted = get_model(model, **capped).fit(fit_part, valid=valid, seed=seed)
         else:
             fitted = get_model(model, **params).fit(earlier, seed=seed)
-        if hasattr(fitted, "sequences_"):  # SASRec reads each user's whole history
-            fitted.sequences_ = sequences
-        if hasattr(fitted, "last_item_"):  # MarkovChain: the user's last item
-            fitted.last_item_ = last_items
-        rows = np.flatnonzero(cutoffs == cut)
+        setattr(fitted, history, getattr(full, history))
         scores = np.asarray(fitted.score(users[rows]), np.float64)
         unknown = np.bincount(earlier.frame["item"].to_numpy(), minlength=train.n_items) == 0
         scores[:, unknown] = -np.inf
@@ -126,6 +151,7 @@ def measure(
     models: tuple[str, ...] = (),
     blocks: int = 10,
     early_stopping: bool = False,
+    per_user: tuple[str, ...] = ("MarkovChain",),
 ) -> dict:
     """The shares and the MostPop NDCG@10 values of one data set and seed; with `models`,
     their NDCG@10 with every training row and with the cut-offs (see the module doc)."""
@@ -177,15 +203,23 @@ def measure(
         scores = np.asarray(full.score(users), np.float64)
         scores[:, every == 0] = -np.inf  # as the cut-off fits: only items it trained on
         out[f"{model}, every row"] = ndcg(scores)
-        if model == "MarkovChain":
-            own = cutoff_scores(model, params, train, users, test_times, seed)
+        if model in per_user:
+            own = cutoff_scores(model, params, train, full, users, test_times, seed)
             out[f"{model}, earlier rows"] = ndcg(own)
-        cut = cutoff_scores(model, params, train, users, block_cut, seed, early_stopping)
+        cut = cutoff_scores(model, params, train, full, users, block_cut, seed, early_stopping)
         out[f"{model}, earlier rows ({blocks} blocks)"] = ndcg(cut)
-    out["rows lost to the blocks"] = float(
-        (np.searchsorted(sorted_times, test_times, side="left")
-         - np.searchsorted(sorted_times, block_cut, side="left")).mean() / len(times)
-    )  # fmt: skip
+    # What the blocks cost and leave, per test user, as shares of the training rows: rows
+    # before the user's test time that the block's fit does not train on (other users' rows
+    # after the block's cut-off), and rows after it that it does (its other users' own rows).
+    lost, left = np.empty(len(users)), np.empty(len(users))
+    for cut in np.unique(block_cut):
+        rows = np.flatnonzero(block_cut == cut)
+        kept = np.sort(times[fit_rows(train, cut, users[rows])])
+        t = test_times[rows]
+        lost[rows] = np.searchsorted(sorted_times, t, "left") - np.searchsorted(kept, t, "left")
+        left[rows] = len(kept) - np.searchsorted(kept, t, "right")
+    out["rows lost to the blocks"] = float(lost.mean() / len(times))
+    out["later rows left in the blocks"] = float(left.mean() / len(times))
     return out
 
 
@@ -196,9 +230,15 @@ def main() -> None:
     parser.add_argument(
         "--models",
         default="",
-        help="comma-separated, from MarkovChain,SASRec (empty: MostPop only)",
+        help=f"comma-separated, from {','.join(HISTORY)} (empty: MostPop only)",
     )
     parser.add_argument("--blocks", type=int, default=10)
+    parser.add_argument(
+        "--per-user",
+        default="MarkovChain",
+        help="comma-separated models of --models also refitted once per test user (one fit "
+        "per distinct test time: cheap only for MarkovChain, EASE, ItemKNN)",
+    )
     parser.add_argument(
         "--early-stopping",
         action="store_true",
@@ -206,6 +246,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     models = tuple(m for m in args.models.split(",") if m)
+    per_user = tuple(m for m in args.per_user.split(",") if m)
+    unknown = sorted(set(models) - set(HISTORY))
+    if unknown:
+        parser.error(f"--models: {', '.join(unknown)} not among {', '.join(HISTORY)}")
     torch.set_num_threads(1)  # as the study's workers: the every-row fit is the committed cell
     print("| data set | seed | test users | training rows later than the test rating (mean) "
           "| test items without an earlier rating | MostPop NDCG@10, every row "
@@ -214,7 +258,7 @@ def main() -> None:
     measured = []
     for name in args.datasets.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
-            m = measure(name, seed, models, args.blocks, args.early_stopping)
+            m = measure(name, seed, models, args.blocks, args.early_stopping, per_user)
             measured.append((name, seed, m))
             print(f"| {name} | {seed} | {m['test users']:,} | {m['later rows']:.1%} "
                   f"| {m['no earlier rating']} | {m['MostPop, every row']:.4f} "
@@ -224,16 +268,17 @@ def main() -> None:
     print(
         f"\n| data set | seed | model | NDCG@10, every row | earlier rows, per user "
         f"| earlier rows, {args.blocks} blocks{', early-stopped' if args.early_stopping else ''} "
-        f"| rows lost to the blocks (mean) |"
+        f"| rows lost to the blocks (mean) | later rows left in the blocks (mean) |"
     )
-    print("|---|---:|---|---:|---:|---:|---:|")
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
     for name, seed, m in measured:
         for model in models:
             own = m.get(f"{model}, earlier rows")
             print(f"| {name} | {seed} | {model} | {m[f'{model}, every row']:.4f} "
                   f"| {'' if own is None else f'{own:.4f}'} "
                   f"| {m[f'{model}, earlier rows ({args.blocks} blocks)']:.4f} "
-                  f"| {m['rows lost to the blocks']:.1%} |")  # fmt: skip
+                  f"| {m['rows lost to the blocks']:.1%} "
+                  f"| {m['later rows left in the blocks']:.2%} |")  # fmt: skip
 
 
 if __name__ == "__main__":
