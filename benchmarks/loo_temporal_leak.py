@@ -3,7 +3,7 @@
     METAREC_DATA_DIR=../shared/data .venv/bin/python benchmarks/loo_temporal_leak.py \
         [--datasets ml-100k,ml-latest-small] [--seeds 42,43,44] \
         [--models MarkovChain,SASRec,Caser,EASE] [--blocks 10] [--per-user MarkovChain,EASE] \
-        [--early-stopping]
+        [--without-own-rows] [--early-stopping]
 
 `loo-temporal` holds out each user's last interaction, as SASRec, BERT4Rec and RecBole's
 leave-one-out do; every other user's rows stay in training whatever their time, so a fit has
@@ -22,12 +22,13 @@ with `--early-stopping` chosen per cut-off fit, see `cutoff_scores`), each as th
 (`--blocks`, equal counts in test-time order) on the rows before the block's earliest test
 time, and those of `--per-user` (MarkovChain unless told) also once per test user on the rows
 before that user's test time: the two values side by side show what the blocks cost. A fit
-also trains on its test users' own rows (`fit_rows`), so a block's fit sees a few rows later
-than some of its users' test times (printed: "later rows left in the blocks") and loses the
-other users' rows between its cut-off and each user's own test time, which are not a leak
-(printed: "rows lost to the blocks"). A cut-off fit scores a user from the user's whole
-history (as a model reads it at inference, without training on the later part) and ranks
-only items with a row in its fit (an item first rated later did not exist for it).
+also trains on its test users' own rows (`fit_rows`; `--without-own-rows`: not a block's), so
+a block's fit sees a few rows later than some of its users' test times (printed: "later rows
+left in the blocks") and loses the rows of its other users (all users, without own rows)
+between its cut-off and each user's own test time, which are not a leak (printed: "rows lost
+to the blocks"). A cut-off fit scores a user from the user's whole history (as a model reads
+it at inference, without training on the later part) and ranks only items with a row in its
+fit (an item first rated later did not exist for it).
 """
 
 from __future__ import annotations
@@ -90,16 +91,17 @@ HISTORY = {
 }
 
 
-def fit_rows(train: Interactions, cut, members: np.ndarray) -> np.ndarray:
+def fit_rows(train: Interactions, cut, members: np.ndarray, own: bool = True) -> np.ndarray:
     """Mask of the training rows a cut-off fit for the test users `members` trains on: every
-    row strictly before `cut`, plus all of the members' own rows (each before the member's
-    test time, so no leak for that member). Without the members' own rows a block's fit
-    would not know most of its users: on ML-100K, whose users rated in one burst, 618 of the
-    943 test users have none of their rows before their block's cut-off, and a model with
-    user embeddings (Caser) would score them from untrained ones."""
+    row strictly before `cut`, and with `own` all of the members' own rows (each before the
+    member's test time, so no leak for that member, but some later than another member's).
+    Without them a block's fit does not know most of its users: on ML-100K, whose users
+    rated in one burst, 618 of the 943 test users have none of their rows before their
+    block's cut-off at 40 blocks, and a model with user embeddings (Caser) scores them from
+    untrained ones."""
     frame = train.frame
-    own = np.isin(frame["user"].to_numpy(), members)
-    return (frame["timestamp"].to_numpy() < cut) | own
+    earlier = frame["timestamp"].to_numpy() < cut
+    return earlier | np.isin(frame["user"].to_numpy(), members) if own else earlier
 
 
 def cutoff_scores(
@@ -111,10 +113,12 @@ def cutoff_scores(
     cutoffs: np.ndarray,
     seed: int,
     early_stopping: bool = False,
+    own_rows: bool = True,
 ) -> np.ndarray:
     """Scores of `users` (len(users), n_items) from one fit of `model` per distinct cut-off,
-    on the rows `fit_rows` keeps for it; items without such a row score -inf. `full` is the
-    every-row fit, whose `HISTORY` attribute each cut-off fit scores from.
+    on the rows `fit_rows` keeps for it (`own_rows` is its `own`); items without such a row
+    score -inf. `full` is the every-row fit, whose `HISTORY` attribute each cut-off fit
+    scores from.
 
     With `early_stopping`, an iterative model does not take the every-row fit's epochs, which
     are few gradient steps on a small early share: it holds out each user's last row of
@@ -127,7 +131,8 @@ def cutoff_scores(
     values = np.unique(cutoffs)
     for cut in tqdm(values, desc=f"{model} cut-off fits", leave=False):
         rows = np.flatnonzero(cutoffs == cut)
-        earlier = dataclasses.replace(train, frame=train.frame[fit_rows(train, cut, users[rows])])
+        kept = fit_rows(train, cut, users[rows], own_rows)
+        earlier = dataclasses.replace(train, frame=train.frame[kept])
         if early_stopping and "epochs" in params:
             share = max(len(earlier), 1) / len(train)
             capped = {**params, "epochs": epochs_for(int(params["epochs"]), share)}
@@ -152,6 +157,7 @@ def measure(
     blocks: int = 10,
     early_stopping: bool = False,
     per_user: tuple[str, ...] = ("MarkovChain",),
+    own_rows: bool = True,
 ) -> dict:
     """The shares and the MostPop NDCG@10 values of one data set and seed; with `models`,
     their NDCG@10 with every training row and with the cut-offs (see the module doc)."""
@@ -206,7 +212,9 @@ def measure(
         if model in per_user:
             own = cutoff_scores(model, params, train, full, users, test_times, seed)
             out[f"{model}, earlier rows"] = ndcg(own)
-        cut = cutoff_scores(model, params, train, full, users, block_cut, seed, early_stopping)
+        cut = cutoff_scores(
+            model, params, train, full, users, block_cut, seed, early_stopping, own_rows
+        )
         out[f"{model}, earlier rows ({blocks} blocks)"] = ndcg(cut)
     # What the blocks cost and leave, per test user, as shares of the training rows: rows
     # before the user's test time that the block's fit does not train on (other users' rows
@@ -214,7 +222,7 @@ def measure(
     lost, left = np.empty(len(users)), np.empty(len(users))
     for cut in np.unique(block_cut):
         rows = np.flatnonzero(block_cut == cut)
-        kept = np.sort(times[fit_rows(train, cut, users[rows])])
+        kept = np.sort(times[fit_rows(train, cut, users[rows], own_rows)])
         t = test_times[rows]
         lost[rows] = np.searchsorted(sorted_times, t, "left") - np.searchsorted(kept, t, "left")
         left[rows] = len(kept) - np.searchsorted(kept, t, "right")
@@ -240,6 +248,12 @@ def main() -> None:
         "per distinct test time: cheap only for MarkovChain, EASE, ItemKNN)",
     )
     parser.add_argument(
+        "--without-own-rows",
+        action="store_true",
+        help="a block's fit does not train on its test users' rows after its cut-off "
+        "(see fit_rows; per-user fits always do)",
+    )
+    parser.add_argument(
         "--early-stopping",
         action="store_true",
         help="a cut-off fit stops on its users' last earlier rows (see cutoff_scores)",
@@ -258,7 +272,10 @@ def main() -> None:
     measured = []
     for name in args.datasets.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
-            m = measure(name, seed, models, args.blocks, args.early_stopping, per_user)
+            m = measure(
+                name, seed, models, args.blocks, args.early_stopping, per_user,
+                not args.without_own_rows,
+            )  # fmt: skip
             measured.append((name, seed, m))
             print(f"| {name} | {seed} | {m['test users']:,} | {m['later rows']:.1%} "
                   f"| {m['no earlier rating']} | {m['MostPop, every row']:.4f} "
@@ -267,7 +284,9 @@ def main() -> None:
         return
     print(
         f"\n| data set | seed | model | NDCG@10, every row | earlier rows, per user "
-        f"| earlier rows, {args.blocks} blocks{', early-stopped' if args.early_stopping else ''} "
+        f"| earlier rows, {args.blocks} blocks"
+        f"{', without own rows' if args.without_own_rows else ''}"
+        f"{', early-stopped' if args.early_stopping else ''} "
         f"| rows lost to the blocks (mean) | later rows left in the blocks (mean) |"
     )
     print("|---|---:|---|---:|---:|---:|---:|---:|")
