@@ -48,6 +48,7 @@ from metarec_lib.crossdomain import epochs_for
 from metarec_lib.data import load_dataset
 from metarec_lib.data.dataset import Interactions
 from metarec_lib.metrics import ranking_metrics, topk_from_scores
+from metarec_lib.models.base import Recommender
 from metarec_lib.models.registry import get_model
 from metarec_lib.protocols import split_factory
 from metarec_lib.splits import _rank_from_end
@@ -108,7 +109,7 @@ def cutoff_scores(
     model: str,
     params: dict,
     train: Interactions,
-    full,
+    full: Recommender,
     users: np.ndarray,
     cutoffs: np.ndarray,
     seed: int,
@@ -217,8 +218,9 @@ def measure(
         )
         out[f"{model}, earlier rows ({blocks} blocks)"] = ndcg(cut)
     # What the blocks cost and leave, per test user, as shares of the training rows: rows
-    # before the user's test time that the block's fit does not train on (other users' rows
-    # after the block's cut-off), and rows after it that it does (its other users' own rows).
+    # before the user's test time that the block's fit does not train on (those after the
+    # block's cut-off, except the own rows it keeps), and rows after it that it does (other
+    # members' own rows).
     lost, left = np.empty(len(users)), np.empty(len(users))
     for cut in np.unique(block_cut):
         rows = np.flatnonzero(block_cut == cut)
@@ -261,9 +263,9 @@ def main() -> None:
     args = parser.parse_args()
     models = tuple(m for m in args.models.split(",") if m)
     per_user = tuple(m for m in args.per_user.split(",") if m)
-    unknown = sorted(set(models) - set(HISTORY))
+    unknown = sorted((set(models) | set(per_user)) - set(HISTORY))
     if unknown:
-        parser.error(f"--models: {', '.join(unknown)} not among {', '.join(HISTORY)}")
+        parser.error(f"--models/--per-user: {', '.join(unknown)} not among {', '.join(HISTORY)}")
     torch.set_num_threads(1)  # as the study's workers: the every-row fit is the committed cell
     print("| data set | seed | test users | training rows later than the test rating (mean) "
           "| test items without an earlier rating | MostPop NDCG@10, every row "
