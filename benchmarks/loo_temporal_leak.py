@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -92,17 +93,23 @@ HISTORY = {
 }
 
 
-def fit_rows(train: Interactions, cut, members: np.ndarray, own: bool = True) -> np.ndarray:
-    """Mask of the training rows a cut-off fit for the test users `members` trains on: every
-    row strictly before `cut`, and with `own` all of the members' own rows (each before the
-    member's test time, so no leak for that member, but some later than another member's).
-    Without them a block's fit does not know most of its users: on ML-100K, whose users
-    rated in one burst, 618 of the 943 test users have none of their rows before their
-    block's cut-off at 40 blocks, and a model with user embeddings (Caser) scores them from
-    untrained ones."""
-    frame = train.frame
-    earlier = frame["timestamp"].to_numpy() < cut
-    return earlier | np.isin(frame["user"].to_numpy(), members) if own else earlier
+def fit_rows(
+    train: Interactions, users: np.ndarray, cutoffs: np.ndarray, own: bool = True
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(positions in `users`, mask of the training rows) of each cut-off fit: one per distinct
+    value of `cutoffs` (each user's cut-off), for the users that share it, its members. A fit
+    trains on every row strictly before its cut-off and, with `own`, on all of its members'
+    own rows (each before the member's test time, so no leak for that member, but some later
+    than another member's). Without them a block's fit does not know most of its users: on
+    ML-100K, whose users rated in one burst, 618 of the 943 test users have none of their rows
+    before their block's cut-off at 40 blocks, and a model with user embeddings (Caser)
+    scores them from untrained ones."""
+    times = train.frame["timestamp"].to_numpy()
+    row_users = train.frame["user"].to_numpy()
+    for cut in np.unique(cutoffs):
+        members = np.flatnonzero(cutoffs == cut)
+        earlier = times < cut
+        yield members, (earlier | np.isin(row_users, users[members]) if own else earlier)
 
 
 def cutoff_scores(
@@ -116,8 +123,8 @@ def cutoff_scores(
     early_stopping: bool = False,
     own_rows: bool = True,
 ) -> np.ndarray:
-    """Scores of `users` (len(users), n_items) from one fit of `model` per distinct cut-off,
-    on the rows `fit_rows` keeps for it (`own_rows` is its `own`); items without such a row
+    """Scores of `users` (len(users), n_items) from the fits of `model` that `fit_rows`
+    describes (`own_rows` is its `own`); items without such a row
     score -inf. `full` is the every-row fit, whose `HISTORY` attribute each cut-off fit
     scores from.
 
@@ -129,10 +136,9 @@ def cutoff_scores(
     Which way scores higher depends on the data (benchmarks/README.md)."""
     history = HISTORY[model]
     out = np.empty((len(users), train.n_items), np.float64)
-    values = np.unique(cutoffs)
-    for cut in tqdm(values, desc=f"{model} cut-off fits", leave=False):
-        rows = np.flatnonzero(cutoffs == cut)
-        kept = fit_rows(train, cut, users[rows], own_rows)
+    fits = fit_rows(train, users, cutoffs, own_rows)
+    total = len(np.unique(cutoffs))
+    for rows, kept in tqdm(fits, total=total, desc=f"{model} cut-off fits", leave=False):
         earlier = dataclasses.replace(train, frame=train.frame[kept])
         if early_stopping and "epochs" in params:
             share = max(len(earlier), 1) / len(train)
@@ -222,9 +228,8 @@ def measure(
     # block's cut-off, except the own rows it keeps), and rows after it that it does (other
     # members' own rows).
     lost, left = np.empty(len(users)), np.empty(len(users))
-    for cut in np.unique(block_cut):
-        rows = np.flatnonzero(block_cut == cut)
-        kept = np.sort(times[fit_rows(train, cut, users[rows], own_rows)])
+    for rows, mask in fit_rows(train, users, block_cut, own_rows):
+        kept = np.sort(times[mask])
         t = test_times[rows]
         lost[rows] = np.searchsorted(sorted_times, t, "left") - np.searchsorted(kept, t, "left")
         left[rows] = len(kept) - np.searchsorted(kept, t, "right")
