@@ -290,9 +290,11 @@ def query_ndcg_per_user(
     users: npt.ArrayLike, true: npt.ArrayLike, predicted: npt.ArrayLike, k: int, n_users: int
 ) -> npt.NDArray[np.float64]:
     """Per-user NDCG@k of a user's query items ranked by `predicted`, graded by `true`
-    (gain = the rating, discount log2(rank + 1)): MeLU's measure, which ranks only the query
-    items, so it is not comparable with a full-catalogue NDCG. Ties in `predicted` keep the
-    input order. Shape (n_users,), NaN for users without query rows."""
+    (gain = the rating, discount 1/log2(rank + 1)): MeLU's measure, which ranks only the query
+    items, so it is not comparable with a full-catalogue NDCG. Items tied in `predicted` share
+    the mean discount of the ranks they span (McSherry & Najork 2008: the expected DCG over
+    every order of the ties), so neither the input order nor an item's id decides a tie.
+    Shape (n_users,), NaN for users without query rows."""
     u = np.asarray(users, np.int64).ravel()
     t = np.asarray(true, np.float64).ravel()
     p = np.asarray(predicted, np.float64).ravel()
@@ -304,22 +306,25 @@ def query_ndcg_per_user(
     if not u.size:
         return out
 
-    def dcg(order: np.ndarray) -> np.ndarray:
-        uu, gain = u[order], t[order]
+    def dcg(order: np.ndarray, key: np.ndarray) -> np.ndarray:
+        # `order` sorts by (user, -key); a run of equal (user, key) is one tie group.
+        uu, gain, kk = u[order], t[order], key[order]
         start = np.r_[0, np.flatnonzero(np.diff(uu)) + 1]
         rank = np.arange(len(uu)) - np.repeat(start, np.diff(np.r_[start, len(uu)]))
-        keep = rank < k
-        return np.bincount(uu[keep], weights=gain[keep] / np.log2(rank[keep] + 2),
-                           minlength=n_users)  # fmt: skip
+        discount = np.where(rank < k, 1.0 / np.log2(rank + 2.0), 0.0)
+        group = np.r_[0, np.flatnonzero((np.diff(uu) != 0) | (np.diff(kk) != 0)) + 1]
+        size = np.diff(np.r_[group, len(uu)])
+        shared = np.repeat(np.add.reduceat(discount, group) / size, size)
+        return np.bincount(uu, weights=gain * shared, minlength=n_users)
 
-    position = np.arange(len(u))
-    by_prediction = np.lexsort((position, -p, u))
-    ideal = np.lexsort((position, -t, u))
+    by_prediction = np.lexsort((-p, u))
+    ideal = np.lexsort((-t, u))
     present = np.bincount(u, minlength=n_users) > 0
-    ideal_dcg = dcg(ideal)
+    ideal_dcg = dcg(ideal, t)
+    ranked_dcg = dcg(by_prediction, p)
     with np.errstate(invalid="ignore", divide="ignore"):
         out[present] = np.where(ideal_dcg[present] > 0,
-                                dcg(by_prediction)[present] / ideal_dcg[present], 0.0)  # fmt: skip
+                                ranked_dcg[present] / ideal_dcg[present], 0.0)  # fmt: skip
     return out
 
 

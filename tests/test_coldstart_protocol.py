@@ -1,5 +1,7 @@
 """The cold-start protocol as runner splits: episodes, names, query metrics, tuning marks."""
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -133,6 +135,37 @@ def test_query_ndcg_by_hand():
     assert query_ndcg_per_user(users, true, pred, k=1, n_users=3)[0] == pytest.approx(3 / 5)
 
 
+def test_query_ndcg_ties_share_their_ranks_discount():
+    # Two items tied: each gets the mean of the discounts of ranks 1 and 2.
+    out = query_ndcg_per_user([0, 0], [3.0, 1.0], [0.5, 0.5], k=2, n_users=1)
+    assert out[0] == pytest.approx(4 * (1 + 1 / np.log2(3)) / 2 / (3 + 1 / np.log2(3)))
+    # Three tied items and k = 1: each holds rank 1 with probability 1/3, DCG = 6 / 3 = 2.
+    out = query_ndcg_per_user([0, 0, 0], [3.0, 1.0, 2.0], [1.0, 1.0, 1.0], k=1, n_users=1)
+    assert out[0] == pytest.approx(2 / 3)
+    # A tie below the cut-off changes nothing: rank 1 is untied, ranks 2-3 lie past k = 1.
+    out = query_ndcg_per_user([0, 0, 0], [1.0, 5.0, 4.0], [0.9, 0.1, 0.1], k=1, n_users=1)
+    assert out[0] == pytest.approx(1 / 5)
+
+
+def test_query_ndcg_of_ties_is_the_mean_over_their_orders_and_ignores_input_order():
+    """The value with ties equals the mean, over every order of the tied items, of NDCG with
+    that order imposed (scores nudged apart); the rows' input order does not change it."""
+    rng = np.random.default_rng(7)
+    true = rng.integers(1, 6, 6).astype(float)
+    pred = np.array([0.3, 0.7, 0.3, 0.3, 0.7, 0.1])
+    users = np.zeros(6, dtype=int)
+    for k in (1, 2, 4, 10):
+        tied = query_ndcg_per_user(users, true, pred, k=k, n_users=1)[0]
+        values = []
+        for perm in itertools.permutations(range(6)):
+            nudged = pred - 1e-6 * np.argsort(perm)  # ties broken in the order `perm`
+            values.append(query_ndcg_per_user(users, true, nudged, k=k, n_users=1)[0])
+        assert tied == pytest.approx(np.mean(values), abs=1e-12)
+        shuffled = rng.permutation(6)
+        again = query_ndcg_per_user(users, true[shuffled], pred[shuffled], k=k, n_users=1)
+        assert again[0] == pytest.approx(tied, abs=1e-12)
+
+
 class _SeesColdUsers(MostPop):
     """MostPop that records which users the runner marked as cold (for the test below)."""
 
@@ -215,9 +248,9 @@ class _PastTheScale(MostPop):
 
 
 def test_query_metrics_rank_by_unclipped_ratings_and_score_clipped_ones():
-    """Clipped, items 0 and 1 tie at 5 and keep their input order (0 first); unclipped, item 1
-    (raw 6.0, true 5) ranks first, which is the ideal order: NDCG@3 = 1. RMSE and MAE are of
-    the clipped ratings: errors 2, 0, 1."""
+    """Clipped, items 0 and 1 tie at 5 and share ranks 1 and 2; unclipped, item 1 (raw 6.0,
+    true 5) ranks first, which is the ideal order: NDCG@3 = 1. RMSE and MAE are of the clipped
+    ratings: errors 2, 0, 1."""
     from metarec_lib.data.dataset import Interactions
     from metarec_lib.runner import _add_query_metrics
 
@@ -226,13 +259,14 @@ def test_query_metrics_rank_by_unclipped_ratings_and_score_clipped_ones():
     metrics, per_user = {}, pd.DataFrame(index=[0])
     _add_query_metrics(_PastTheScale(), test, metrics, per_user, np.array([0]))
     assert metrics["query_ndcg@3"] == pytest.approx(1.0)
-    # ranked by the clipped ratings, item 0 (true 3) would come first: NDCG@3 =
-    # (3 + 5/log2(3) + 1/2) / (5 + 3/log2(3) + 1/2) = 0.9001, less than the 1.0 above
+    # ranked by the clipped ratings, items 0 (true 3) and 1 (true 5) tie and share the mean
+    # discount of ranks 1 and 2: NDCG@3 = ((3 + 5) (1 + 1/log2(3)) / 2 + 1/2)
+    # / (5 + 3/log2(3) + 1/2) = 0.9501, less than the 1.0 above
     from metarec_lib.metrics import query_ndcg_per_user
 
     clipped = _PastTheScale().predict(np.zeros(3), np.arange(3))
     by_clipped = query_ndcg_per_user([0, 0, 0], [3.0, 5.0, 1.0], clipped, k=3, n_users=1)
-    assert by_clipped[0] == pytest.approx(0.9001, abs=1e-4)
+    assert by_clipped[0] == pytest.approx(0.9501, abs=1e-4)
     assert metrics["rmse"] == pytest.approx(np.sqrt(5 / 3))
     assert metrics["mae"] == pytest.approx(1.0)
     assert per_user["query_ndcg@10"].tolist() == pytest.approx([1.0])
