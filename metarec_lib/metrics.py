@@ -306,21 +306,27 @@ def query_ndcg_per_user(
     if not u.size:
         return out
 
-    def dcg(order: np.ndarray, key: np.ndarray) -> np.ndarray:
-        # `order` sorts by (user, -key); a run of equal (user, key) is one tie group.
-        uu, gain, kk = u[order], t[order], key[order]
+    def dcg(order: np.ndarray, key: np.ndarray | None) -> np.ndarray:
+        # `order` sorts by (user, -key); a run of equal (user, key) is one tie group, and a
+        # group whose gains differ shares its mean discount (equal gains need no averaging, and
+        # without it a perfect ranking gives exactly the ideal DCG).
+        uu, gain = u[order], t[order]
         start = np.r_[0, np.flatnonzero(np.diff(uu)) + 1]
         rank = np.arange(len(uu)) - np.repeat(start, np.diff(np.r_[start, len(uu)]))
         discount = np.where(rank < k, 1.0 / np.log2(rank + 2.0), 0.0)
-        group = np.r_[0, np.flatnonzero((np.diff(uu) != 0) | (np.diff(kk) != 0)) + 1]
-        size = np.diff(np.r_[group, len(uu)])
-        shared = np.repeat(np.add.reduceat(discount, group) / size, size)
-        return np.bincount(uu, weights=gain * shared, minlength=n_users)
+        if key is not None:
+            kk = key[order]
+            group = np.r_[0, np.flatnonzero((np.diff(uu) != 0) | (np.diff(kk) != 0)) + 1]
+            size = np.diff(np.r_[group, len(uu)])
+            mixed = np.maximum.reduceat(gain, group) != np.minimum.reduceat(gain, group)
+            mean = np.add.reduceat(discount, group) / size
+            discount = np.where(np.repeat(mixed, size), np.repeat(mean, size), discount)
+        return np.bincount(uu, weights=gain * discount, minlength=n_users)
 
     by_prediction = np.lexsort((-p, u))
     ideal = np.lexsort((-t, u))
     present = np.bincount(u, minlength=n_users) > 0
-    ideal_dcg = dcg(ideal, t)
+    ideal_dcg = dcg(ideal, None)
     ranked_dcg = dcg(by_prediction, p)
     with np.errstate(invalid="ignore", divide="ignore"):
         out[present] = np.where(ideal_dcg[present] > 0,

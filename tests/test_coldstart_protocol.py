@@ -147,6 +147,21 @@ def test_query_ndcg_ties_share_their_ranks_discount():
     assert out[0] == pytest.approx(1 / 5)
 
 
+def test_query_ndcg_is_one_for_a_perfect_ranking_and_never_above():
+    """Averaging the discounts of a tie group would round a perfect ranking to 1 +- 1e-16;
+    a group of equal gains is not averaged, so a perfect ranking, tied or not, gives exactly 1
+    and a near-perfect one never more."""
+    rng = np.random.default_rng(0)
+    users = np.sort(rng.integers(0, 500, 5000))
+    true = rng.integers(1, 6, 5000).astype(float)
+    for pred in (true, true * 10 + np.arange(5000) * 1e-9, true * 10 - np.arange(5000) * 1e-9):
+        out = query_ndcg_per_user(users, true, pred, k=10, n_users=500)
+        assert np.all(out[~np.isnan(out)] == 1.0)
+    out = query_ndcg_per_user(users, true, np.round(true + rng.normal(0, 1, 5000)), k=10,
+                              n_users=500)  # fmt: skip
+    assert np.nanmax(out) <= 1.0 and np.nanmin(out) < 1.0
+
+
 def test_query_ndcg_of_ties_is_the_mean_over_their_orders_and_ignores_input_order():
     """The value with ties equals the mean, over every order of the tied items, of NDCG with
     that order imposed (scores nudged apart); the rows' input order does not change it."""
