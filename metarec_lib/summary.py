@@ -87,7 +87,9 @@ def load_all(results: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 def family_boards(results: str | Path) -> pd.DataFrame:
     """One row per (dataset, protocol, metric, family): the family's best model, its mean and
     95% CI over seeds, the Holm-corrected Wilcoxon p against the board's overall best, whether
-    it is the best (`is_best`) or not significantly worse (`tied`), and its median costs.
+    it is the best (`is_best`) or not significantly worse (`tied`), whether the board's paired
+    tests ran at all (`tested`: every family's best has per-user values, on common users), and
+    its median costs.
     A family's own baseline (`FAMILY_BASELINES`) is not a candidate."""
     results = Path(results)
     metrics, costs = load_all(results)
@@ -142,6 +144,7 @@ def family_boards(results: str | Path) -> pd.DataFrame:
                 # Significantly worse, not merely different: the best is ranked by the mean of
                 # the seeds' values, the test pairs per-user means, and the two can disagree.
                 row["tied"] = bool(row["is_best"] or not worse)
+                row["tested"] = not tests.empty
                 for col in COST_COLUMNS:
                     row[col] = cost[col].get(r.model, np.nan) if col in cost else np.nan
                 rows.append(row)
@@ -286,7 +289,8 @@ class Evidence:
 def outcome(boards: pd.DataFrame, family: str) -> pd.DataFrame:
     """Per board with `family` and at least one other family: "win" when the family is best and
     every other family is significantly worse, "tie" when no family is significantly better
-    than it, "loss" when one is."""
+    than it, "loss" when one is; "untested" when the board's paired tests could not run (no
+    per-user values), where `tied` says nothing."""
     rows = []
     for key, board in boards.groupby(["dataset", "protocol", "metric"], sort=True):
         mine = board[board["family"] == family]
@@ -294,7 +298,9 @@ def outcome(boards: pd.DataFrame, family: str) -> pd.DataFrame:
             continue
         me = mine.iloc[0]
         others = board[board["family"] != family]
-        if me["is_best"] and not others["tied"].any():
+        if not _tested(board):
+            result = "untested"
+        elif me["is_best"] and not others["tied"].any():
             result = "win"
         elif me["tied"]:
             result = "tie"
@@ -309,6 +315,15 @@ def outcome(boards: pd.DataFrame, family: str) -> pd.DataFrame:
     )
 
 
+def _tested(board: pd.DataFrame) -> bool:
+    """Whether a board's paired tests ran (boards built without the column: yes)."""
+    return "tested" not in board or bool(board["tested"].all())
+
+
+def _untested_note(n: int) -> str:
+    return f"; {n} board(s) without per-user values to test left out" if n else ""
+
+
 def family_wins(
     boards: pd.DataFrame,
     family: str,
@@ -316,15 +331,19 @@ def family_wins(
     where: Callable[[pd.DataFrame], pd.Series] | None = None,
 ) -> Evidence:
     """The family is better: the claim holds on a board the family wins and fails on one it
-    loses or ties (a tie is no evidence that it is better)."""
+    loses or ties (a tie is no evidence that it is better). A board whose paired tests could
+    not run is left out, as the family notebooks' `leaderboard.versus_reference` leaves it."""
     sel = boards if where is None else boards[where(boards)]
     table = outcome(sel, family)
     counts = table["outcome"].value_counts()
-    wins, ties, losses = (int(counts.get(k, 0)) for k in ("win", "tie", "loss"))
-    n = len(table)
+    wins, ties, losses, untested = (
+        int(counts.get(k, 0)) for k in ("win", "tie", "loss", "untested")
+    )
+    n = wins + ties + losses
     return Evidence(
         share_verdict(wins, ties + losses, n),
-        f"{family} wins {wins}, ties {ties}, loses {losses} of {n} boards",
+        f"{family} wins {wins}, ties {ties}, loses {losses} of {n} boards"
+        + _untested_note(untested),
         claim,
     )
 
@@ -515,17 +534,20 @@ def compute_buys_quality(boards: pd.DataFrame, claim: str) -> Evidence:
 def _not_traditional_best(boards: pd.DataFrame) -> Evidence:
     """C1: traditional recommenders lose: on boards with a traditional and a deep or meta
     family, the best traditional model is significantly worse than the overall best."""
-    rows = []
+    rows, untested = [], 0
     for _, board in boards.groupby(["dataset", "protocol", "metric"]):
         trad = board[board["family"].isin(TRADITIONAL)]
         if trad.empty or not board["family"].isin(("deep", "meta")).any():
+            continue
+        if not _tested(board):
+            untested += 1
             continue
         rows.append(bool(trad["tied"].any()))
     n, held = len(rows), sum(rows)
     return Evidence(
         share_verdict(n - held, held, n),
         f"the best traditional model is best or tied on {held} of {n} boards with a deep or "
-        f"meta family",
+        f"meta family" + _untested_note(untested),
         "every board with a traditional and a deep or meta family (10, 20, 30, 60)",
     )
 

@@ -423,3 +423,34 @@ def test_a_family_better_per_user_than_the_best_is_not_counted_a_loss(tmp_path):
     board = summary.family_boards(tmp_path).set_index("model")
     assert board.loc["A", "is_best"] and board.loc["B", "p_holm"] < 0.05
     assert board.loc["B", "tied"]  # different, but not worse: not a loss
+
+
+def test_a_board_without_per_user_values_is_left_out_not_counted_a_tie(tmp_path):
+    # topn-75-25 has per-user values (collaborative better for each of 30 users); topn-temporal
+    # only run-level values, so no paired test can run there and nothing is known to be tied.
+    users = np.arange(1, 31)
+    noise = np.random.default_rng(3).uniform(0, 0.01, len(users))
+    write_results_tree(
+        tmp_path / "30_deep",
+        {
+            ("d", "topn-75-25", "collaborative", "EASE"): {"ndcg@10": 0.5 + noise},
+            ("d", "topn-75-25", "deep", "NeuMF"): {"ndcg@10": 0.1 + noise[::-1]},
+            ("d", "topn-temporal", "collaborative", "EASE"): {"ndcg@10": np.array([0.2])},
+            ("d", "topn-temporal", "deep", "NeuMF"): {"ndcg@10": np.array([0.3])},
+        },
+        users,
+    )
+    boards = summary.family_boards(tmp_path)
+    tested = boards.groupby("protocol")["tested"].all()
+    assert tested["topn-75-25"] and not tested["topn-temporal"]
+    table = summary.outcome(boards, "deep").set_index("protocol")["outcome"]
+    assert table.to_dict() == {"topn-75-25": "loss", "topn-temporal": "untested"}
+    evidence = summary.family_wins(boards, "deep", "claim")
+    assert evidence.numbers == (
+        "deep wins 0, ties 0, loses 1 of 1 boards; "
+        "1 board(s) without per-user values to test left out"
+    )
+    assert evidence.verdict == "not supported"
+    c1 = summary._not_traditional_best(boards)
+    assert c1.numbers.startswith("the best traditional model is best or tied on 1 of 1 boards")
+    assert c1.numbers.endswith("; 1 board(s) without per-user values to test left out")
