@@ -311,12 +311,12 @@ def query_ndcg_per_user(
         # group whose gains differ shares its mean discount (equal gains need no averaging, and
         # without it a perfect ranking gives exactly the ideal DCG).
         uu, gain = u[order], t[order]
-        start = np.r_[0, np.flatnonzero(np.diff(uu)) + 1]
+        new_user = np.diff(uu) != 0
+        start = np.r_[0, np.flatnonzero(new_user) + 1]
         rank = np.arange(len(uu)) - np.repeat(start, np.diff(np.r_[start, len(uu)]))
         discount = np.where(rank < k, 1.0 / np.log2(rank + 2.0), 0.0)
         if key is not None:
-            kk = key[order]
-            group = np.r_[0, np.flatnonzero((np.diff(uu) != 0) | (np.diff(kk) != 0)) + 1]
+            group = np.r_[0, np.flatnonzero(new_user | (np.diff(key[order]) != 0)) + 1]
             size = np.diff(np.r_[group, len(uu)])
             mixed = np.maximum.reduceat(gain, group) != np.minimum.reduceat(gain, group)
             mean = np.add.reduceat(discount, group) / size
