@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from metarec_lib.data.dataset import Interactions
 from metarec_lib.models import knn
 from metarec_lib.models.knn import ItemKNN, UserKNN, blockwise_topk, keep_topk
+from metarec_lib.splits import pair_hash
 from metarec_lib.testing import check_recommender, checkerboard
 
 # The tiny example of the hand-worked tests, 3 users x 4 items, binary:
@@ -71,19 +72,57 @@ def test_contract(make):
     check_recommender(make)
 
 
-def test_keep_topk_keeps_k_largest_positive_with_lower_index_on_ties():
+def test_keep_topk_keeps_k_largest_positive_breaking_ties_by_pair_hash():
     block = np.array([[3.0, 1.0, 3.0, 3.0, 0.0, -1.0],
                       [0.0, 0.0, 2.0, 0.0, 0.0, 0.0],
                       [-1.0, -2.0, 0.0, 0.0, 0.0, 0.0]])  # fmt: skip
     two = keep_topk(block, 2).toarray()
-    # Row 0: three 3s tie for the top two places -> columns 0 and 2 (lower indices).
-    np.testing.assert_array_equal(two[0], [3, 0, 3, 0, 0, 0])
+    # Row 0: three 3s tie for the top two places. pair_hash(0, c) for c = 0, 2, 3 is
+    # 16294208416658607535, 10905525725756348110, 2092789425003139053: the two lowest are
+    # columns 3 and 2 (the lower index would have kept 0 and 2).
+    assert pair_hash(0, 3) < pair_hash(0, 2) < pair_hash(0, 0)
+    np.testing.assert_array_equal(two[0], [0, 0, 3, 3, 0, 0])
     # Row 1: only one positive entry; zeros and negatives are never neighbours.
     np.testing.assert_array_equal(two[1], [0, 0, 2, 0, 0, 0])
     np.testing.assert_array_equal(two[2], 0)
     five = keep_topk(block, 5).toarray()
     np.testing.assert_array_equal(five[0], [3, 1, 3, 3, 0, 0])
     assert keep_topk(block, 6).nnz == 5
+    # The ids, not the positions, break ties: row 0 as row 7 of a matrix whose columns are
+    # items 10..15 keeps the tied columns with the lowest pair_hash(7, 10 + c).
+    ids = keep_topk(block[:1], 2, rows=np.array([7]), cols=np.arange(10, 16)).toarray()[0]
+    ranked = sorted((0, 2, 3), key=lambda c: pair_hash(7, 10 + c))
+    np.testing.assert_array_equal(np.flatnonzero(ids), sorted(ranked[:2]))
+
+
+def test_keep_topk_ties_favour_no_column():
+    # 400 rows of 50 equal values, k = 5: the lower index kept columns 0-4 in every row; the
+    # hash order keeps each column about 400 * 5 / 50 = 40 times (binomial sd about 6).
+    kept = keep_topk(np.ones((400, 50)), 5)
+    assert np.diff(kept.indptr).tolist() == [5] * 400
+    counts = np.bincount(kept.indices, minlength=50)
+    assert counts.min() >= 15 and counts.max() <= 65
+    assert abs(kept.indices.mean() - 24.5) < 1.0
+
+
+def test_item_topk_ties_do_not_depend_on_inactive_items():
+    # Items 1 and 4 have no rows: item_topk works on the other three, and its ties must be
+    # those of the whole matrix (by item index, not by position among the active items).
+    x = sp.csr_matrix(np.array([[1, 0, 1, 1, 0], [1, 0, 1, 1, 0]], dtype=float))
+
+    def make_block(xa):
+        dense = (xa.T @ xa).toarray()
+        np.fill_diagonal(dense, 0.0)
+        return lambda s, e: dense[s:e]
+
+    full = (x.T @ x).toarray()
+    np.fill_diagonal(full, 0.0)  # items 0, 2, 3 all tie at 2 with each other
+    got = knn.item_topk(x, 1, make_block)
+    expected = blockwise_topk(5, 5, 1, lambda s, e: full[s:e])
+    assert (got != expected).nnz == 0
+    for item in (0, 2, 3):
+        others = [j for j in (0, 2, 3) if j != item]
+        assert got[item].indices.tolist() == [min(others, key=lambda j: pair_hash(item, j))]
 
 
 def test_blockwise_topk_does_not_depend_on_block_size(monkeypatch):
@@ -108,17 +147,18 @@ def test_itemknn_hand_worked():
     model = ItemKNN(k=1, shrink=1.0).fit(train)
     # k = 1 neighbour per target item j:
     #   j=0: s10 = .5798 > s20 = .3333            -> item 1
-    #   j=1: s01 = s21 = .5798 tie                -> item 0 (lower index)
+    #   j=1: s01 = s21 = .5798 tie                -> item 2 (pair_hash(1, 2) < pair_hash(1, 0))
     #   j=2: s12 = .5798 > s32 = .4142 > s02       -> item 1
     #   j=3: s23 = .4142 > s13 = .3660             -> item 2
+    assert pair_hash(1, 2) < pair_hash(1, 0)
     expected_w = np.zeros((4, 4))
-    expected_w[1, 0] = expected_w[0, 1] = expected_w[1, 2] = s01
+    expected_w[1, 0] = expected_w[2, 1] = expected_w[1, 2] = s01
     expected_w[2, 3] = s23
     np.testing.assert_allclose(model.w_.toarray(), expected_w, rtol=1e-6)
-    # Scores = X_u @ W. User 0 (items 0, 1): (W10, W01, W12, 0);
-    # user 2 (items 1, 2, 3): (W10, 0, W12, W23).
+    # Scores = X_u @ W. User 0 (items 0, 1): (W10, 0, W12, 0);
+    # user 2 (items 1, 2, 3): (W10, W21, W12, W23).
     np.testing.assert_allclose(model.score([0, 2]),
-                               [[s01, s01, s01, 0], [s01, 0, s01, s23]], rtol=1e-6)  # fmt: skip
+                               [[s01, 0, s01, 0], [s01, s01, s01, s23]], rtol=1e-6)  # fmt: skip
     # k = 3 keeps every positive similarity: W = full shrunk cosine, zero diagonal.
     full = ItemKNN(k=3, shrink=1.0).fit(train).w_.toarray()
     expected_full = np.array([[0, s01, s02, 0], [s01, 0, s01, s13],
