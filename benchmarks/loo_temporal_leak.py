@@ -74,7 +74,7 @@ def last_rows(part: Interactions) -> np.ndarray:
     users, items = part.raw_ids()
     raw = pd.DataFrame({"user_id": users, "item_id": items,
                         "timestamp": part.frame["timestamp"].to_numpy()})  # fmt: skip
-    from_end, count = _rank_from_end(raw, ties="hash")
+    from_end, count = _rank_from_end(raw)
     return (from_end == 0) & (count >= 2)
 
 

@@ -316,7 +316,8 @@ def temporal_global(
 def temporal_last_n(df: pd.DataFrame, *, n: int = 1) -> Split:
     """Each user's last n interactions by time are test; users with <= n stay in train only.
 
-    Within a user, ties in timestamp are broken by item_id (the larger id counts as later).
+    Within a user, ties in timestamp are broken by `pair_hash(user_id, item_id)`, as in
+    `leave_last_one_out` (the larger hash counts as later), not by item_id.
     """
     if not isinstance(n, int | np.integer) or n < 1:
         raise ValueError(f"temporal_last_n: n={n!r}; expected an int >= 1")
@@ -345,7 +346,7 @@ def leave_last_one_out(df: pd.DataFrame) -> Split:
     models could learn from the protocol instead of from the users.
     """
     data = _canonical(df, "leave_last_one_out input", timestamp=True)
-    from_end, count = _rank_from_end(data, ties="hash")
+    from_end, count = _rank_from_end(data)
     eligible = count >= 3
     in_test, in_valid = eligible & (from_end == 0), eligible & (from_end == 1)
     in_train = ~(in_test | in_valid)
@@ -372,7 +373,8 @@ def validation_carveout(
     """Carve a validation set out of TRAINING data only; returns (smaller train, valid).
 
     per_user: each user's ratings in a seeded random order (needs `seed`), as
-        `holdout_per_user`; temporal: each user's latest ratings (ties broken by item_id).
+        `holdout_per_user`; temporal: each user's latest ratings (ties broken by
+        `pair_hash`, as in `leave_last_one_out`).
     Either way a user keeps max(1, floor((1 - fraction) * n_u)) ratings in train.
     global: one time cut-off, as `temporal_global` (about the last `fraction` of the rows by
         time are valid, the cut-off second is never split, rows of users or items absent
@@ -752,13 +754,11 @@ def pair_hash(users: npt.ArrayLike, items: npt.ArrayLike) -> npt.NDArray[np.uint
     return x if np.ndim(users) or np.ndim(items) else x[0]
 
 
-def _rank_from_end(
-    data: pd.DataFrame, ties: Literal["item", "hash"] = "item"
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """Per row: 0 for its user's latest interaction (by timestamp, then item_id or
-    `pair_hash`), 1 for the one before, ...; and the user's row count. Both shape (n_rows,)."""
+def _rank_from_end(data: pd.DataFrame) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Per row: 0 for its user's latest interaction (by timestamp, then `pair_hash`), 1 for the
+    one before, ...; and the user's row count. Both shape (n_rows,)."""
     users, items = data["user_id"].to_numpy(), data["item_id"].to_numpy()
-    second = items if ties == "item" else pair_hash(users, items)
+    second = pair_hash(users, items)
     rank, count = _within_user_rank(_codes(data["user_id"]), data["timestamp"].to_numpy(), second)
     return count - 1 - rank, count
 

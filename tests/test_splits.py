@@ -81,13 +81,8 @@ def assert_same_split(a: Split, b: Split) -> None:
             pd.testing.assert_frame_equal(x, y)
 
 
-def sort_key(df: pd.DataFrame) -> list[tuple[int, int]]:
-    """(timestamp, item_id): the within-user time order the temporal protocols use."""
-    return list(zip(df["timestamp"].tolist(), df["item_id"].tolist(), strict=True))
-
-
 def hash_key(df: pd.DataFrame) -> list[tuple[int, int]]:
-    """(timestamp, pair_hash): the within-user time order of leave_last_one_out."""
+    """(timestamp, pair_hash): the within-user time order every temporal protocol uses."""
     hashes = pair_hash(df["user_id"].to_numpy(), df["item_id"].to_numpy())
     return list(zip(df["timestamp"].tolist(), hashes.tolist(), strict=True))
 
@@ -318,16 +313,22 @@ def test_temporal_global_properties(df, fraction):
     assert set(split.test["item_id"]) <= set(split.train["item_id"])
 
 
-def test_temporal_last_n_ties_by_item_id():
-    # user 1: item 5 at t=10, items 3 and 7 tie at t=20 (7 counts as later); user 2: 1 rating
+def test_temporal_last_n_ties_by_pair_hash():
+    # user 1: item 5 at t=10, items 3 and 7 tie at t=20; user 2: 1 rating. The larger
+    # pair_hash counts as later: pair_hash(1, 3) > pair_hash(1, 7), so item 3 is the last
+    # (by item_id it was item 7).
+    assert pair_hash(1, 3) > pair_hash(1, 7)
     df = frame([(1, 7, 20), (1, 5, 10), (1, 3, 20), (2, 1, 30)])
     one = temporal_last_n(df, n=1)
-    assert pairs(one.test) == {(1, 7)}
-    assert pairs(one.train) == {(1, 5), (1, 3), (2, 1)}
+    assert pairs(one.test) == {(1, 3)}
+    assert pairs(one.train) == {(1, 5), (1, 7), (2, 1)}
     two = temporal_last_n(df, n=2)
     assert pairs(two.test) == {(1, 7), (1, 3)}
     three = temporal_last_n(df, n=3)  # user 1 has exactly 3: stays in train
     assert len(three.test) == 0 and len(three.train) == 4
+    # validation_carveout(how="temporal") orders the same way: user 1 keeps floor(0.7 * 3) = 2
+    train, valid = validation_carveout(df, fraction=0.3, how="temporal")
+    assert pairs(valid) == {(1, 3)} and pairs(train) == {(1, 5), (1, 7), (2, 1)}
 
 
 @PROPS
@@ -339,7 +340,7 @@ def test_temporal_last_n_properties(df, n):
     assert split.test.groupby("user_id").size().to_dict() == {u: n for u in count[count > n].index}
     for user, test in split.test.groupby("user_id"):
         train = split.train[split.train["user_id"] == user]
-        assert max(sort_key(train)) < min(sort_key(test))
+        assert max(hash_key(train)) < min(hash_key(test))
 
 
 def test_leave_last_one_out_hand_worked():
@@ -389,7 +390,7 @@ def test_validation_carveout_per_user_and_temporal():
 
     train, valid = validation_carveout(df, fraction=0.2, how="temporal")
     for user, v in valid.groupby("user_id"):
-        assert max(sort_key(train[train["user_id"] == user])) < min(sort_key(v))
+        assert max(hash_key(train[train["user_id"] == user])) < min(hash_key(v))
     with pytest.raises(ValueError, match="needs a seed"):
         validation_carveout(df, fraction=0.2)
 
