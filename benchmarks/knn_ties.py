@@ -6,7 +6,7 @@
 The item-item models keep each item's k most similar items (`knn.keep_topk`). Where the k-th
 similarity ties, the kept ones were, up to 1c707b3, those of the lowest column index: the lowest
 item ids, in MovieLens the older, more-rated films. They are now those of the lowest
-`splits.pair_hash(item, neighbour)`. For each model, with the committed run's tuned values
+`hashing.pair_hash(item, neighbour)`. For each model, with the committed run's tuned values
 (`results/20_collaborative/tables/hyperparameters.csv`), on `topn-75-25` (each seed) and
 `topn-temporal` (one split), this fits the model both ways and prints: the share of rows whose
 k-th value ties (and how many tied entries fall out), how many kept entries the hash replaces, how

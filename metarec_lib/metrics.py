@@ -15,6 +15,8 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
+from metarec_lib.hashing import pair_hash
+
 RANKING_METRICS = ("precision", "recall", "ndcg", "map", "hr", "mrr")
 PAD = -1
 _HASH_BLOCK = 1 << 22  # tie-break hashes per block of rows (32 MiB of uint64)
@@ -66,7 +68,7 @@ def topk_from_scores(
         are never returned; None excludes nothing.
     users: the rows' user indices (default 0..n_users-1), which break ties.
     Items scoring -inf (excluded ones included) are not candidates. Equal scores are ordered by
-    `splits.pair_hash(user, item)`: a fixed pseudo-random order of the items per user, so the
+    `hashing.pair_hash(user, item)`: a fixed pseudo-random order of the items per user, so the
     result is deterministic and a tie favours no item. (By the lower item index, a model whose
     scores tie was handed the lowest ids, which in MovieLens are the older, more often rated
     films: a list of ML-100K's ten lowest ids scores NDCG@10 0.045 on `xdomain-genre`, where a
@@ -74,8 +76,6 @@ def topk_from_scores(
     score -inf. Returns (items (n_users, k) int64, scores (n_users, k)). Uses one partition
     per row (O(n_items)) rather than a full sort.
     """
-    from metarec_lib.splits import pair_hash
-
     s = np.array(scores, copy=True)
     if s.ndim != 2:
         raise ValueError(f"scores: expected a 2-d (users, items) array, got shape {s.shape}")
@@ -127,8 +127,6 @@ def _lowest_hashes(
     """Per row of `tied` (rows, n_items), the `need` tied items of lowest `pair_hash(user,
     item)` (need <= kk): one partition of each row's hashes, not a sort of its ties, in blocks
     of rows that keep the (rows, n_items) hashes near `_HASH_BLOCK` values."""
-    from metarec_lib.splits import pair_hash
-
     out = np.zeros_like(tied)
     m = tied.shape[1]
     step = max(1, _HASH_BLOCK // m)

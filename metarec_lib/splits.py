@@ -20,6 +20,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from metarec_lib.data.dataset import DataError
+from metarec_lib.hashing import pair_hash
 
 Seed = int | np.random.Generator
 _KEY = ["user_id", "item_id"]
@@ -740,20 +741,6 @@ def _within_user_rank(
     return rank, count
 
 
-def pair_hash(users: npt.ArrayLike, items: npt.ArrayLike) -> npt.NDArray[np.uint64]:
-    """A fixed pseudo-random uint64 per (user, item) pair (SplitMix64 finaliser of the pair):
-    the tie-break of equal timestamps that carries no information about the item."""
-    u = np.atleast_1d(np.asarray(users)).astype(np.uint64)
-    i = np.atleast_1d(np.asarray(items)).astype(np.uint64)
-    x = (u << np.uint64(32)) ^ i
-    with np.errstate(over="ignore"):  # wrap-around multiplication is the point
-        x = x + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    x = x ^ (x >> np.uint64(31))
-    return x if np.ndim(users) or np.ndim(items) else x[0]
-
-
 def _rank_from_end(data: pd.DataFrame) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """Per row: 0 for its user's latest interaction (by timestamp, then `pair_hash`), 1 for the
     one before, ...; and the user's row count. Both shape (n_rows,)."""
@@ -781,7 +768,6 @@ __all__ = [
     "holdout_per_user",
     "kfold_ratings",
     "leave_last_one_out",
-    "pair_hash",
     "split_summary",
     "temporal_global",
     "temporal_last_n",

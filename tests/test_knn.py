@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from metarec_lib.data.dataset import Interactions
+from metarec_lib.hashing import pair_hash
 from metarec_lib.models import knn
 from metarec_lib.models.knn import ItemKNN, UserKNN, blockwise_topk, keep_topk
-from metarec_lib.splits import pair_hash
 from metarec_lib.testing import check_recommender, checkerboard
 
 # The tiny example of the hand-worked tests, 3 users x 4 items, binary:

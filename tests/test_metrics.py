@@ -12,6 +12,7 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from metarec_lib.hashing import pair_hash
 from metarec_lib.metrics import (
     coverage,
     evaluate_topk,
@@ -23,7 +24,6 @@ from metarec_lib.metrics import (
     topk_from_scores,
     topk_overlap,
 )
-from metarec_lib.splits import pair_hash
 
 CHECK_RESULTS = Path(__file__).resolve().parents[2] / "shared" / "tools" / "check_results.py"
 L3, L5, L6 = math.log2(3), math.log2(5), math.log2(6)  # rank discounts are 1/log2(rank + 1)

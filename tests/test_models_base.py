@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
+from metarec_lib.hashing import pair_hash
 from metarec_lib.models.base import ClipsRatings, resolve_device
 from metarec_lib.models.popularity import MostPop, Random
 from metarec_lib.models.registry import get_model, model_class, model_names, torch_model_names
-from metarec_lib.splits import pair_hash
 from metarec_lib.testing import (
     capped_model,
     check_recommender,

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from metarec_lib.data.dataset import Encoder, Interactions
+from metarec_lib.hashing import pair_hash
 from metarec_lib.models.sequences import (
     PAD,
     last_window,
@@ -16,7 +17,7 @@ from metarec_lib.models.sequences import (
     sliding_windows,
     user_sequences,
 )
-from metarec_lib.splits import leave_last_one_out, pair_hash
+from metarec_lib.splits import leave_last_one_out
 
 
 def _seqs(*rows: list[int]) -> list[np.ndarray]:

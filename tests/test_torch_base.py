@@ -289,9 +289,9 @@ def test_topk_torch_matches_the_numpy_ranking_with_ties_exclusions_and_padding()
     import numpy as np
     import scipy.sparse as sp
 
+    from metarec_lib.hashing import pair_hash
     from metarec_lib.metrics import topk_from_scores
     from metarec_lib.models.torch_base import topk_torch
-    from metarec_lib.splits import pair_hash
 
     rng = np.random.default_rng(0)
     scores = rng.integers(0, 4, (30, 12)).astype(np.float32)  # many ties

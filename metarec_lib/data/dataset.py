@@ -210,7 +210,7 @@ class Interactions:
     # simply treats the support rows as more training data (EASE, ItemKNN: score from them).
     cold_users: np.ndarray | None = None
     # The raw ids of the dense indices (row i = index i), set by `Encoder.encode`: a split breaks
-    # equal timestamps by `splits.pair_hash` of raw ids, and `raw_ids` lets a model order them
+    # equal timestamps by `hashing.pair_hash` of raw ids, and `raw_ids` lets a model order them
     # the same way. None for interactions built otherwise (indices are hashed instead).
     user_ids: np.ndarray | None = None
     item_ids: np.ndarray | None = None

@@ -24,9 +24,9 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from metarec_lib.data.dataset import Interactions
+from metarec_lib.hashing import pair_hash
 from metarec_lib.models.base import Recommender
 from metarec_lib.models.registry import register
-from metarec_lib.splits import pair_hash
 from metarec_lib.tuning import Choice, LogUniform, Uniform
 
 # Rows of a dense similarity block computed at once: BLOCK_ENTRIES / n columns (16 MB float32).
@@ -48,7 +48,7 @@ def keep_topk(
 ) -> sp.csr_matrix:
     """Sparse copy of `block` (rows, n) keeping each row's k largest POSITIVE entries.
 
-    Ties at the k-th value keep the entries with the lowest `splits.pair_hash(row, column)` of
+    Ties at the k-th value keep the entries with the lowest `hashing.pair_hash(row, column)` of
     their ids (`rows`, `cols`: the block's row and column ids, default their positions): a
     fixed pseudo-random choice that favours no item and does not depend on how rows are grouped
     into blocks. (The lower column index, used before, kept the lowest item ids among the tied

@@ -2,7 +2,7 @@
 
 Sequence arrays hold item index + 1 so that 0 can be the padding token (`PAD`); embeddings of
 sequence models therefore have n_items + 1 rows. Order within a user is by timestamp, ties
-broken by `metarec_lib.splits.pair_hash` of the (user, item) raw ids (`Interactions.raw_ids`): a
+broken by `metarec_lib.hashing.pair_hash` of the (user, item) raw ids (`Interactions.raw_ids`): a
 fixed pseudo-random order, so that no model can learn an item-id order from ratings entered in
 the same second, and the order `leave_last_one_out` uses. So the item a split held out as
 validation is the last of the history a final fit on train + validation reads (before, ties
@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from metarec_lib.data.dataset import Interactions
-from metarec_lib.splits import pair_hash
+from metarec_lib.hashing import pair_hash
 
 PAD = 0
 IntArray = npt.NDArray[np.int64]

@@ -251,7 +251,7 @@ def topk_torch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`metrics.topk_from_scores` on a tensor, on its own device: the k best items per row, best
     first, items in `exclude` (a sparse matrix of the rows) never returned, fewer than k
-    candidates padded with -1 / -inf. Ties are ordered as there, by `splits.pair_hash` of
+    candidates padded with -1 / -inf. Ties are ordered as there, by `hashing.pair_hash` of
     (users[row], item): the rows where a tie decides the list (equal values within the first k,
     or at the k-th place) are handed to `topk_from_scores`, the others keep the device's sort."""
     from metarec_lib.metrics import PAD, row_users, topk_from_scores
