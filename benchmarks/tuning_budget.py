@@ -1,26 +1,27 @@
-"""What a four times larger search would give the deep and meta models (prints; asserts nothing).
+"""What a four times larger search would give the neural models (prints; asserts nothing).
 
     METAREC_DATA_DIR=../shared/data .venv/bin/python benchmarks/tuning_budget.py \
         [--stem 30_deep] [--models NeuMF,CFGAN,...] [--budget 16] [--out DIR]
     .venv/bin/python benchmarks/tuning_budget.py --report [--stem 30_deep] [--out DIR]
 
-`30_deep` searches each deep model, and `60_meta` each meta-learner, with 4 random
-configurations (their `budget`), on ML-100K only, where most models they are read against get
-10-20. Does that budget decide their families' losses (claims C2 and C3)? For each deep model
-and ML-100K protocol of `30_deep` (`--stem 30_deep`), and for each meta-learner at k = 5, where
-`60_meta` tunes them (`--stem 60_meta`), the study's configurations are drawn again with
-`--budget` (the draws are nested: `tuning.configurations` with the first seed gives the study's
-4 first) and each is tried as the study tries one (`executors.run_trial`: early stopping on
-the protocol's validation data, seed 42, one thread). The best of the first 4 is the study's
-choice (checked against the committed `tables/hyperparameters.csv`: another CPU can round a
-training to another early-stopped epoch count); the best of all is the larger search's. Both
-are fitted for seeds 42-44 as the study fits a cell (`runner.evaluate_cell`), on the search's
-own board (30_deep) or on C3's boards, k = 10 and 20 (60_meta), and read against the board's
-best model of the other families, from the committed per-user values of `results/<stem>`
-(`leaderboard.versus_reference`'s test: Wilcoxon over users of the seed-mean metric,
-Holm-corrected over the family's models on the board). Each search is saved as it finishes
-(`--out`, one pickle each), so the models can run in two processes and an interrupted run
-resumes; `--report` prints the table from them.
+`30_deep` searches each deep model, `40_multitask` each multi-task model and `60_meta` each
+meta-learner with 4 random configurations (their `budget`), on ML-100K only, where most models
+they are read against get 10-20. Does that budget decide their families' losses (claims C2 and
+C3)? For each deep model and ML-100K protocol of `30_deep` (`--stem 30_deep`), each multi-task
+model on `mtl-75-25` (`--stem 40_multitask`), and each meta-learner at k = 5, where `60_meta`
+tunes them (`--stem 60_meta`), the study's configurations are drawn again with `--budget` (the
+draws are nested: `tuning.configurations` with the first seed gives the study's 4 first) and
+each is tried as the study tries one (`executors.run_trial`: early stopping on the protocol's
+validation data, seed 42, one thread). The best of the first 4 is the study's choice (checked
+against the committed `tables/hyperparameters.csv`: another CPU can round a training to
+another early-stopped epoch count); the best of all is the larger search's. Both are fitted
+for seeds 42-44 as the study fits a cell (`runner.evaluate_cell`), on the search's own board
+(30_deep, 40_multitask) or on C3's boards, k = 10 and 20 (60_meta), and read against the
+board's best model of the other families, from the committed per-user values of
+`results/<stem>` (`leaderboard.versus_reference`'s test: Wilcoxon over users of the seed-mean
+metric, Holm-corrected over the family's models on the board). Each search is saved as it
+finishes (`--out`, one pickle each), so the models can run in two processes and an
+interrupted run resumes; `--report` prints the table from them.
 """
 
 from __future__ import annotations
@@ -68,8 +69,11 @@ class Case:
 
 
 def cases(stem: str, models: list[str]) -> list[Case]:
-    """30_deep: every deep model on the protocols it runs; 60_meta: the meta-learners, tuned
-    at k = 5 and read on claim C3's boards (k = 10, 20)."""
+    """30_deep: every deep model on the protocols it runs; 40_multitask: the multi-task models
+    on `mtl-75-25`; 60_meta: the meta-learners, tuned at k = 5 and read on claim C3's boards
+    (k = 10, 20)."""
+    if stem == "40_multitask":
+        return [Case(stem, "mtl-75-25", m, ("mtl-75-25",)) for m in plans.MULTITASK if m in models]
     if stem == "60_meta":
         boards = (coldstart_name(10), coldstart_name(20))
         return [Case(stem, coldstart_name(5), m, boards) for m in plans.META if m in models]
@@ -176,7 +180,7 @@ def report(out: Path, stem: str) -> None:
         raise SystemExit(f"no {stem} searches under {out}")
     results = records[0]["case"].results
     committed = pd.read_csv(results / "metrics.csv")
-    metrics = ["ndcg@10", "rmse"] if stem == "60_meta" else ["ndcg@10"]
+    metrics = ["ndcg@10"] if stem == "30_deep" else ["ndcg@10", "rmse"]
     print("| board | metric | model | study's choice (of 4): index, validation | larger search's "
           "(of 16) | test, study's choice (committed) | larger search's | reference | "
           "outcome, study's / larger |")  # fmt: skip
@@ -221,9 +225,9 @@ def report(out: Path, stem: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stem", choices=["30_deep", "60_meta"], default="30_deep")
+    parser.add_argument("--stem", choices=["30_deep", "40_multitask", "60_meta"], default="30_deep")
     parser.add_argument("--models", default=",".join((*plans.DEEP_TOPN, *plans.DEEP_SEQUENTIAL,
-                                                      *plans.META)))  # fmt: skip
+                                                      *plans.MULTITASK, *plans.META)))  # fmt: skip
     parser.add_argument("--budget", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path("/tmp/tuning_budget"))
     parser.add_argument("--report", action="store_true")
