@@ -51,7 +51,7 @@ from metarec_lib.study import TuneRequest, _validation_data, epoch_param, refit_
 from metarec_lib.tuning import choose, configurations
 
 SEEDS = [42, 43, 44]
-STUDY_BUDGET = 4  # the `budget` of 30_deep and 60_meta's neural models
+STUDY_BUDGET = 4  # the `budget` of 30_deep, 40_multitask and 60_meta's neural models
 
 
 @dataclass(frozen=True)
@@ -143,9 +143,10 @@ def measure(case: Case, budget: int, out: Path) -> None:
     print(f"{case.tuned_on} {case.model}: done in {record['seconds']:.0f} s", flush=True)
 
 
-def reference(case: Case, protocol: str, metric: str) -> tuple[str, float, pd.Series]:
-    """The best model of the other families on the committed ML-100K board."""
-    metrics = pd.read_csv(case.results / "metrics.csv")
+def reference(metrics: pd.DataFrame, case: Case, protocol: str,
+              metric: str) -> tuple[str, float, pd.Series]:  # fmt: skip
+    """The best model of the other families on the committed ML-100K board (`metrics`: the
+    committed `metrics.csv` of the case's notebook)."""
     family = model_class(case.model).family
     board = metrics[(metrics.dataset == "ml-100k") & (metrics.protocol == protocol)
                     & (metrics.metric == metric) & (metrics.family != family)]  # fmt: skip
@@ -181,6 +182,7 @@ def report(out: Path, stem: str) -> None:
     results = records[0]["case"].results
     committed = pd.read_csv(results / "metrics.csv")
     metrics = ["ndcg@10"] if stem == "30_deep" else ["ndcg@10", "rmse"]
+    notes = [committed_note(r) for r in records]  # one hyperparameters.csv read per search
     print("| board | metric | model | study's choice (of 4): index, validation | larger search's "
           "(of 16) | test, study's choice (committed) | larger search's | reference | "
           "outcome, study's / larger |")  # fmt: skip
@@ -188,7 +190,7 @@ def report(out: Path, stem: str) -> None:
     boards = dict.fromkeys(p for r in records for p in r["case"].boards)
     for protocol, metric in itertools.product(boards, metrics):
         rows = [r for r in records if protocol in r["case"].boards]
-        ref_name, ref_mean, ref_user = reference(rows[0]["case"], protocol, metric)
+        ref_name, ref_mean, ref_user = reference(committed, rows[0]["case"], protocol, metric)
         better = higher_is_better(metric)
         outcomes = {}
         for which in ("study_test", "larger_test"):
@@ -204,7 +206,9 @@ def report(out: Path, stem: str) -> None:
                 sign = np.sign(t["mean_diff"]) * (1 if better else -1)
                 word = "tie" if p >= 0.05 or sign == 0 else ("wins" if sign > 0 else "loses")
                 outcomes[(r["case"].model, which)] = f"{word} (p = {p:.2g})"
-        for r in rows:
+        for r, note in zip(records, notes, strict=True):
+            if protocol not in r["case"].boards:
+                continue
             model, scores = r["case"].model, r["scores"]
             s, big = r["study_index"], r["larger_index"]
             kept = committed[(committed.dataset == "ml-100k") & (committed.protocol == protocol)
@@ -212,7 +216,7 @@ def report(out: Path, stem: str) -> None:
                              & (committed.metric == metric)]  # fmt: skip
             larger = r.get("larger_test")
             larger_text = "same" if larger is None else f"{seed_mean(larger[protocol], metric):.4f}"
-            print(f"| {protocol} | {metric} | {model} | {s}, {scores[s]:.4f}{committed_note(r)} "
+            print(f"| {protocol} | {metric} | {model} | {s}, {scores[s]:.4f}{note} "
                   f"| {big}, {scores[big]:.4f} | "
                   f"{seed_mean(r['study_test'][protocol], metric):.4f} "
                   f"({kept['value'].mean():.4f}) | {larger_text} | {ref_name} {ref_mean:.4f} | "
