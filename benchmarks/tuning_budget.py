@@ -1,8 +1,9 @@
 """What a four times larger search would give the neural models (prints; asserts nothing).
 
     METAREC_DATA_DIR=../shared/data .venv/bin/python benchmarks/tuning_budget.py \
-        [--stem 30_deep] [--models NeuMF,CFGAN,...] [--budget 16] [--out DIR]
-    .venv/bin/python benchmarks/tuning_budget.py --report [--stem 30_deep] [--out DIR]
+        [--stem 30_deep] [--dataset ml-100k] [--models NeuMF,CFGAN,...] [--budget 16] [--out DIR]
+    .venv/bin/python benchmarks/tuning_budget.py --report [--stem 30_deep] [--dataset ml-100k] \
+        [--out DIR]
 
 `30_deep` searches each deep model, `40_multitask` each multi-task model and `60_meta` each
 meta-learner with 4 random configurations (their `budget`), on ML-100K only, where most models
@@ -22,6 +23,13 @@ board's best model of the other families, from the committed per-user values of
 metric, Holm-corrected over the family's models on the board). Each search is saved as it
 finishes (`--out`, one pickle each), so the models can run in two processes and an
 interrupted run resumes; `--report` prints the table from them.
+
+`--dataset ml-latest-small` asks the other question: the study carries ML-100K's values to
+ml-latest-small (recalibrating only the epoch count), where the baselines are tuned on
+ml-latest-small itself. There the same nested draws are searched on ml-latest-small's own
+validation data, and the carried values (the committed `hyperparameters.csv` of that data set)
+are fitted beside the best of the first 4 and the best of all, for the same seeds and read
+against the same data set's board.
 """
 
 from __future__ import annotations
@@ -56,49 +64,55 @@ STUDY_BUDGET = 4  # the `budget` of 30_deep, 40_multitask and 60_meta's neural m
 
 @dataclass(frozen=True)
 class Case:
-    """One search of the study: `model` tuned under `tuned_on` (ML-100K), read on `boards`."""
+    """One search: `model` tuned under `tuned_on` on `dataset`, read on `boards` there."""
 
     stem: str
     tuned_on: str
     model: str
     boards: tuple[str, ...]
+    dataset: str = "ml-100k"
 
     @property
     def results(self) -> Path:
         return Path("results") / self.stem
 
 
-def cases(stem: str, models: list[str]) -> list[Case]:
+def cases(stem: str, models: list[str], dataset: str = "ml-100k") -> list[Case]:
     """30_deep: every deep model on the protocols it runs; 40_multitask: the multi-task models
     on `mtl-75-25`; 60_meta: the meta-learners, tuned at k = 5 and read on claim C3's boards
     (k = 10, 20)."""
     if stem == "40_multitask":
-        return [Case(stem, "mtl-75-25", m, ("mtl-75-25",)) for m in plans.MULTITASK if m in models]
+        return [Case(stem, "mtl-75-25", m, ("mtl-75-25",), dataset)
+                for m in plans.MULTITASK if m in models]  # fmt: skip
     if stem == "60_meta":
         boards = (coldstart_name(10), coldstart_name(20))
-        return [Case(stem, coldstart_name(5), m, boards) for m in plans.META if m in models]
+        return [Case(stem, coldstart_name(5), m, boards, dataset)
+                for m in plans.META if m in models]  # fmt: skip
     deep = (*plans.DEEP_TOPN, *plans.DEEP_SEQUENTIAL)
-    return [Case(stem, plan.protocol, m, (plan.protocol,))
+    return [Case(stem, plan.protocol, m, (plan.protocol,), dataset)
             for plan in plans.PLANS[stem] for m in plan.models
             if m in models and m in deep]  # fmt: skip
 
 
-def committed_params(case: Case) -> dict:
+def committed_params(case: Case, protocol: str | None = None) -> dict:
+    """The values the committed run fitted the case's cells with on `protocol` (default: its
+    first board); on ml-latest-small, ML-100K's tuned values with the epochs recalibrated."""
     table = pd.read_csv(case.results / "tables" / "hyperparameters.csv")
-    row = table[(table.dataset == "ml-100k") & (table.protocol == case.boards[0])
+    row = table[(table.dataset == case.dataset) & (table.protocol == (protocol or case.boards[0]))
                 & (table.model == case.model)]  # fmt: skip
     return json.loads(row["params"].iloc[0])
 
 
-def cell_values(case: Case, params: dict, dataset) -> dict[str, dict]:
-    """Per board: each seed's cell metrics and per-user metrics of `params`, as the study's
-    cells compute them."""
+def cell_values(case: Case, params: dict | None, dataset) -> dict[str, dict]:
+    """Per board: each seed's cell metrics and per-user metrics of `params` (None: the values
+    the committed run fitted on that board), as the study's cells compute them."""
     out = {}
     for protocol in case.boards:
         frames, cells = [], []
+        values = committed_params(case, protocol) if params is None else params
         for seed in SEEDS:
             split = split_factory(protocol, dataset)(seed)
-            model = get_model(case.model, device="cpu", **params)
+            model = get_model(case.model, device="cpu", **values)
             cell = evaluate_cell(model, split, dataset.encoder(), seed=seed,
                                  task=task_of(protocol))  # fmt: skip
             frames.append(cell.per_user.assign(seed=seed))
@@ -108,11 +122,11 @@ def cell_values(case: Case, params: dict, dataset) -> dict[str, dict]:
 
 
 def measure(case: Case, budget: int, out: Path) -> None:
-    path = out / f"{case.stem}__{case.tuned_on}__{case.model}.pkl"
+    path = out / f"{case.stem}__{case.dataset}__{case.tuned_on}__{case.model}.pkl"
     if path.exists():
         return
     start = time.perf_counter()
-    dataset = load_dataset("ml-100k")
+    dataset = load_dataset(case.dataset)
     cls = model_class(case.model)
     request = TuneRequest(dataset, case.tuned_on, case.model, budget)
     train, valid, kind = _validation_data(request, SEEDS[0])
@@ -123,8 +137,9 @@ def measure(case: Case, budget: int, out: Path) -> None:
     for i, config in enumerate(configs):
         job = TrialJob(case.model, config, "cpu", train, valid, kind, SEEDS[0], higher)
         outcomes.append(run_trial(job))
-        print(f"  {case.tuned_on} {case.model} trial {i}: {kind} {outcomes[-1][0]:.4f} "
-              f"({outcomes[-1][1]:.0f} s)", flush=True)  # fmt: skip
+        score, seconds = outcomes[-1][:2]
+        print(f"  {case.dataset} {case.tuned_on} {case.model} trial {i}: {kind} {score:.4f} "
+              f"({seconds:.0f} s)", flush=True)  # fmt: skip
     study = choose(configs[:STUDY_BUDGET], outcomes[:STUDY_BUDGET], cls.space,
                    higher_is_better=higher)  # fmt: skip
     larger = choose(configs, outcomes, cls.space, higher_is_better=higher)
@@ -138,9 +153,14 @@ def measure(case: Case, budget: int, out: Path) -> None:
     }  # fmt: skip
     if larger_params != study_params:
         record["larger_test"] = cell_values(case, larger_params, dataset)
+    if case.dataset != "ml-100k":  # the study carried ML-100K's values here; fit them too
+        record["transferred_test"] = cell_values(case, None, dataset)
     record["seconds"] = time.perf_counter() - start
     atomic_write_bytes(path, pickle.dumps(record))
-    print(f"{case.tuned_on} {case.model}: done in {record['seconds']:.0f} s", flush=True)
+    print(
+        f"{case.dataset} {case.tuned_on} {case.model}: done in {record['seconds']:.0f} s",
+        flush=True,
+    )
 
 
 def reference(metrics: pd.DataFrame, case: Case, protocol: str,
@@ -148,12 +168,12 @@ def reference(metrics: pd.DataFrame, case: Case, protocol: str,
     """The best model of the other families on the committed ML-100K board (`metrics`: the
     committed `metrics.csv` of the case's notebook)."""
     family = model_class(case.model).family
-    board = metrics[(metrics.dataset == "ml-100k") & (metrics.protocol == protocol)
+    board = metrics[(metrics.dataset == case.dataset) & (metrics.protocol == protocol)
                     & (metrics.metric == metric) & (metrics.family != family)]  # fmt: skip
     means = board.groupby("model")["value"].mean()
     means = means.sort_values(ascending=not higher_is_better(metric))
     best = str(means.index[0])
-    user = per_user_means(case.results, "ml-100k", protocol, best, metric)
+    user = per_user_means(case.results, case.dataset, protocol, best, metric)
     return best, float(means.iloc[0]), user
 
 
@@ -175,53 +195,77 @@ def seed_mean(values: dict, metric: str) -> float:
     return float(np.mean([cell[metric] for cell in values["cells"]]))
 
 
-def report(out: Path, stem: str) -> None:
-    records = [pickle.loads(p.read_bytes()) for p in sorted(out.glob(f"{stem}__*.pkl"))]
+def outcome_words(rows: list[dict], which: str, protocol: str, metric: str,
+                  ref_user: pd.Series) -> dict[str, str]:  # fmt: skip
+    """{model: "wins / tie / loses (p = Holm-adjusted p)"} of the `which` fits of `rows`
+    against the reference's per-user values (Wilcoxon, Holm over the family's models)."""
+    tests = []
+    for r in rows:
+        frame = r.get(which, r["study_test"])[protocol]["per_user"]
+        user = frame.groupby("user_id")[metric].mean()
+        users = sorted(set(user.index) & set(ref_user.index))
+        tests.append(paired_test(user.reindex(users).to_numpy(),
+                                 ref_user.reindex(users).to_numpy()))  # fmt: skip
+    adjusted = holm(np.array([t["wilcoxon_p"] for t in tests]))
+    better = 1 if higher_is_better(metric) else -1
+    words = {}
+    for r, t, p in zip(rows, tests, adjusted, strict=True):
+        sign = np.sign(t["mean_diff"]) * better
+        word = "tie" if p >= 0.05 or sign == 0 else ("wins" if sign > 0 else "loses")
+        words[r["case"].model] = f"{word} (p = {p:.2g})"
+    return words
+
+
+def report(out: Path, stem: str, dataset: str = "ml-100k") -> None:
+    records = [pickle.loads(p.read_bytes())
+               for p in sorted(out.glob(f"{stem}__{dataset}__*.pkl"))]  # fmt: skip
     if not records:
-        raise SystemExit(f"no {stem} searches under {out}")
+        raise SystemExit(f"no {stem} searches on {dataset} under {out}")
     results = records[0]["case"].results
     committed = pd.read_csv(results / "metrics.csv")
     metrics = ["ndcg@10"] if stem == "30_deep" else ["ndcg@10", "rmse"]
-    notes = [committed_note(r) for r in records]  # one hyperparameters.csv read per search
-    print("| board | metric | model | study's choice (of 4): index, validation | larger search's "
-          "(of 16) | test, study's choice (committed) | larger search's | reference | "
-          "outcome, study's / larger |")  # fmt: skip
-    print("|---|---|---|---|---|---:|---:|---|---|")
+    # On ML-100K the study searched (its choice is the first 4's best); elsewhere it carried
+    # ML-100K's values over, and the search here is one it did not make.
+    carried = dataset != "ml-100k"
+    whiches = (
+        ("transferred_test", "study_test", "larger_test")
+        if carried
+        else ("study_test", "larger_test")
+    )
+    notes = ["" if carried else committed_note(r) for r in records]  # one read per search
+    print(f"{dataset}:\n")
+    print("| board | metric | model | "
+          + ("carried from ML-100K (committed) | " if carried else "")
+          + "best of first 4: index, validation | best of 16: index, validation | test, best of 4"
+          + ("" if carried else " (committed)") + " | test, best of 16 | reference | outcome, "
+          + ("carried / " if carried else "") + "of 4 / of 16 |")  # fmt: skip
+    print("|---|---|---|" + ("---:|" if carried else "") + "---|---|---:|---:|---|---|")
     boards = dict.fromkeys(p for r in records for p in r["case"].boards)
     for protocol, metric in itertools.product(boards, metrics):
         rows = [r for r in records if protocol in r["case"].boards]
         ref_name, ref_mean, ref_user = reference(committed, rows[0]["case"], protocol, metric)
-        better = higher_is_better(metric)
-        outcomes = {}
-        for which in ("study_test", "larger_test"):
-            tests = []
-            for r in rows:
-                frame = r.get(which, r["study_test"])[protocol]["per_user"]
-                user = frame.groupby("user_id")[metric].mean()
-                users = sorted(set(user.index) & set(ref_user.index))
-                tests.append(paired_test(user.reindex(users).to_numpy(),
-                                         ref_user.reindex(users).to_numpy()))  # fmt: skip
-            adjusted = holm(np.array([t["wilcoxon_p"] for t in tests]))
-            for r, t, p in zip(rows, tests, adjusted, strict=True):
-                sign = np.sign(t["mean_diff"]) * (1 if better else -1)
-                word = "tie" if p >= 0.05 or sign == 0 else ("wins" if sign > 0 else "loses")
-                outcomes[(r["case"].model, which)] = f"{word} (p = {p:.2g})"
+        outcomes = {w: outcome_words(rows, w, protocol, metric, ref_user) for w in whiches}
         for r, note in zip(records, notes, strict=True):
             if protocol not in r["case"].boards:
                 continue
             model, scores = r["case"].model, r["scores"]
             s, big = r["study_index"], r["larger_index"]
-            kept = committed[(committed.dataset == "ml-100k") & (committed.protocol == protocol)
+            kept = committed[(committed.dataset == dataset) & (committed.protocol == protocol)
                              & (committed.model == model)
-                             & (committed.metric == metric)]  # fmt: skip
+                             & (committed.metric == metric)]["value"].mean()  # fmt: skip
             larger = r.get("larger_test")
             larger_text = "same" if larger is None else f"{seed_mean(larger[protocol], metric):.4f}"
-            print(f"| {protocol} | {metric} | {model} | {s}, {scores[s]:.4f}{note} "
-                  f"| {big}, {scores[big]:.4f} | "
-                  f"{seed_mean(r['study_test'][protocol], metric):.4f} "
-                  f"({kept['value'].mean():.4f}) | {larger_text} | {ref_name} {ref_mean:.4f} | "
-                  f"{outcomes[(model, 'study_test')]} / "
-                  f"{outcomes[(model, 'larger_test')]} |")  # fmt: skip
+            study_text = f"{seed_mean(r['study_test'][protocol], metric):.4f}"
+            cells = [protocol, metric, model]
+            if carried:
+                cells.append(f"{seed_mean(r['transferred_test'][protocol], metric):.4f} "
+                             f"({kept:.4f})")  # fmt: skip
+            else:
+                study_text += f" ({kept:.4f})"
+            cells += [f"{s}, {scores[s]:.4f}{note}", f"{big}, {scores[big]:.4f}", study_text,
+                      larger_text, f"{ref_name} {ref_mean:.4f}",
+                      " / ".join(outcomes[w][model] for w in whiches)]  # fmt: skip
+            print("| " + " | ".join(cells) + " |")
     seconds = sum(r["seconds"] for r in records)
     trials = sum(sum(r["trial_seconds"]) for r in records)
     print(f"\n{len(records)} searches: {seconds:.0f} s in all, {trials:.0f} s of trials")
@@ -232,16 +276,17 @@ def main() -> None:
     parser.add_argument("--stem", choices=["30_deep", "40_multitask", "60_meta"], default="30_deep")
     parser.add_argument("--models", default=",".join((*plans.DEEP_TOPN, *plans.DEEP_SEQUENTIAL,
                                                       *plans.MULTITASK, *plans.META)))  # fmt: skip
+    parser.add_argument("--dataset", choices=["ml-100k", "ml-latest-small"], default="ml-100k")
     parser.add_argument("--budget", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path("/tmp/tuning_budget"))
     parser.add_argument("--report", action="store_true")
     args = parser.parse_args()
     if args.report:
-        report(args.out, args.stem)
+        report(args.out, args.stem, args.dataset)
         return
     torch.set_num_threads(1)  # as the study's workers
     args.out.mkdir(parents=True, exist_ok=True)
-    for case in cases(args.stem, [m for m in args.models.split(",") if m]):
+    for case in cases(args.stem, [m for m in args.models.split(",") if m], args.dataset):
         measure(case, args.budget, args.out)
 
 
