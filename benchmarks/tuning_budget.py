@@ -165,7 +165,7 @@ def measure(case: Case, budget: int, out: Path) -> None:
 
 def reference(metrics: pd.DataFrame, case: Case, protocol: str,
               metric: str) -> tuple[str, float, pd.Series]:  # fmt: skip
-    """The best model of the other families on the committed ML-100K board (`metrics`: the
+    """The best model of the other families on the case's committed board (`metrics`: the
     committed `metrics.csv` of the case's notebook)."""
     family = model_class(case.model).family
     board = metrics[(metrics.dataset == case.dataset) & (metrics.protocol == protocol)
