@@ -20,7 +20,10 @@ for seeds 42-44 as the study fits a cell (`runner.evaluate_cell`), on the search
 (30_deep, 40_multitask) or on C3's boards, k = 10 and 20 (60_meta), and read against the
 board's best model of the other families, from the committed per-user values of
 `results/<stem>` (`leaderboard.versus_reference`'s test: Wilcoxon over users of the seed-mean
-metric, Holm-corrected over the family's models on the board). Each search is saved as it
+metric, Holm-corrected over the family's models on the board). A chosen configuration whose
+fit diverges on a board (FloatingPointError; a meta-learner that trains at k = 5 may not at
+k = 20) gives way to the next best by validation score, and the table names the one passed
+over; carried values that diverge are reported as "diverged". Each search is saved as it
 finishes (`--out`, one pickle each), so the models can run in two processes and an
 interrupted run resumes; `--report` prints the table from them.
 
@@ -103,22 +106,57 @@ def committed_params(case: Case, protocol: str | None = None) -> dict:
     return json.loads(row["params"].iloc[0])
 
 
-def cell_values(case: Case, params: dict | None, dataset) -> dict[str, dict]:
+def cell_values(case: Case, params: dict | None, dataset,
+                done: dict[str, dict] | None = None) -> dict[str, dict]:  # fmt: skip
     """Per board: each seed's cell metrics and per-user metrics of `params` (None: the values
-    the committed run fitted on that board), as the study's cells compute them."""
+    the committed run fitted on that board), as the study's cells compute them. `done` holds
+    the boards already fitted with `done_params` ({"params": ..., "values": ...}), reused where
+    the values are the same. A training that diverges (FloatingPointError) leaves the board
+    {"diverged": what it said}: the study's own cell would have stopped the run there."""
     out = {}
     for protocol in case.boards:
-        frames, cells = [], []
         values = committed_params(case, protocol) if params is None else params
+        if done is not None and done["params"] == values:
+            out[protocol] = done["values"][protocol]
+            continue
+        frames, cells = [], []
         for seed in SEEDS:
             split = split_factory(protocol, dataset)(seed)
             model = get_model(case.model, device="cpu", **values)
-            cell = evaluate_cell(model, split, dataset.encoder(), seed=seed,
-                                 task=task_of(protocol))  # fmt: skip
+            try:
+                cell = evaluate_cell(model, split, dataset.encoder(), seed=seed,
+                                     task=task_of(protocol))  # fmt: skip
+            except FloatingPointError as error:
+                print(f"  {case.model} on {protocol}, seed {seed}: {error}", flush=True)
+                out[protocol] = {"diverged": f"seed {seed}: {error}"}
+                break
             frames.append(cell.per_user.assign(seed=seed))
             cells.append(cell.metrics)
-        out[protocol] = {"per_user": pd.concat(frames, ignore_index=True), "cells": cells}
+        else:
+            out[protocol] = {"per_user": pd.concat(frames, ignore_index=True), "cells": cells}
     return out
+
+
+def fitted_choice(case: Case, configs: list[dict], outcomes: list, n: int, dataset,
+                  higher: bool, fitted: dict[int, tuple[dict, dict]]) -> tuple:  # fmt: skip
+    """(index, refit values, board values, indices skipped) of the best of the first `n`
+    configurations by validation score whose cells train on every board: one that diverges
+    there (a validation fit at k = 5 can train where a board's fit does not) gives way to the
+    next best, as a practitioner would take it. `fitted` remembers each index's fit."""
+    cls = model_class(case.model)
+    skipped: list[int] = []
+    while True:
+        pool = [i for i in range(n) if i not in skipped]
+        result = choose([configs[i] for i in pool], [outcomes[i] for i in pool], cls.space,
+                        higher_is_better=higher)  # fmt: skip
+        index = configs.index(result.best)
+        if index not in fitted:
+            params = refit_params(cls, result)
+            fitted[index] = (params, cell_values(case, params, dataset))
+        params, values = fitted[index]
+        if not any("diverged" in v for v in values.values()):
+            return index, params, values, skipped
+        skipped.append(index)
 
 
 def measure(case: Case, budget: int, out: Path) -> None:
@@ -140,21 +178,22 @@ def measure(case: Case, budget: int, out: Path) -> None:
         score, seconds = outcomes[-1][:2]
         print(f"  {case.dataset} {case.tuned_on} {case.model} trial {i}: {kind} {score:.4f} "
               f"({seconds:.0f} s)", flush=True)  # fmt: skip
-    study = choose(configs[:STUDY_BUDGET], outcomes[:STUDY_BUDGET], cls.space,
-                   higher_is_better=higher)  # fmt: skip
-    larger = choose(configs, outcomes, cls.space, higher_is_better=higher)
-    study_params, larger_params = refit_params(cls, study), refit_params(cls, larger)
+    fitted: dict[int, tuple[dict, dict]] = {}
+    study = fitted_choice(case, configs, outcomes, STUDY_BUDGET, dataset, higher, fitted)
+    larger = fitted_choice(case, configs, outcomes, len(configs), dataset, higher, fitted)
     record = {
         "case": case, "budget": budget, "kind": kind,
         "scores": [o[0] for o in outcomes], "trial_seconds": [o[1] for o in outcomes],
-        "study_index": configs.index(study.best), "larger_index": configs.index(larger.best),
-        "study_params": study_params, "larger_params": larger_params,
-        "study_test": cell_values(case, study_params, dataset),
+        "study_index": study[0], "larger_index": larger[0],
+        "study_params": study[1], "larger_params": larger[1],
+        "study_test": study[2], "study_skipped": study[3], "larger_skipped": larger[3],
     }  # fmt: skip
-    if larger_params != study_params:
-        record["larger_test"] = cell_values(case, larger_params, dataset)
+    study_params = study[1]
+    if larger[1] != study_params:
+        record["larger_test"] = larger[2]
     if case.dataset != "ml-100k":  # the study carried ML-100K's values here; fit them too
-        record["transferred_test"] = cell_values(case, None, dataset)
+        done = {"params": study_params, "values": record["study_test"]}
+        record["transferred_test"] = cell_values(case, None, dataset, done)
     record["seconds"] = time.perf_counter() - start
     atomic_write_bytes(path, pickle.dumps(record))
     print(
@@ -190,26 +229,39 @@ def committed_note(record: dict) -> str:
     return " (not the committed configuration)"
 
 
-def seed_mean(values: dict, metric: str) -> float:
-    """The mean over seeds of a board's cell metric (`metrics.csv`'s value)."""
-    return float(np.mean([cell[metric] for cell in values["cells"]]))
+def skipped_note(skipped: list[int]) -> str:
+    """What `fitted_choice` passed over: the better configurations whose cells diverged."""
+    if not skipped:
+        return ""
+    return f" ({', '.join(map(str, skipped))} diverged on the boards)"
+
+
+def seed_mean(values: dict, metric: str) -> str:
+    """The mean over seeds of a board's cell metric (`metrics.csv`'s value), or "diverged"."""
+    if "diverged" in values:
+        return "diverged"
+    return f"{np.mean([cell[metric] for cell in values['cells']]):.4f}"
 
 
 def outcome_words(rows: list[dict], which: str, protocol: str, metric: str,
                   ref_user: pd.Series) -> dict[str, str]:  # fmt: skip
     """{model: "wins / tie / loses (p = Holm-adjusted p)"} of the `which` fits of `rows`
     against the reference's per-user values (Wilcoxon, Holm over the family's models)."""
-    tests = []
+    tests, fitted = [], []
+    words = {}
     for r in rows:
-        frame = r.get(which, r["study_test"])[protocol]["per_user"]
-        user = frame.groupby("user_id")[metric].mean()
+        values = r.get(which, r["study_test"])[protocol]
+        if "diverged" in values:  # no fit to test; Holm runs over the others
+            words[r["case"].model] = "diverged"
+            continue
+        user = values["per_user"].groupby("user_id")[metric].mean()
         users = sorted(set(user.index) & set(ref_user.index))
         tests.append(paired_test(user.reindex(users).to_numpy(),
                                  ref_user.reindex(users).to_numpy()))  # fmt: skip
+        fitted.append(r)
     adjusted = holm(np.array([t["wilcoxon_p"] for t in tests]))
     better = 1 if higher_is_better(metric) else -1
-    words = {}
-    for r, t, p in zip(rows, tests, adjusted, strict=True):
+    for r, t, p in zip(fitted, tests, adjusted, strict=True):
         sign = np.sign(t["mean_diff"]) * better
         word = "tie" if p >= 0.05 or sign == 0 else ("wins" if sign > 0 else "loses")
         words[r["case"].model] = f"{word} (p = {p:.2g})"
@@ -254,15 +306,18 @@ def report(out: Path, stem: str, dataset: str = "ml-100k") -> None:
                              & (committed.model == model)
                              & (committed.metric == metric)]["value"].mean()  # fmt: skip
             larger = r.get("larger_test")
-            larger_text = "same" if larger is None else f"{seed_mean(larger[protocol], metric):.4f}"
-            study_text = f"{seed_mean(r['study_test'][protocol], metric):.4f}"
+            larger_text = "same" if larger is None else seed_mean(larger[protocol], metric)
+            study_text = seed_mean(r["study_test"][protocol], metric)
             cells = [protocol, metric, model]
             if carried:
-                cells.append(f"{seed_mean(r['transferred_test'][protocol], metric):.4f} "
+                cells.append(f"{seed_mean(r['transferred_test'][protocol], metric)} "
                              f"({kept:.4f})")  # fmt: skip
             else:
                 study_text += f" ({kept:.4f})"
-            cells += [f"{s}, {scores[s]:.4f}{note}", f"{big}, {scores[big]:.4f}", study_text,
+            # (a search saved before `fitted_choice` passed over nothing)
+            passed = [skipped_note(r.get(f"{w}_skipped", [])) for w in ("study", "larger")]
+            cells += [f"{s}, {scores[s]:.4f}{note}{passed[0]}",
+                      f"{big}, {scores[big]:.4f}{passed[1]}", study_text,
                       larger_text, f"{ref_name} {ref_mean:.4f}",
                       " / ".join(outcomes[w][model] for w in whiches)]  # fmt: skip
             print("| " + " | ".join(cells) + " |")
