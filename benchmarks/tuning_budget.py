@@ -42,8 +42,10 @@ import itertools
 import json
 import pickle
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -106,18 +108,28 @@ def committed_params(case: Case, protocol: str | None = None) -> dict:
     return json.loads(row["params"].iloc[0])
 
 
+class Fit(NamedTuple):
+    """One configuration fitted on a case's boards: its index among the draws, the values it
+    was refitted with, and `cell_values`'s result."""
+
+    index: int
+    params: dict
+    values: dict[str, dict]
+
+
 def cell_values(case: Case, params: dict | None, dataset,
-                done: dict[str, dict] | None = None) -> dict[str, dict]:  # fmt: skip
+                known: Iterable[Fit] = ()) -> dict[str, dict]:  # fmt: skip
     """Per board: each seed's cell metrics and per-user metrics of `params` (None: the values
-    the committed run fitted on that board), as the study's cells compute them. `done` holds
-    the boards already fitted with `done_params` ({"params": ..., "values": ...}), reused where
-    the values are the same. A training that diverges (FloatingPointError) leaves the board
-    {"diverged": what it said}: the study's own cell would have stopped the run there."""
+    the committed run fitted on that board), as the study's cells compute them; a board whose
+    values one of the `known` fits has already fitted takes that fit's. A training that
+    diverges (FloatingPointError) leaves the board {"diverged": what it said}: the study's own
+    cell would have stopped the run there."""
     out = {}
     for protocol in case.boards:
         values = committed_params(case, protocol) if params is None else params
-        if done is not None and done["params"] == values:
-            out[protocol] = done["values"][protocol]
+        same = next((fit.values for fit in known if fit.params == values), None)
+        if same is not None:
+            out[protocol] = same[protocol]
             continue
         frames, cells = [], []
         for seed in SEEDS:
@@ -138,11 +150,11 @@ def cell_values(case: Case, params: dict | None, dataset,
 
 
 def fitted_choice(case: Case, configs: list[dict], outcomes: list, n: int, dataset,
-                  higher: bool, fitted: dict[int, tuple[dict, dict]]) -> tuple:  # fmt: skip
-    """(index, refit values, board values, indices skipped) of the best of the first `n`
-    configurations by validation score whose cells train on every board: one that diverges
-    there (a validation fit at k = 5 can train where a board's fit does not) gives way to the
-    next best, as a practitioner would take it. `fitted` remembers each index's fit."""
+                  higher: bool, fitted: dict[int, Fit]) -> tuple[Fit, list[int]]:  # fmt: skip
+    """(fit, indices skipped) of the best of the first `n` configurations by validation score
+    whose cells train on every board: one that diverges there (a validation fit at k = 5 can
+    train where a board's fit does not) gives way to the next best, as a practitioner would
+    take it. `fitted` remembers each index's fit."""
     cls = model_class(case.model)
     skipped: list[int] = []
     while True:
@@ -152,10 +164,10 @@ def fitted_choice(case: Case, configs: list[dict], outcomes: list, n: int, datas
         index = configs.index(result.best)
         if index not in fitted:
             params = refit_params(cls, result)
-            fitted[index] = (params, cell_values(case, params, dataset))
-        params, values = fitted[index]
-        if not any("diverged" in v for v in values.values()):
-            return index, params, values, skipped
+            fitted[index] = Fit(index, params, cell_values(case, params, dataset))
+        fit = fitted[index]
+        if not any("diverged" in v for v in fit.values.values()):
+            return fit, skipped
         skipped.append(index)
 
 
@@ -178,22 +190,23 @@ def measure(case: Case, budget: int, out: Path) -> None:
         score, seconds = outcomes[-1][:2]
         print(f"  {case.dataset} {case.tuned_on} {case.model} trial {i}: {kind} {score:.4f} "
               f"({seconds:.0f} s)", flush=True)  # fmt: skip
-    fitted: dict[int, tuple[dict, dict]] = {}
-    study = fitted_choice(case, configs, outcomes, STUDY_BUDGET, dataset, higher, fitted)
-    larger = fitted_choice(case, configs, outcomes, len(configs), dataset, higher, fitted)
+    fitted: dict[int, Fit] = {}
+    study, study_skipped = fitted_choice(case, configs, outcomes, STUDY_BUDGET, dataset, higher,
+                                         fitted)  # fmt: skip
+    larger, larger_skipped = fitted_choice(case, configs, outcomes, len(configs), dataset,
+                                           higher, fitted)  # fmt: skip
     record = {
         "case": case, "budget": budget, "kind": kind,
         "scores": [o[0] for o in outcomes], "trial_seconds": [o[1] for o in outcomes],
-        "study_index": study[0], "larger_index": larger[0],
-        "study_params": study[1], "larger_params": larger[1],
-        "study_test": study[2], "study_skipped": study[3], "larger_skipped": larger[3],
+        "study_index": study.index, "larger_index": larger.index,
+        "study_params": study.params, "larger_params": larger.params,
+        "study_test": study.values, "study_skipped": study_skipped,
+        "larger_skipped": larger_skipped,
     }  # fmt: skip
-    study_params = study[1]
-    if larger[1] != study_params:
-        record["larger_test"] = larger[2]
+    if larger.params != study.params:
+        record["larger_test"] = larger.values
     if case.dataset != "ml-100k":  # the study carried ML-100K's values here; fit them too
-        done = {"params": study_params, "values": record["study_test"]}
-        record["transferred_test"] = cell_values(case, None, dataset, done)
+        record["transferred_test"] = cell_values(case, None, dataset, fitted.values())
     record["seconds"] = time.perf_counter() - start
     atomic_write_bytes(path, pickle.dumps(record))
     print(
