@@ -414,3 +414,33 @@ def test_mix_without_gradients_matches_the_softmax_with_them():
     torch.testing.assert_close(got_w.sum(-1), torch.ones(4, 6))
     e = np.exp(np.array([0.0, -1.0]))
     np.testing.assert_allclose(got_w[0, 0].numpy(), [*(e / e.sum()), 0.0], rtol=1e-6)
+
+
+def test_mix_without_gradients_sums_the_same_products_and_leaves_the_experts():
+    """Scoring accumulates the mixture in place: bitwise the sum of w_k * expert_k taken in
+    order, and the experts (which every task's gate reads) are not overwritten."""
+    gen = torch.Generator().manual_seed(4)
+    logits = torch.randn(3, 5, 4, generator=gen)
+    experts = [torch.randn(3, 5, 6, generator=gen) for _ in range(4)]
+    copies = [e.clone() for e in experts]
+    with torch.no_grad():
+        w, mixed = _mix(logits, experts)
+    want = w[..., :1] * copies[0]
+    for k in range(1, 4):
+        want = want + w[..., k : k + 1] * copies[k]
+    assert torch.equal(mixed, want)
+    assert all(torch.equal(e, c) for e, c in zip(experts, copies, strict=True))
+
+
+@pytest.mark.parametrize("cls", MODELS_, ids=lambda c: c.name)
+def test_outputs_asked_together_equal_outputs_asked_one_at_a_time(cls):
+    """Without gradients the activations work in place; no task's output may change another's
+    (the experts and first-layer outputs are read by several gates and heads)."""
+    model = fitted(cls)
+    users, items = torch.tensor([[0], [3], [7]]), torch.arange(model.n_items_)[None, :]
+    module = model.module_
+    with torch.no_grad():
+        together = module(users, items)
+        alone = {t: module(users, items, (t,))[t] for t in together}
+    for task, value in together.items():
+        assert torch.equal(value, alone[task]), task

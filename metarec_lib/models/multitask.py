@@ -78,6 +78,7 @@ from torch.nn import functional as F
 from metarec_lib.data.dataset import Interactions
 from metarec_lib.models.base import ClipsRatings
 from metarec_lib.models.content import _column_text, _FeatureCoder, split_pipes
+from metarec_lib.models.layers import ReLU
 from metarec_lib.models.neumf import sample_negatives
 from metarec_lib.models.popularity import MostPop
 from metarec_lib.models.registry import register
@@ -236,9 +237,9 @@ class MLP(nn.Module):
     def __init__(self, dims: Sequence[int], widths: Sequence[int], generator: torch.Generator):
         super().__init__()
         self.first = SplitLinear(dims, widths[0], generator)
-        rest: list[nn.Module] = [nn.ReLU()]
+        rest: list[nn.Module] = [ReLU()]
         for n_in, n_out in zip(widths[:-1], widths[1:], strict=True):
-            rest += [_linear(n_in, n_out, generator), nn.ReLU()]
+            rest += [_linear(n_in, n_out, generator), ReLU()]
         self.rest = nn.Sequential(*rest)
         self.width = int(sum(widths))  # activations per sample, for memory budgets
 
@@ -252,9 +253,7 @@ class Tower(nn.Module):
     def __init__(self, dim: int, generator: torch.Generator) -> None:
         super().__init__()
         half = max(dim // 2, 1)
-        self.net = nn.Sequential(
-            _linear(dim, half, generator), nn.ReLU(), _linear(half, 1, generator)
-        )
+        self.net = nn.Sequential(_linear(dim, half, generator), ReLU(), _linear(half, 1, generator))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(-1)
@@ -399,8 +398,13 @@ def _mix(gate_logits: torch.Tensor, experts: Sequence[torch.Tensor]) -> tuple[to
         weights = (gate_logits - gate_logits.amax(-1, keepdim=True)).exp_()
         weights = weights.div_(weights.sum(-1, keepdim=True))
     mixed = weights[..., :1] * experts[0]  # a sum of products: no (..., E, d) stack to build
+    if torch.is_grad_enabled():
+        for k in range(1, len(experts)):
+            mixed = mixed + weights[..., k : k + 1] * experts[k]
+        return weights, mixed
+    term = torch.empty_like(mixed)  # scoring: the same products and sums, into two buffers
     for k in range(1, len(experts)):
-        mixed = mixed + weights[..., k : k + 1] * experts[k]
+        mixed.add_(torch.mul(weights[..., k : k + 1], experts[k], out=term))
     return weights, mixed
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from metarec_lib.data.dataset import Interactions
-from metarec_lib.models.layers import Dropout
+from metarec_lib.models.layers import Dropout, ReLU
 from metarec_lib.models.registry import register
 from metarec_lib.models.torch_base import TORCH_DEFAULTS, Batch, TorchRecommender
 from metarec_lib.tuning import Choice, LogUniform
@@ -98,8 +98,8 @@ class NeuMFModule(nn.Module):
         self.first = linear(2 * width, width)
         tower: list[nn.Module] = []
         for k in range(1, mlp_layers):
-            tower += [nn.ReLU(), Dropout(dropout), linear(width >> (k - 1), width >> k)]
-        self.tower = nn.Sequential(*tower, nn.ReLU())
+            tower += [ReLU(), Dropout(dropout), linear(width >> (k - 1), width >> k)]
+        self.tower = nn.Sequential(*tower, ReLU())
         self.out = linear(2 * factors, 1)
         self.width = width
 
