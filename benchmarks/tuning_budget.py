@@ -55,11 +55,11 @@ from metarec_lib import plans
 from metarec_lib.data import load_dataset
 from metarec_lib.executors import TrialJob, run_trial
 from metarec_lib.io import atomic_write_bytes
-from metarec_lib.leaderboard import higher_is_better, per_user_means
+from metarec_lib.leaderboard import higher_is_better, outcomes, per_user_means
 from metarec_lib.models.registry import get_model, model_class
 from metarec_lib.protocols import coldstart_name, split_factory, task_of
 from metarec_lib.runner import evaluate_cell
-from metarec_lib.stats import holm, paired_test
+from metarec_lib.stats import paired_test
 from metarec_lib.study import TuneRequest, _validation_data, epoch_param, refit_params
 from metarec_lib.tuning import choose, configurations
 
@@ -272,11 +272,9 @@ def outcome_words(rows: list[dict], which: str, protocol: str, metric: str,
         tests.append(paired_test(user.reindex(users).to_numpy(),
                                  ref_user.reindex(users).to_numpy()))  # fmt: skip
         fitted.append(r)
-    adjusted = holm(np.array([t["wilcoxon_p"] for t in tests]))
-    better = 1 if higher_is_better(metric) else -1
-    for r, t, p in zip(fitted, tests, adjusted, strict=True):
-        sign = np.sign(t["mean_diff"]) * better
-        word = "tie" if p >= 0.05 or sign == 0 else ("wins" if sign > 0 else "loses")
+    adjusted, outcome = outcomes([t["mean_diff"] for t in tests], [t["wilcoxon_p"] for t in tests],
+                                 metric)  # fmt: skip
+    for r, p, word in zip(fitted, adjusted, outcome, strict=True):
         words[r["case"].model] = f"{word} (p = {p:.2g})"
     return words
 

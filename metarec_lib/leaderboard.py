@@ -7,6 +7,7 @@ import functools
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from metarec_lib.stats import aggregate_frame, compare_to_best, holm, paired_test
@@ -216,7 +217,6 @@ def head_to_head(out: str | Path, dataset: str, protocol: str, model: str,
     mine = per_user_means(out, dataset, protocol, model, metric)
     if mine.empty:
         return f"- {dataset} / {protocol}: {model} did not run."
-    better = higher_is_better(metric)
     rows = []
     for other in others:
         theirs = per_user_means(out, dataset, protocol, other, metric)
@@ -227,14 +227,11 @@ def head_to_head(out: str | Path, dataset: str, protocol: str, model: str,
         rows.append((other, test["mean_diff"], test["wilcoxon_p"]))
     if not rows:
         return f"- {dataset} / {protocol}: none of {others} ran."
-    adjusted = holm(np.array([r[2] for r in rows]))
-    parts, beats_all = [], True
-    for (other, diff, _), p in zip(rows, adjusted, strict=True):
-        wins = p < 0.05 and (diff > 0) == better
-        beats_all &= bool(wins)
-        word = "beats" if wins else ("loses to" if p < 0.05 else "ties with")
-        parts.append(f"{word} {other} ({metric} difference {diff:+.4f}, Holm p = {p:.2g})")
-    verdict = "yes" if beats_all else "no"
+    adjusted, words = outcomes([r[1] for r in rows], [r[2] for r in rows], metric)
+    verbs = {"wins": "beats", "loses": "loses to", "tie": "ties with"}
+    parts = [f"{verbs[word]} {other} ({metric} difference {diff:+.4f}, Holm p = {p:.2g})"
+             for (other, diff, _), p, word in zip(rows, adjusted, words, strict=True)]  # fmt: skip
+    verdict = "yes" if all(words == "wins") else "no"
     return f"- {dataset} / {protocol}: {model} " + "; ".join(parts) + f". Beats all: **{verdict}**."
 
 
@@ -276,13 +273,24 @@ def versus_reference(board: pd.DataFrame, out: str | Path, dataset: str, protoco
                      "diff": test["mean_diff"], "n_users": test["n"],
                      "wilcoxon_p": test["wilcoxon_p"]})  # fmt: skip
     table = pd.DataFrame(rows)
-    table["wilcoxon_p_holm"] = holm(table["wilcoxon_p"].to_numpy())
-    sign = np.sign(table["diff"]) * (1 if better else -1)
+    table["wilcoxon_p_holm"], table["outcome"] = outcomes(table["diff"], table["wilcoxon_p"],
+                                                          metric)  # fmt: skip
+    return table
+
+
+def outcomes(
+    diffs: npt.ArrayLike, p_values: npt.ArrayLike, metric: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(Holm-adjusted p, outcome) of challengers each tested against one reference: "wins" /
+    "loses" where the adjusted p < 0.05, by the sign of the mean difference (challenger -
+    reference) in `metric`'s better direction, else "tie". The one rule of every win and loss
+    the study and its benchmarks print."""
+    adjusted = holm(np.asarray(p_values, dtype=float))
+    sign = np.sign(np.asarray(diffs, dtype=float)) * (1 if higher_is_better(metric) else -1)
     # A zero mean difference is a tie whatever p says: the signed-rank test can reject on
     # per-user differences that cancel in the mean, and neither side is then better on average.
-    table["outcome"] = np.where((table["wilcoxon_p_holm"] < 0.05) & (sign != 0),
-                                np.where(sign > 0, "wins", "loses"), "tie")  # fmt: skip
-    return table
+    words = np.where((adjusted < 0.05) & (sign != 0), np.where(sign > 0, "wins", "loses"), "tie")
+    return adjusted, words
 
 
 def share_verdict(n_for: int, n_against: int, n: int) -> str:

@@ -165,3 +165,14 @@ def test_per_user_means_read_only_the_seeds_metrics_csv_holds(tmp_path):
     metrics[metrics["seed"] == 1].to_csv(out / "metrics.csv", index=False)  # a rerun on seed 1
     got = leaderboard.per_user_means(out, "d", "p", "A", "ndcg@10")
     np.testing.assert_allclose(got.to_numpy(), values)
+
+
+def test_outcomes_by_hand():
+    """Holm over four p values (0.001, 0.001, 0.002, 0.5 sorted: 4p, 3p, 2p, 1p, made monotone),
+    then the sign of the difference in the metric's better direction; a zero difference ties."""
+    diffs, p = [0.1, -0.2, 0.0, 0.05], [0.001, 0.002, 0.001, 0.5]
+    adjusted, words = leaderboard.outcomes(diffs, p, "ndcg@10")
+    np.testing.assert_allclose(adjusted, [0.004, 0.004, 0.004, 0.5])
+    assert list(words) == ["wins", "loses", "tie", "tie"]
+    _, words = leaderboard.outcomes(diffs, p, "rmse")  # lower is better: the signs flip
+    assert list(words) == ["loses", "wins", "tie", "tie"]
