@@ -6,6 +6,11 @@ With METAREC_DATA_DIR set, the seen items and the relevant items are ML-100K's c
 `u1.base` / `u1.test` (read with pandas here, so the benchmark depends on nothing else) and the
 scores are item popularity plus noise; otherwise both are random with ML-100K's density.
 Prints the best of several repeats in milliseconds; it asserts nothing.
+
+Then the top-K selection two ways, on one thread as in the study's workers: by `torch.topk`
+(a heap per row, what `topk_from_scores` uses for k <= n_items / `metrics.HEAP_RATIO`) and by
+NumPy's introselect (what it uses above), on these scores and on ml-latest-small-sized random
+ones (610 x 9,742, 1.2% seen), and checks that both ways give the same lists.
 """
 
 from __future__ import annotations
@@ -19,7 +24,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import torch
+from threadpoolctl import threadpool_limits
 
+from metarec_lib import metrics
 from metarec_lib.metrics import evaluate_topk, ranking_metrics, topk_from_scores
 
 N_USERS, N_ITEMS = 943, 1682
@@ -82,6 +90,22 @@ def main() -> None:
     print(f"topk + evaluate_topk (+coverage, novelty): {t_all:8.2f} ms")
     for name, value in everything().items():
         print(f"  {name:14s} {value:.4f}")
+
+    rng = np.random.default_rng(args.seed)
+    small = (rng.random((610, 9742)) + np.arange(9742) % 7,  # popularity-like, some ties
+             sp.random_array((610, 9742), density=0.012, rng=rng, format="csr"))  # fmt: skip
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        for label, (s, ex) in (("943 x 1,682", (scores, seen)), ("610 x 9,742", small)):
+            ways = {}
+            for way, ratio in (("heap (torch.topk)", 1), ("introselect (NumPy)", 10**9)):
+                metrics.HEAP_RATIO = ratio
+                ways[way] = topk_from_scores(s, k, ex)
+                ms = best_ms(lambda s=s, ex=ex: topk_from_scores(s, k, ex), args.repeats)
+                print(f"topk_from_scores {label}, {way:20s} {ms:8.2f} ms")
+            first, second = ways.values()
+            same = all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+            print(f"  the same lists both ways: {same}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from metarec_lib import metrics
 from metarec_lib.data.dataset import Interactions
 from metarec_lib.hashing import pair_hash
 from metarec_lib.models import knn
@@ -93,6 +94,20 @@ def test_keep_topk_keeps_k_largest_positive_breaking_ties_by_pair_hash():
     ids = keep_topk(block[:1], 2, rows=np.array([7]), cols=np.arange(10, 16)).toarray()[0]
     ranked = sorted((0, 2, 3), key=lambda c: pair_hash(7, 10 + c))
     np.testing.assert_array_equal(np.flatnonzero(ids), sorted(ranked[:2]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_keep_topk_is_the_same_whichever_way_it_finds_the_kth(monkeypatch, dtype):
+    rng = np.random.default_rng(3)
+    block = (rng.integers(-1, 4, size=(30, 700)) * (rng.random((30, 700)) < 0.4)).astype(dtype)
+    rows, cols = rng.permutation(10**6)[:30], rng.permutation(10**6)[:700]
+    for k in (1, 5, 10, 300):
+        monkeypatch.setattr(metrics, "HEAP_RATIO", 1)  # torch.topk
+        heap = keep_topk(block, k, rows, cols)
+        monkeypatch.setattr(metrics, "HEAP_RATIO", 10**9)  # np.partition
+        select = keep_topk(block, k, rows, cols)
+        assert (heap != select).nnz == 0 and np.array_equal(heap.indices, select.indices)
+        assert_topk_of(select, block, k)
 
 
 def test_keep_topk_ties_favour_no_column():

@@ -12,6 +12,7 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from metarec_lib import metrics
 from metarec_lib.hashing import pair_hash
 from metarec_lib.metrics import (
     coverage,
@@ -237,6 +238,41 @@ def test_topk_rejects_nan_and_bad_k():
         topk_from_scores(np.zeros((2, 3)), 1, csr([set()], 3))
 
 
+def full_sort_topk(scores, k, seen, users):
+    """The expected lists: each row sorted by score, then by pair_hash; -1 for -inf and past
+    the catalogue."""
+    masked = np.where(seen.toarray(), -np.inf, scores)
+    hashes = pair_hash(users[:, None], np.arange(scores.shape[1])[None, :])
+    order = np.lexsort((hashes, -masked), axis=1)[:, :k]
+    expected = np.where(np.take_along_axis(masked, order, 1) == -np.inf, -1, order)
+    pad = max(0, k - scores.shape[1])
+    return np.hstack([expected, np.full((len(scores), pad), -1)])
+
+
+@pytest.mark.parametrize("ratio", [1, 10**9])  # every selection by heap / by introselect
+def test_topk_is_the_same_whichever_way_it_selects(monkeypatch, ratio):
+    monkeypatch.setattr(metrics, "HEAP_RATIO", ratio)
+    rng = np.random.default_rng(ratio)
+    for k, dtype in [(1, np.float64), (3, np.float32), (10, np.float64), (40, np.float16)]:
+        scores = rng.integers(0, 4, size=(25, 300)).astype(dtype)  # ties at the k-th place
+        scores[rng.random(scores.shape) < 0.05] = -np.inf
+        scores[0, :] = 1.0  # all tied
+        scores[1, : 300 - k // 2] = -np.inf  # fewer candidates than k
+        seen = sp.csr_array(rng.random(scores.shape) < 0.3)
+        users = rng.integers(0, 10**6, 25)
+        assert metrics.heap_selects(scores.dtype, k, 300) == (ratio == 1)
+        items, vals = topk_from_scores(scores, k, seen, users=users)
+        np.testing.assert_array_equal(items, full_sort_topk(scores, k, seen, users))
+        assert vals.dtype == dtype
+
+
+def test_heap_selects_only_small_k_of_torch_dtypes():
+    heap = metrics.heap_selects
+    assert heap(np.float64, 10, 640) and not heap(np.float64, 11, 640)  # k <= n / 64
+    assert heap(np.float32, 1, 64) and not heap(np.float32, 1, 63)
+    assert heap(np.float16, 2, 200) and not heap(np.longdouble, 1, 10**6)  # torch lacks it
+
+
 @settings(max_examples=100, deadline=None)
 @given(
     st.integers(1, 5),
@@ -250,13 +286,7 @@ def test_topk_equals_a_full_sort_by_score_then_pair_hash(n_users, n_items, k, se
     seen = sp.csr_array(rng.random((n_users, n_items)) < 0.3)
     users = rng.integers(0, 1000, n_users)
     items, vals = topk_from_scores(scores, k, seen, users=users)
-    masked = np.where(seen.toarray(), -np.inf, scores)
-    hashes = pair_hash(users[:, None], np.arange(n_items)[None, :])
-    order = np.lexsort((hashes, -masked), axis=1)[:, :k]
-    expected = np.where(np.take_along_axis(masked, order, 1) == -np.inf, -1, order)
-    pad = max(0, k - n_items)
-    expected = np.hstack([expected, np.full((n_users, pad), -1)])
-    np.testing.assert_array_equal(items, expected)
+    np.testing.assert_array_equal(items, full_sort_topk(scores, k, seen, users))
     assert items.shape == vals.shape == (n_users, k) and items.dtype == np.int64
     # batch equals one row at a time
     for u in range(n_users):
