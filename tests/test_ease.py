@@ -2,6 +2,7 @@ import os
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from metarec_lib.models import ease
 from metarec_lib.models.ease import EASE
@@ -71,6 +72,19 @@ def test_float32_above_the_float64_limit(monkeypatch):
         assert b.dtype == np.float32
         np.testing.assert_array_equal(np.diag(b), 0.0)
         np.testing.assert_allclose(b, exact, atol=2e-5)
+
+
+@pytest.mark.parametrize("columns", [1, 16, 128, 1000])
+def test_times_b_by_column_blocks_is_the_whole_product_bit_for_bit(columns):
+    rng = np.random.default_rng(columns)
+    rows = sp.random(40, 301, density=0.1, format="csr", random_state=columns)
+    rows.data = rng.integers(1, 4, rows.nnz).astype(np.float64)
+    b32 = rng.standard_normal((301, 301)).astype(np.float32)
+    whole = np.asarray(rows @ b32.astype(np.float64))
+    got = ease.times_b(rows, b32, columns=columns)
+    assert got.dtype == np.float64 and np.array_equal(got, whole)
+    b64 = b32.astype(np.float64)
+    assert np.array_equal(ease.times_b(rows, b64, columns=columns), whole)
 
 
 def test_symmetrise_from_lower_over_several_blocks():

@@ -37,6 +37,9 @@ FLOAT64_MAX_ITEMS = 4096
 MEMORY_FRACTION = 0.8
 # Use the dual route when n_users <= DUAL_RATIO * n_items.
 DUAL_RATIO = 0.5
+# Columns of a float32 B widened to float64 at a time when scoring (`times_b`): 128 x 9,742
+# float64 is 10 MB, within the cache; a multiple of the SIMD width.
+SCORE_COLUMNS = 128
 
 
 def check_memory(model: str, need: float, what: str) -> None:
@@ -114,6 +117,21 @@ def ease_dual(x: sp.csr_matrix, reg: float, dtype: npt.DTypeLike) -> np.ndarray:
     return b
 
 
+def times_b(rows: sp.csr_matrix, b: np.ndarray, columns: int = SCORE_COLUMNS) -> np.ndarray:
+    """rows @ b in float64, (n, n_items). A float32 B is widened `columns` columns at a time:
+    SciPy's product would widen the whole of it, and a fresh (n_items x n_items) float64 buffer
+    costs more than the product (ml-latest-small's 9,742 items: 760 MB; 610 users scored in
+    1.97 s, 1.5 s of them the widening, against 0.44 s by blocks). Each score is the same sum
+    of the same products in the same order either way, so the blocks change no bit."""
+    rows = sp.csr_matrix(rows, dtype=np.float64)
+    if b.dtype == np.float64:
+        return np.asarray(rows @ b)
+    out = np.empty((rows.shape[0], b.shape[1]))
+    for start in range(0, b.shape[1], columns):
+        out[:, start : start + columns] = rows @ b[:, start : start + columns].astype(np.float64)
+    return out
+
+
 @register
 class EASE(Recommender):
     """Embarrassingly Shallow Autoencoder (Steck 2019); see the module docstring.
@@ -165,7 +183,7 @@ class EASE(Recommender):
 
     def score(self, users: npt.ArrayLike) -> np.ndarray:
         users = np.asarray(users, np.int64)
-        return np.asarray(self.x_[users] @ self.b_, dtype=np.float64)
+        return times_b(self.x_[users], self.b_)
 
     def score_items(
         self, support_items: npt.ArrayLike, weights: npt.ArrayLike | None = None
@@ -176,7 +194,7 @@ class EASE(Recommender):
         user with exactly those items.
         """
         row = support_row(self.name, support_items, weights, self.n_items_)
-        return np.asarray(row @ self.b_, dtype=np.float64).ravel()
+        return times_b(row, self.b_).ravel()
 
     @property
     def n_parameters(self) -> int:
