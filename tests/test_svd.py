@@ -254,6 +254,30 @@ def test_svdpp_implicit_term_by_hand_and_empty_user_reduces_to_biased_mf():
     np.testing.assert_allclose(pred0, 3.5 + 0.1 + b_i + q @ (p[0] + implicit[0]), rtol=1e-5)
 
 
+def test_svdpp_penalty_value_by_hand_and_gradients_those_of_autograd_bit_for_bit():
+    net, _ = _tiny_net()
+    with torch.no_grad():
+        net.implicit_factors.copy_(torch.randn(4, 3, generator=torch.Generator().manual_seed(1)))
+        net.user_bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    reg, reg_bias, n_total = 0.7, 0.3, 11
+    (net.penalty(reg, reg_bias) / n_total).backward()
+    got = {name: w.grad.clone() for name, w in net.named_parameters()}
+    p, q, y = net.user_factors, net.item_factors, net.implicit_factors
+    by_hand = reg * (
+        (net.user_weight * (p.detach() ** 2).sum(1)).sum()
+        + (net.item_weight * ((q.detach() ** 2).sum(1) + (y.detach() ** 2).sum(1))).sum()
+    ) + reg_bias * ((net.user_bias.detach() ** 2).sum() + (net.item_bias.detach() ** 2).sum())
+    torch.testing.assert_close(net.penalty(reg, reg_bias).detach(), by_hand)
+    net.zero_grad()
+    written_out = reg * (
+        (net.user_weight * p.square().sum(1)).sum()
+        + (net.item_weight * (q.square().sum(1) + y.square().sum(1))).sum()
+    ) + reg_bias * (net.user_bias.square().sum() + net.item_bias.square().sum())
+    (written_out / n_total).backward()
+    for name, w in net.named_parameters():
+        assert torch.equal(got[name], w.grad), name
+
+
 def test_svdpp_training_step_reduces_the_loss_on_a_tiny_batch():
     net, train = _tiny_net()
     f = train.frame

@@ -316,6 +316,30 @@ class BiasedMF(_RatingModel):
 # ----------------------------------------------------------------------------- SVD++ (torch)
 
 
+class _RowWeightedSquares(torch.autograd.Function):
+    """sum_r w_r sum_t ||x_t[r]||^2 over tables x_t (n, k) sharing the row weights w (n,).
+
+    The gradient is autograd's for the same expression written out, bit for bit: (g w_r) times
+    2 x_t[r] (doubling is exact, so the order of the products does not matter), but computed
+    in one product per table, where autograd's chain of square, sum, mul and their backwards
+    made and read several (n, k) temporaries: on ml-latest-small's SVD++ tables (128 factors)
+    the penalty's forward and backward took 5.7 ms of a 17 ms step."""
+
+    @staticmethod
+    def forward(ctx, weight, *tables):  # type: ignore[override]
+        ctx.save_for_backward(weight, *tables)
+        with torch.no_grad():
+            return (weight * sum(torch.linalg.vecdot(t, t, dim=1) for t in tables)).sum()
+
+    @staticmethod
+    def backward(ctx, upstream):  # type: ignore[override]
+        weight, *tables = ctx.saved_tensors
+        row = (upstream * weight)[:, None]
+        grads = [2 * t * row if need else None
+                 for t, need in zip(tables, ctx.needs_input_grad[1:], strict=True)]  # fmt: skip
+        return None, *grads
+
+
 class SVDppNet(nn.Module):
     """SVD++ parameters and loss: biases (n,), p (n_users, k), q and y (n_items, k).
 
@@ -391,10 +415,10 @@ class SVDppNet(nn.Module):
     def penalty(self, reg: float, reg_bias: float) -> torch.Tensor:
         """reg * (sum_u n_u^e ||p_u||^2 + sum_i n_i^e (||q_i||^2 + ||y_i||^2)) + reg_bias ||b||^2,
         e = FREQUENCY_EXPONENT, n the training ratings of the row (a scalar tensor)."""
-        factors = (self.user_weight * self.user_factors.square().sum(1)).sum() + (
-            self.item_weight
-            * (self.item_factors.square().sum(1) + self.implicit_factors.square().sum(1))
-        ).sum()
+        squares = _RowWeightedSquares.apply
+        factors = squares(self.user_weight, self.user_factors) + squares(
+            self.item_weight, self.item_factors, self.implicit_factors
+        )
         biases = self.user_bias.square().sum() + self.item_bias.square().sum()
         return reg * factors + reg_bias * biases
 
