@@ -397,12 +397,11 @@ def _mix(gate_logits: torch.Tensor, experts: Sequence[torch.Tensor]) -> tuple[to
     else:  # scoring: torch's softmax over a last axis of a few experts is 5x slower than this
         weights = (gate_logits - gate_logits.amax(-1, keepdim=True)).exp_()
         weights = weights.div_(weights.sum(-1, keepdim=True))
-    mixed = weights[..., :1] * experts[0]  # a sum of products: no (..., E, d) stack to build
-    if torch.is_grad_enabled():
-        for k in range(1, len(experts)):
-            mixed = mixed + weights[..., k : k + 1] * experts[k]
-        return weights, mixed
-    term = torch.empty_like(mixed)  # scoring: the same products and sums, into two buffers
+    # A sum of products (no (..., E, d) stack to build) accumulated in place: the backward of
+    # a product reads its inputs, not its output, so autograd allows it. Scoring also writes
+    # every product into one buffer.
+    mixed = weights[..., :1] * experts[0]
+    term = None if torch.is_grad_enabled() else torch.empty_like(mixed)
     for k in range(1, len(experts)):
         mixed.add_(torch.mul(weights[..., k : k + 1], experts[k], out=term))
     return weights, mixed
