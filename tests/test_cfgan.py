@@ -49,16 +49,17 @@ def test_cfgan_passes_the_contract():
     check_recommender(lambda: CFGAN(**SMALL))
 
 
-@pytest.mark.parametrize("ratio", [0.0, 0.3, 0.7, 1.0])
+@pytest.mark.parametrize("ratio", [0.0, 0.3, 0.7, 1.0, 1.5])
 def test_samples_take_the_share_of_unpurchased_items_and_never_a_purchased_one(ratio):
     purchases = _purchases()
     mask = sample_unpurchased(purchases, ratio, torch.Generator().manual_seed(0))
     bought = purchases > 0
     assert mask.dtype == torch.bool and mask.shape == purchases.shape
     assert not (mask & bought).any(), "a ZR/PM sample marked a purchased item"
-    expected = torch.round(ratio * (~bought).sum(1)).long()
+    unbought = (~bought).sum(1)
+    expected = torch.minimum(torch.round(ratio * unbought).long(), unbought)
     assert torch.equal(mask.sum(1), expected)
-    if ratio == 1.0:
+    if ratio >= 1.0:
         assert torch.equal(mask, ~bought)
 
 
