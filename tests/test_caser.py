@@ -113,3 +113,38 @@ def test_pickle_leaves_out_the_training_windows():
     restored = pickle.loads(pickle.dumps(model))
     assert not hasattr(restored, "_inputs") and hasattr(model, "_inputs")
     np.testing.assert_array_equal(restored.score([0, 1]), model.score([0, 1]))
+
+
+def test_features_are_bitwise_those_of_the_transposed_view_with_nn_linear():
+    """`features` gives the convolutions one contiguous copy of the image and writes the
+    vertical map as product plus bias; outputs and every gradient must be the bits of the plain
+    layers on the transposed view (nn.Linear there adds its bias apart from the product)."""
+    from metarec_lib.models.caser import CaserModule
+
+    module = CaserModule(30, 40, length=5, dim=8, n_h=3, n_v=2, dropout=0.0,
+                         generator=torch.Generator().manual_seed(0))  # fmt: skip
+    gen = torch.Generator().manual_seed(1)
+    users, windows = (
+        torch.randint(30, (57,), generator=gen),
+        torch.randint(41, (57, 5), generator=gen),
+    )
+
+    def reference(m):
+        image = m.items(windows).transpose(1, 2)
+        pooled = [F.relu(conv(image)).amax(dim=2) for conv in m.horizontal]
+        z = F.relu(m.fc(m.dropout(torch.cat([*pooled, m.vertical(image).flatten(1)], dim=1))))
+        return torch.cat([z, m.users(users)], dim=1)
+
+    runs = []
+    for features in (lambda m: m.features(users, windows), reference):
+        module.zero_grad(set_to_none=True)
+        out = features(module)
+        (out.square() * torch.linspace(0.5, 2.0, out.shape[1])).sum().backward()
+        runs.append((out.detach(), {k: p.grad.clone() for k, p in module.named_parameters()
+                                    if p.grad is not None}))  # fmt: skip
+    (out, grads), (ref_out, ref_grads) = runs
+    assert torch.equal(out, ref_out)
+    assert grads.keys() == ref_grads.keys()
+    assert all(torch.equal(grads[k], ref_grads[k]) for k in grads), [
+        k for k in grads if not torch.equal(grads[k], ref_grads[k])
+    ]
