@@ -227,3 +227,62 @@ def test_bpr_triples_without_gradients():
         assert losses.bpr_triple_loss(users, items, bias, *idx, reg=0.0).item() == pytest.approx(
             math.log(2.0)
         )
+
+
+def _bpr_max_by_autograd(scores, positive, ok, valid, reg):
+    """BPR-max as GRU4Rec wrote it before `losses.bpr_max`: every step an autograd op."""
+    masked = scores.masked_fill(~ok, -1e9)
+    e = torch.exp(masked - masked.amax(dim=2, keepdim=True).detach()) * ok
+    weights = e / e.sum(dim=2, keepdim=True).clamp_min(1e-30)
+    gain = (weights * torch.sigmoid(positive[..., None] - scores)).sum(dim=2)
+    terms = -torch.log(gain + 1e-24) + reg * (weights * scores**2).sum(dim=2)
+    return terms[valid].mean()
+
+
+@pytest.mark.parametrize("reg", [0.0, 1.0])
+def test_bpr_max_matches_autograd_with_masked_entries_and_empty_positions(reg):
+    gen = torch.Generator().manual_seed(0)
+    n, length, k = 6, 4, 9
+    scores = (3 * torch.randn(n, length, k, generator=gen, dtype=torch.float64)).requires_grad_()
+    positive = torch.randn(n, length, generator=gen, dtype=torch.float64, requires_grad=True)
+    ok = torch.rand(n, length, k, generator=gen) < 0.7
+    ok[0, 1] = False  # a position without any negative: weight 0, no gradient
+    ok[2, 3, :-1] = False  # a single negative
+    valid = torch.rand(n, length, generator=gen) < 0.8
+    valid[0, 1] = valid[2, 3] = True
+    valid[1] = False  # an all-padding row
+    expected = _bpr_max_by_autograd(scores, positive, ok, valid, reg)
+    want = torch.autograd.grad(expected, (scores, positive))
+    got = losses.bpr_max(scores, positive, ok, valid, reg)
+    grads = torch.autograd.grad(3.0 * got, (scores, positive))  # the upstream scales them
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    for g, w in zip(grads, want, strict=True):
+        torch.testing.assert_close(g, 3.0 * w, rtol=1e-10, atol=1e-12)
+    assert not grads[0][~ok].any() and not grads[0][~valid].any()
+    assert not grads[1][~valid].any() and not grads[0][0, 1].any()
+
+
+def test_bpr_max_hand_worked_value_and_gradient():
+    """One position, negatives s = (0, ln 3) so w = (1/4, 3/4), target score r = 0, reg 0:
+    gain = 1/4 * 1/2 + 3/4 * sigmoid(-ln 3) = 1/8 + 3/16 = 5/16 and the loss is -ln(5/16).
+    d loss / d r = -(gain - sum_j w_j sigma_j^2) / gain = -(5/16 - 7/64) / (5/16) = -13/20."""
+    scores = torch.tensor([[[0.0, math.log(3.0)]]], dtype=torch.float64, requires_grad=True)
+    positive = torch.zeros(1, 1, dtype=torch.float64, requires_grad=True)
+    ok, valid = torch.ones(1, 1, 2, dtype=torch.bool), torch.ones(1, 1, dtype=torch.bool)
+    loss = losses.bpr_max(scores, positive, ok, valid, 0.0)
+    assert loss.item() == pytest.approx(-math.log(5 / 16))
+    loss.backward()
+    assert positive.grad.item() == pytest.approx(-13 / 20)
+    # d / d s_i = w_i (gain - sigma_i^2) / gain:
+    # (1/4)(5/16 - 1/4) / (5/16) = 1/20 and (3/4)(5/16 - 1/16) / (5/16) = 3/5
+    assert scores.grad[0, 0].tolist() == pytest.approx([0.05, 0.6])
+
+
+def test_bpr_max_without_gradients_gives_the_loss_only():
+    gen = torch.Generator().manual_seed(1)
+    scores = torch.randn(3, 2, 5, generator=gen)
+    positive = torch.randn(3, 2, generator=gen)
+    ok, valid = torch.ones(3, 2, 5, dtype=torch.bool), torch.ones(3, 2, dtype=torch.bool)
+    with torch.no_grad():
+        got = losses.bpr_max(scores, positive, ok, valid, 0.5)
+    torch.testing.assert_close(got, _bpr_max_by_autograd(scores, positive, ok, valid, 0.5))

@@ -29,7 +29,7 @@ from torch import nn
 
 from metarec_lib.data.dataset import Interactions
 from metarec_lib.models.layers import Dropout
-from metarec_lib.models.losses import full_softmax_cross_entropy
+from metarec_lib.models.losses import bpr_max, full_softmax_cross_entropy
 from metarec_lib.models.registry import register
 from metarec_lib.models.sequences import (
     PAD,
@@ -108,13 +108,7 @@ def bpr_max_loss(
         [targets.T[None].expand(n, -1, -1), (negatives + 1).expand(*targets.shape, -1)], dim=2
     )
     ok = (ids != targets[..., None]) & (ids != PAD)
-    # Softmax over the unmasked negatives; a position without any gets weight 0 everywhere.
-    masked = scores.masked_fill(~ok, -1e9)
-    e = torch.exp(masked - masked.amax(dim=2, keepdim=True).detach()) * ok
-    weights = e / e.sum(dim=2, keepdim=True).clamp_min(1e-30)
-    gain = (weights * torch.sigmoid(positive[..., None] - scores)).sum(dim=2)
-    terms = -torch.log(gain + 1e-24) + reg * (weights * scores**2).sum(dim=2)
-    return terms[targets != PAD].mean()
+    return bpr_max(scores, positive, ok, targets != PAD, reg)
 
 
 @register
