@@ -269,3 +269,24 @@ def test_a_step_on_csr_batches_equals_one_on_dense_batches():
                                    model.step(b, dense_batch, opt_b))  # fmt: skip
     for wa, wb in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(wa, wb)
+
+
+def test_row_thresholds_select_the_count_th_smallest_inside_and_outside_the_band():
+    """The band around count / unpurchased finds the same value as a whole-row partition,
+    also where the noise is not uniform and the value lies outside the band (the fallback)."""
+    from metarec_lib.models.cfgan import row_thresholds
+
+    rng = np.random.default_rng(0)
+    values = rng.random((40, 300), dtype=np.float32)
+    values[:10] *= 1e-3  # far below any band: every count-th smallest is outside it
+    values[10:20] = 1.0 - values[10:20] * 1e-3  # far above
+    bought = rng.random((40, 300)) < 0.2
+    bought[20] = True  # nothing to draw
+    values[bought] = 2.0
+    unbought = (~bought).sum(1)
+    for ratio in (0.0, 0.05, 0.5, 0.9, 1.0):
+        counts = np.minimum(np.round(ratio * unbought).astype(np.int64), unbought)
+        got = row_thresholds(values, counts, unbought)
+        for r in range(40):
+            want = -1.0 if counts[r] == 0 else np.sort(values[r])[counts[r] - 1]
+            assert got[r] == want, (ratio, r)

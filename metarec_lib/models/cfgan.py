@@ -38,6 +38,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import scipy.sparse as sp
 import torch
 from torch import nn
@@ -64,7 +65,7 @@ def sample_unpurchased(
 
     An item is drawn when its uniform noise is at most the row's count-th smallest among the
     unpurchased items (purchased ones get noise 2, above any draw), found by a linear-time
-    selection per row (`np.partition`). On ml-latest-small (610 x 9,742) a mask takes 0.09 s
+    selection per row (`row_thresholds`). On ml-latest-small (610 x 9,742) a mask took 0.09 s
     where a partial `topk` over all rows took 0.11-0.29 s (more for smaller ratios): two masks
     an epoch were about 45% of a CFGAN epoch there. The comparison with the threshold is the
     whole mask: a purchased item's noise 2 is above every threshold, and a row with nothing to
@@ -77,11 +78,42 @@ def sample_unpurchased(
     unbought = purchases.shape[1] - bought.sum(1, dtype=torch.int32).long()
     count = torch.minimum(torch.round(ratio * unbought).long(), unbought)  # (n,)
     values = noise.numpy()  # the noise is drawn on the CPU (the generator's device)
-    threshold = np.full((len(values), 1), -1.0, dtype=np.float32)  # no draw: nothing marked
-    for row, c in enumerate(count.tolist()):
-        if c > 0:
-            threshold[row, 0] = np.partition(values[row], c - 1)[c - 1]
-    return noise <= torch.from_numpy(threshold)
+    threshold = row_thresholds(values, count.numpy(), unbought.numpy())
+    return noise <= torch.from_numpy(threshold[:, None])
+
+
+def row_thresholds(
+    values: npt.NDArray[np.float32], counts: npt.NDArray[np.int64], unbought: npt.NDArray[np.int64]
+) -> npt.NDArray[np.float32]:
+    """Each row's counts[r]-th smallest value (-1 where counts[r] is 0), for rows of uniform
+    [0, 1) noise over `unbought` entries and 2 elsewhere, with counts <= unbought.
+
+    The count-th smallest of u uniforms lies near q = count / u; the values within six
+    standard deviations (plus 2 / u) of q are gathered for all rows at once and the row's
+    threshold is selected among them (`np.partition`), after counting the values below the
+    band. A row whose threshold falls outside its band (about one in 10^8 for uniform noise)
+    is partitioned whole. The same thresholds as partitioning every row (on ml-latest-small's
+    610 x 9,742: 15 ms instead of 38 ms)."""
+    n = len(values)
+    out = np.full(n, -1.0, dtype=np.float32)
+    rows = np.flatnonzero(counts > 0)
+    if not len(rows):
+        return out
+    q = counts[rows] / unbought[rows]
+    half = 6.0 * np.sqrt(q * (1.0 - q) / unbought[rows]) + 2.0 / unbought[rows]
+    low, high = np.full((n, 1), 3.0, np.float32), np.full((n, 1), -1.0, np.float32)
+    low[rows, 0], high[rows, 0] = q - half, np.minimum(q + half, 1.5)
+    below = (values < low).sum(1)
+    band = (values >= low) & (values <= high)
+    inside = band.sum(1)
+    flat, ends = values[band], np.cumsum(inside)
+    for r in rows.tolist():
+        k = int(counts[r] - below[r]) - 1
+        if 0 <= k < inside[r]:
+            out[r] = np.partition(flat[ends[r] - inside[r] : ends[r]], k)[k]
+        else:
+            out[r] = np.partition(values[r], counts[r] - 1)[counts[r] - 1]
+    return out
 
 
 def purchase_rows(matrix: sp.csr_matrix) -> tuple[torch.Tensor, torch.Tensor]:
